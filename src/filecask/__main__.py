@@ -1,0 +1,3 @@
+from filecask.cli import main
+
+main()

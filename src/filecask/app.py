@@ -1,0 +1,111 @@
+"""The application factory: wires settings, storage backends, middleware and routes.
+
+`create_app` does no I/O itself; the backends are opened in a `cleanup_ctx` when the app
+starts and closed when it stops, so tests and `serve` build the app the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from filecask.auth import Authenticator, generate_password
+from filecask.blobstore.disk import DiskBlobStore
+from filecask.errors import Conflict
+from filecask.filestore import FileStore
+from filecask.locks import HashLocks
+from filecask.metastore.sql import SqlMetaStore
+from filecask.problem import problem_middleware
+from filecask.settings import Settings
+
+log = logging.getLogger("filecask")
+
+JSON_BODY_MAX = 1 << 20
+"""Largest JSON or form body read into memory (uploads stream and are not limited here)."""
+
+
+@dataclass(frozen=True)
+class Services:
+    """Everything a handler may use; built once per app start."""
+
+    settings: Settings
+    meta: SqlMetaStore
+    blobs: DiskBlobStore
+    files: FileStore
+    auth: Authenticator
+
+
+SETTINGS = web.AppKey("settings", Settings)
+SERVICES = web.AppKey("services", Services)
+
+
+def create_app(settings: Settings) -> web.Application:
+    from filecask.handlers import files, ops, users  # the handlers import this module's keys
+
+    # Order matters: problem_middleware is outermost so every error, including those of
+    # later middleware, leaves as application/problem+json.
+    app = web.Application(middlewares=[problem_middleware], client_max_size=JSON_BODY_MAX)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_services)
+    app.router.add_routes(ops.routes)
+    app.router.add_routes(files.routes)
+    app.router.add_routes(users.routes)
+    return app
+
+
+async def open_services(settings: Settings) -> Services:
+    meta = SqlMetaStore(settings.effective_database_url)
+    blobs = DiskBlobStore(settings.data_dir)
+    locks = HashLocks(settings.locks_dir)
+    await blobs.open()
+    await locks.open()
+    await meta.open()
+    auth = Authenticator(
+        meta, max_failures=settings.auth_max_failures, max_delay=settings.auth_max_delay
+    )
+    return Services(settings, meta, blobs, FileStore(meta, blobs, locks), auth)
+
+
+async def close_services(services: Services) -> None:
+    await services.meta.close()
+    await services.files.locks.close()
+    await services.blobs.close()
+
+
+async def _services(app: web.Application) -> AsyncIterator[None]:
+    services = await open_services(app[SETTINGS])
+    app[SERVICES] = services
+    try:
+        await bootstrap_admin(services)
+        yield
+    finally:
+        await close_services(services)
+
+
+async def bootstrap_admin(services: Services) -> None:
+    """On first start with no users, create `admin` so the store is usable at once."""
+    if await services.meta.count_users():
+        return
+    password = services.settings.admin_password or generate_password()
+    try:
+        await services.meta.create_user(
+            "admin", await services.auth.hash_password_async(password), is_admin=True
+        )
+    except Conflict:  # another worker got there first
+        return
+    if services.settings.admin_password:
+        log.info("created user 'admin' with the password from FILECASK_ADMIN_PASSWORD")
+        return
+    banner = "=" * 64
+    print(
+        f"\n{banner}\n filecask: created the first user\n\n"
+        f"   user:     admin\n   password: {password}\n\n"
+        f" This password is shown only once. Change it with:\n"
+        f"   filecask user passwd admin\n{banner}\n",
+        file=sys.stderr,
+        flush=True,
+    )

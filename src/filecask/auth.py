@@ -1,0 +1,232 @@
+"""HTTP Basic authentication: argon2id passwords, a verified-credentials cache, slow-down.
+
+Argon2id costs tens of milliseconds of CPU on purpose, which a signed-in client must not
+pay on every request. After one successful verification we remember an HMAC of the password
+(under a per-process random key, so no password is kept in memory) together with the stored
+argon2 hash it was checked against. Each request still reads the user's row (one indexed
+query); if the stored hash changed (`user passwd`, from any process) or the row is gone, the
+cache entry no longer applies, so a changed or removed password stops working at once.
+
+Failed attempts are counted per user name and per client address; past a threshold each
+further attempt for that key must wait an exponentially growing delay (capped, so the real
+user is never locked out for long), answered with 429 and Retry-After without even checking
+the password. Unknown users cost the same argon2 verification as known ones, so timing does
+not reveal which names exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
+import math
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from filecask.errors import BadRequest, RateLimited, Unauthorized
+from filecask.metastore import MetaStore, User
+from filecask.settings import IPNetwork
+
+CACHE_SIZE = 10_000
+LIMITER_SIZE = 100_000
+FAILURE_MEMORY = 900.0
+"""Seconds after the last failure when a key's failure count is forgotten."""
+
+USER_NAME_MAX = 64
+
+
+def new_password_hasher() -> PasswordHasher:
+    """argon2id with the library's RFC 9106 defaults."""
+    return PasswordHasher()
+
+
+def validate_user_name(name: str) -> str:
+    """User names become URL path segments and Basic user-ids (no ':', RFC 7617): keep
+    them plain."""
+    if not name or len(name) > USER_NAME_MAX or not all(c.isalnum() or c in "._-" for c in name):
+        raise BadRequest(
+            "A user name is 1 to 64 letters, digits, '.', '_' or '-'.", user=name[:100]
+        )
+    return name
+
+
+def validate_password(password: str) -> str:
+    if len(password) < 8:
+        raise BadRequest("A password has at least 8 characters.")
+    if len(password.encode()) > 1024:
+        raise BadRequest("A password has at most 1024 bytes.")
+    return password
+
+
+def generate_password() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def parse_basic(header: str | None) -> tuple[str, str] | None:
+    """(user, password) from an `Authorization: Basic` header (RFC 7617 §2), or None."""
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise Unauthorized("Malformed Basic credentials.") from None
+    user, sep, password = decoded.partition(":")
+    if not sep:
+        raise Unauthorized("Malformed Basic credentials.")
+    return user, password
+
+
+def client_address(
+    peer: str | None, forwarded_for: str | None, trusted: Sequence[IPNetwork]
+) -> str:
+    """The client's address: the socket peer, unless that peer is a trusted proxy, in which
+    case the right-most X-Forwarded-For entry that is not itself a trusted proxy."""
+    if peer is None:
+        return "unknown"
+    if not forwarded_for or not _is_trusted(peer, trusted):
+        return peer
+    for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+        if not _is_trusted(hop, trusted):
+            return hop
+    return peer
+
+
+def _is_trusted(address: str, trusted: Sequence[IPNetwork]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in trusted)
+
+
+@dataclass(slots=True)
+class _Failures:
+    count: int
+    last: float
+
+
+class FailureLimiter:
+    """Per-key failure counts with a capped exponential delay; bounded memory (LRU)."""
+
+    def __init__(self, *, threshold: int, max_delay: float) -> None:
+        self._threshold = threshold
+        self._max_delay = max_delay
+        self._entries: OrderedDict[str, _Failures] = OrderedDict()
+
+    def check(self, keys: Sequence[str], now: float) -> None:
+        """RateLimited if any key must still wait."""
+        wait = max((self._wait(key, now) for key in keys), default=0.0)
+        if wait > 0:
+            raise RateLimited(max(1, math.ceil(wait)))
+
+    def fail(self, keys: Sequence[str], now: float) -> None:
+        for key in keys:
+            entry = self._live(key, now)
+            if entry is None:
+                entry = _Failures(0, now)
+            entry.count += 1
+            entry.last = now
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+        while len(self._entries) > LIMITER_SIZE:
+            self._entries.popitem(last=False)
+
+    def succeed(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self._entries.pop(key, None)
+
+    def _wait(self, key: str, now: float) -> float:
+        entry = self._live(key, now)
+        if entry is None or entry.count < self._threshold:
+            return 0.0
+        delay = min(2.0 ** (entry.count - self._threshold), self._max_delay)
+        return entry.last + delay - now
+
+    def _live(self, key: str, now: float) -> _Failures | None:
+        entry = self._entries.get(key)
+        if entry is not None and now - entry.last > FAILURE_MEMORY:
+            del self._entries[key]
+            return None
+        return entry
+
+
+class Authenticator:
+    def __init__(
+        self,
+        meta: MetaStore,
+        *,
+        max_failures: int,
+        max_delay: float,
+        hasher: PasswordHasher | None = None,
+    ) -> None:
+        self._meta = meta
+        self._hasher = hasher or new_password_hasher()
+        self._key = secrets.token_bytes(32)
+        self._cache: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
+        self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+        self.limiter = FailureLimiter(threshold=max_failures, max_delay=max_delay)
+
+    def hash_password(self, password: str) -> str:
+        return self._hasher.hash(password)
+
+    async def hash_password_async(self, password: str) -> str:
+        """argon2 is deliberately slow: keep it off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self._hasher.hash, password)
+
+    async def authenticate(self, header: str | None, address: str) -> User:
+        """The signed-in user, or Unauthorized / RateLimited."""
+        credentials = parse_basic(header)
+        if credentials is None:
+            raise Unauthorized("Sign in with HTTP Basic authentication.")
+        name, password = credentials
+        keys = (f"user:{name}", f"addr:{address}")
+        self.limiter.check(keys, time.monotonic())
+        user = await self._meta.get_user(name)
+        if user is not None and self._cached(user, password):
+            return user
+        if await self._verify(user, password):
+            assert user is not None
+            self.limiter.succeed(keys)
+            self._remember(user, password)
+            return user
+        self.limiter.fail(keys, time.monotonic())
+        raise Unauthorized("Wrong user name or password.")
+
+    def _digest(self, password: str) -> bytes:
+        return hmac.new(self._key, password.encode(), hashlib.sha256).digest()
+
+    def _cached(self, user: User, password: str) -> bool:
+        entry = self._cache.get(user.name)
+        if entry is None or entry[0] != user.password_hash:
+            return False
+        return hmac.compare_digest(entry[1], self._digest(password))
+
+    def _remember(self, user: User, password: str) -> None:
+        self._cache[user.name] = (user.password_hash, self._digest(password))
+        self._cache.move_to_end(user.name)
+        while len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+
+    async def _verify(self, user: User | None, password: str) -> bool:
+        stored = user.password_hash if user is not None else self._dummy_hash
+        ok = await asyncio.get_running_loop().run_in_executor(None, self._check, stored, password)
+        return ok and user is not None
+
+    def _check(self, stored: str, password: str) -> bool:
+        try:
+            return self._hasher.verify(stored, password)
+        except (VerificationError, InvalidHashError):
+            return False

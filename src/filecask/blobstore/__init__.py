@@ -1,0 +1,78 @@
+"""Where file contents live, behind one small interface.
+
+The contract every implementation keeps:
+- `stage` streams a body to private scratch space while hashing it, and makes it durable;
+  nothing staged is visible under a hash until `commit`.
+- `commit` makes a staged blob visible under its hash atomically; if the hash is already
+  stored the staged copy is dropped (same hash, same bytes). `discard` drops a staged blob.
+- `delete` removes a blob; deleting a missing blob is not an error.
+- The caller (`filestore.FileStore`) serialises commit/delete of one hash with a lock and
+  keeps the metadata store in step; the blob store itself knows nothing of references.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class StagedBlob:
+    """An upload written and synced to scratch space, not yet visible under its hash."""
+
+    hash: str
+    size: int
+    crc32: int
+    head: bytes
+    """The first bytes of the content, for type sniffing."""
+    scratch: Path
+
+
+@dataclass(frozen=True, slots=True)
+class OpenBlob:
+    """An open, readable blob; the caller closes `fd`."""
+
+    fd: int
+    size: int
+    mtime: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBlob:
+    """A blob found by listing the store (used by fsck and gc)."""
+
+    hash: str
+    size: int
+    mtime: float
+
+
+class BlobStore(Protocol):
+    async def open(self) -> None:
+        """Prepare directories and recover scratch space left by dead processes."""
+
+    async def close(self) -> None: ...
+
+    async def stage(
+        self, chunks: AsyncIterator[bytes], *, max_size: int, reserve: int = 0
+    ) -> StagedBlob:
+        """Stream `chunks` to scratch space; PayloadTooLarge past `max_size` bytes,
+        InsufficientStorage when the disk fills. Nothing is left behind on failure."""
+
+    async def commit(self, staged: StagedBlob) -> bool:
+        """Make `staged` visible under its hash; True if this call created the blob."""
+
+    async def discard(self, staged: StagedBlob) -> None: ...
+
+    async def delete(self, hex_hash: str) -> None: ...
+
+    async def open_blob(self, hex_hash: str) -> OpenBlob:
+        """Open a blob for reading; NotFound if it is not stored."""
+
+    async def exists(self, hex_hash: str) -> bool: ...
+
+    async def ready(self) -> bool:
+        """The store can be read and written (for /readyz)."""
+
+    def iter_blobs(self) -> AsyncIterator[StoredBlob]: ...

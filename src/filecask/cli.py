@@ -1,0 +1,190 @@
+"""The `filecask` command: `serve` and user administration. Thin: parse, build Settings,
+delegate. Every `serve` flag comes from the settings table."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+import uvloop
+from aiohttp import web
+
+from filecask import __version__
+from filecask.app import Services, close_services, create_app, open_services
+from filecask.auth import generate_password, validate_password, validate_user_name
+from filecask.errors import FilecaskError
+from filecask.settings import SETTINGS, SETTINGS_BY_NAME, Settings, SettingsError, load_settings
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tf "%{User-Agent}i"'
+
+
+def setting_options(*names: str) -> Callable[[F], F]:
+    """Click options for the named settings, with help and env names from the table."""
+
+    def decorate(func: F) -> F:
+        for name in reversed(names):
+            setting = SETTINGS_BY_NAME[name]
+            func = click.option(
+                setting.flag,
+                name,
+                default=None,
+                metavar=setting.metavar,
+                help=f"{setting.help} [env: {setting.env}]",
+            )(func)
+        return func
+
+    return decorate
+
+
+def build_settings(flags: dict[str, Any]) -> Settings:
+    try:
+        return load_settings(flags, environ=os.environ)
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def run(coro_fn: Callable[[Services], Awaitable[T]], settings: Settings) -> T:
+    """Open the stores, run one coroutine against them, close them; errors as messages."""
+
+    async def main() -> T:
+        services = await open_services(settings)
+        try:
+            return await coro_fn(services)
+        finally:
+            await close_services(services)
+
+    try:
+        return uvloop.run(main())
+    except FilecaskError as exc:
+        raise click.ClickException(exc.detail) from exc
+    except Exception as exc:  # startup problems: unreadable db, unwritable data dir
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="filecask")
+def main() -> None:
+    """filecask: a self-hosted, content-addressed HTTP file store."""
+
+
+@main.command()
+@setting_options(*(s.name for s in SETTINGS))
+def serve(**flags: Any) -> None:
+    """Run the HTTP server."""
+    settings = build_settings(flags)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    run(_preflight, settings)
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=logging.getLogger("filecask.access") if settings.access_log else None,
+        access_log_format=ACCESS_LOG_FORMAT,
+        loop=uvloop.new_event_loop(),
+        print=lambda msg: click.echo(msg, err=True),
+    )
+
+
+async def _preflight(services: Services) -> None:
+    """Fail before binding, with a clear message, if the stores cannot be used."""
+    await services.meta.ping()
+
+
+@main.group()
+def user() -> None:
+    """Provision users (there is no self-registration)."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="Make the user an administrator.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@setting_options("data_dir", "database_url")
+def user_add(name: str, admin: bool, password_stdin: bool, **flags: Any) -> None:
+    """Create a user."""
+    settings = build_settings(flags)
+    name = _checked(validate_user_name, name)
+    password = _read_password(password_stdin, confirm=True)
+
+    async def add(services: Services) -> None:
+        password_hash = await services.auth.hash_password_async(password)
+        await services.meta.create_user(name, password_hash, is_admin=admin)
+
+    run(add, settings)
+    click.echo(f"created user {name!r}" + (" (administrator)" if admin else ""))
+
+
+@user.command("list")
+@setting_options("data_dir", "database_url")
+def user_list(**flags: Any) -> None:
+    """List users with their file count and bytes used."""
+    summaries = run(lambda s: s.meta.list_users(), build_settings(flags))
+    click.echo(f"{'NAME':<24} {'ADMIN':<6} {'FILES':>8} {'BYTES':>16}  CREATED")
+    for s in summaries:
+        admin = "yes" if s.is_admin else "no"
+        created = s.created_at.isoformat(timespec="seconds")
+        click.echo(f"{s.name:<24} {admin:<6} {s.usage.files:>8} {s.usage.bytes:>16}  {created}")
+
+
+@user.command("passwd")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@setting_options("data_dir", "database_url")
+def user_passwd(name: str, password_stdin: bool, **flags: Any) -> None:
+    """Set a user's password; the old one stops working at once."""
+    settings = build_settings(flags)
+    password = _read_password(password_stdin, confirm=True)
+
+    async def passwd(services: Services) -> None:
+        await services.meta.set_password(name, await services.auth.hash_password_async(password))
+
+    run(passwd, settings)
+    click.echo(f"password of {name!r} changed")
+
+
+@user.command("remove")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@setting_options("data_dir", "database_url")
+def user_remove(name: str, yes: bool, **flags: Any) -> None:
+    """Remove a user and every reference they hold; files nobody else holds are deleted."""
+    settings = build_settings(flags)
+    if not yes:
+        click.confirm(f"Remove {name!r} and all of their files?", abort=True)
+    dropped = run(lambda s: s.files.remove_user(name), settings)
+    click.echo(f"removed user {name!r} and {dropped} file reference(s)")
+
+
+def _read_password(from_stdin: bool, *, confirm: bool) -> str:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt(
+            "Password (empty to generate one)",
+            hide_input=True,
+            confirmation_prompt=confirm,
+            default="",
+            show_default=False,
+        )
+        if not password:
+            password = generate_password()
+            click.echo(f"generated password: {password}")
+    return _checked(validate_password, password)
+
+
+def _checked(validate: Callable[[str], str], value: str) -> str:
+    try:
+        return validate(value)
+    except FilecaskError as exc:
+        raise click.BadParameter(exc.detail) from exc
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,159 @@
+"""The domain errors of filecask, mapped to HTTP in exactly one place (`problem.py`).
+
+Domain modules raise these and never import aiohttp. Each class carries the RFC 9457
+problem fields its meaning implies; an instance adds a human `detail`, optional extension
+members and response headers (``WWW-Authenticate``, ``Retry-After``, ``Content-Range``).
+
+    FilecaskError                    500
+    ├── BadRequest                   400
+    │   ├── InvalidHash              400
+    │   ├── InvalidName              400
+    │   └── HashMismatch             400
+    ├── Unauthorized                 401
+    ├── Forbidden                    403
+    ├── NotFound                     404
+    ├── Conflict                     409
+    ├── PayloadTooLarge              413
+    ├── RangeNotSatisfiable          416
+    ├── RateLimited                  429
+    ├── InsufficientStorage          507
+    └── ServiceUnavailable           503
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+PROBLEM_BASE = "https://filecask.dev/problems/"
+
+
+class FilecaskError(Exception):
+    """Base of every error filecask reports to a client."""
+
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal-error"
+    title: ClassVar[str] = "Internal server error"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.headers: dict[str, str] = dict(headers or {})
+        self.extensions: dict[str, Any] = extensions
+
+    @property
+    def type(self) -> str:
+        return PROBLEM_BASE + self.slug
+
+    def to_problem(self, instance: str | None = None) -> dict[str, Any]:
+        """The RFC 9457 body: the standard members first, then our extensions."""
+        body: dict[str, Any] = {
+            "type": self.type,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance is not None:
+            body["instance"] = instance
+        body.update(self.extensions)
+        return body
+
+
+class BadRequest(FilecaskError):
+    status = 400
+    slug = "bad-request"
+    title = "Bad request"
+
+
+class InvalidHash(BadRequest):
+    slug = "invalid-hash"
+    title = "Invalid hash"
+
+
+class InvalidName(BadRequest):
+    slug = "invalid-name"
+    title = "Invalid name"
+
+
+class HashMismatch(BadRequest):
+    slug = "hash-mismatch"
+    title = "Content does not match the hash"
+
+
+class Unauthorized(FilecaskError):
+    status = 401
+    slug = "unauthorized"
+    title = "Authentication required"
+
+    def __init__(self, detail: str | None = None, **extensions: Any) -> None:
+        # RFC 7617 §2.1: the charset parameter tells clients to send UTF-8 credentials.
+        super().__init__(
+            detail,
+            headers={"WWW-Authenticate": 'Basic realm="filecask", charset="UTF-8"'},
+            **extensions,
+        )
+
+
+class Forbidden(FilecaskError):
+    status = 403
+    slug = "forbidden"
+    title = "Forbidden"
+
+
+class NotFound(FilecaskError):
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+
+
+class Conflict(FilecaskError):
+    status = 409
+    slug = "conflict"
+    title = "Conflict"
+
+
+class PayloadTooLarge(FilecaskError):
+    status = 413
+    slug = "payload-too-large"
+    title = "Payload too large"
+
+
+class RangeNotSatisfiable(FilecaskError):
+    status = 416
+    slug = "range-not-satisfiable"
+    title = "Range not satisfiable"
+
+    def __init__(self, size: int, detail: str | None = None) -> None:
+        # RFC 9110 §15.5.17: a 416 carries the current length as `bytes */length`.
+        super().__init__(detail, headers={"Content-Range": f"bytes */{size}"})
+
+
+class RateLimited(FilecaskError):
+    status = 429
+    slug = "rate-limited"
+    title = "Too many failed attempts"
+
+    def __init__(self, retry_after: int, detail: str | None = None) -> None:
+        super().__init__(
+            detail or f"Too many failed sign-in attempts; retry in {retry_after} s.",
+            headers={"Retry-After": str(retry_after)},
+            retry_after=retry_after,
+        )
+
+
+class InsufficientStorage(FilecaskError):
+    status = 507
+    slug = "insufficient-storage"
+    title = "Insufficient storage"
+
+
+class ServiceUnavailable(FilecaskError):
+    status = 503
+    slug = "service-unavailable"
+    title = "Service unavailable"

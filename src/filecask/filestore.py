@@ -1,0 +1,107 @@
+"""The file store: content-addressed blobs plus per-user references, kept in step.
+
+The rules that keep the disk and the database in agreement, whatever runs concurrently and
+wherever a process dies:
+- Upload: stream to scratch and hash (no lock), then under the hash's lock make the blob
+  visible on disk *before* committing the reference. A crash in between leaves a blob with
+  no row, never a row with no blob; `fsck`/`gc` remove such orphans.
+- Delete: under the hash's lock commit the reference's removal, then remove the bytes if
+  it was the last reference. A crash in between again leaves only an orphan blob.
+- The locked sections are shielded from cancellation (a client hanging up mid-commit), so
+  they always finish both steps or undo the first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from filecask.blobstore import BlobStore, StagedBlob
+from filecask.errors import Conflict, Forbidden, HashMismatch, InvalidName, NotFound
+from filecask.locks import HashLocks
+from filecask.mediatypes import guess_type
+from filecask.metastore import BlobInfo, FileRecord, MetaStore, RemoveOutcome, User
+
+NAME_MAX_BYTES = 255
+
+
+def validate_file_name(name: str) -> str:
+    """A file name is what a user calls their copy: one path segment, printable."""
+    if not name or name in {".", ".."}:
+        raise InvalidName("A file name must not be empty, '.' or '..'.")
+    if len(name.encode()) > NAME_MAX_BYTES:
+        raise InvalidName(f"A file name has at most {NAME_MAX_BYTES} bytes of UTF-8.")
+    if any(c in "/\\" or ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidName("A file name may not contain '/', '\\' or control characters.")
+    return name
+
+
+class FileStore:
+    def __init__(self, meta: MetaStore, blobs: BlobStore, locks: HashLocks) -> None:
+        self.meta = meta
+        self.blobs = blobs
+        self.locks = locks
+
+    async def upload(
+        self,
+        user: User,
+        chunks: AsyncIterator[bytes],
+        *,
+        name: str | None,
+        max_size: int,
+        expected_hash: str | None = None,
+    ) -> tuple[FileRecord, bool]:
+        """Store the stream for `user`; True if this created the user's reference."""
+        if name is not None:
+            validate_file_name(name)
+        staged = await self.blobs.stage(chunks, max_size=max_size)
+        if expected_hash is not None and staged.hash != expected_hash:
+            await self.blobs.discard(staged)
+            raise HashMismatch(
+                "The uploaded content does not have the hash named in the URL; nothing was stored.",
+                expected=expected_hash,
+                actual=staged.hash,
+            )
+        return await asyncio.shield(self._commit(user, staged, name))
+
+    async def _commit(
+        self, user: User, staged: StagedBlob, name: str | None
+    ) -> tuple[FileRecord, bool]:
+        blob = BlobInfo(staged.hash, staged.size, staged.crc32, guess_type(name, staged.head))
+        async with self.locks.hold(staged.hash):
+            created_blob = await self.blobs.commit(staged)
+            try:
+                return await self.meta.add_ref(user.id, blob, name or staged.hash)
+            except BaseException:
+                if created_blob:
+                    await self.blobs.delete(staged.hash)
+                raise
+
+    async def delete(self, user: User, hex_hash: str) -> None:
+        outcome = await asyncio.shield(self._delete(user, hex_hash))
+        if outcome is RemoveOutcome.NO_SUCH_BLOB:
+            raise NotFound("No file with this hash.", hash=hex_hash)
+        if outcome is RemoveOutcome.NOT_OWNER:
+            raise Forbidden("You hold no reference to this file.", hash=hex_hash)
+
+    async def _delete(self, user: User, hex_hash: str) -> RemoveOutcome:
+        async with self.locks.hold(hex_hash):
+            outcome = await self.meta.remove_ref(user.id, hex_hash)
+            if outcome is RemoveOutcome.REMOVED_LAST:
+                await self.blobs.delete(hex_hash)
+            return outcome
+
+    async def remove_user(self, name: str) -> int:
+        """Drop every reference the user holds (blobs nobody else holds leave the disk),
+        then the user. Returns how many references were dropped. The last administrator
+        stays: without one, nobody could provision users over the API."""
+        user = await self.meta.get_user(name)
+        if user is None:
+            raise NotFound(f"No user named {name!r}.", user=name)
+        if user.is_admin and sum(u.is_admin for u in await self.meta.list_users()) <= 1:
+            raise Conflict("The last administrator cannot be removed.", user=name)
+        hashes = await self.meta.user_hashes(user.id)
+        for hex_hash in hashes:
+            await asyncio.shield(self._delete(user, hex_hash))
+        await self.meta.delete_user(name)
+        return len(hashes)

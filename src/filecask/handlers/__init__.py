@@ -1,0 +1,58 @@
+"""HTTP handlers, one module per resource; shared request helpers live here."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from filecask.app import SERVICES
+from filecask.auth import client_address
+from filecask.errors import BadRequest, Forbidden
+from filecask.metastore import User
+
+USER = "filecask.user"
+"""Request key holding the signed-in user's name, for the access log."""
+
+
+async def require_user(request: web.Request) -> User:
+    services = request.app[SERVICES]
+    address = client_address(
+        request.remote,
+        request.headers.get("X-Forwarded-For"),
+        services.settings.trusted_proxies,
+    )
+    user = await services.auth.authenticate(request.headers.get("Authorization"), address)
+    request[USER] = user.name
+    return user
+
+
+async def require_admin(request: web.Request) -> User:
+    user = await require_user(request)
+    if not user.is_admin:
+        raise Forbidden("Only administrators may do this.")
+    return user
+
+
+def base_url(request: web.Request) -> str:
+    configured = request.app[SERVICES].settings.public_url
+    if configured:
+        return configured.rstrip("/")
+    return f"{request.scheme}://{request.host}"
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json(loads=json.loads)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"The body is not valid JSON: {exc}.") from None
+    if not isinstance(body, dict):
+        raise BadRequest("The body must be a JSON object.")
+    return body
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response(body, status=status, headers=headers)

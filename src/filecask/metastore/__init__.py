@@ -1,0 +1,111 @@
+"""Who owns what: users, stored blobs' metadata and per-user references.
+
+The contract:
+- A blob row exists exactly while something references the blob; `add_ref` creates it with
+  the first reference and `remove_ref` drops it with the last one, in one transaction, and
+  reports which happened so the caller can add or remove the bytes under the hash's lock.
+- Users are unique by name; removing one removes their references (the caller first drops
+  them one by one through the file store, so blobs leave the disk too).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: int
+    name: str
+    password_hash: str
+    is_admin: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    files: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class UserSummary:
+    name: str
+    is_admin: bool
+    created_at: datetime
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    hash: str
+    size: int
+    crc32: int
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    """One user's reference to a blob."""
+
+    id: int
+    hash: str
+    name: str
+    size: int
+    content_type: str
+    created_at: datetime
+
+
+class RemoveOutcome(enum.Enum):
+    NO_SUCH_BLOB = "no-such-blob"
+    NOT_OWNER = "not-owner"
+    REMOVED = "removed"
+    REMOVED_LAST = "removed-last"
+    """The last reference went, and the blob row with it: the bytes may go too."""
+
+
+class MetaStore(Protocol):
+    async def open(self) -> None:
+        """Connect and bring the schema to the newest migration."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def create_user(self, name: str, password_hash: str, *, is_admin: bool) -> User:
+        """Conflict if the name is taken."""
+
+    async def get_user(self, name: str) -> User | None: ...
+
+    async def list_users(self) -> list[UserSummary]: ...
+
+    async def count_users(self) -> int: ...
+
+    async def set_password(self, name: str, password_hash: str) -> None:
+        """NotFound if there is no such user."""
+
+    async def set_admin(self, name: str, is_admin: bool) -> None: ...
+
+    async def delete_user(self, name: str) -> None:
+        """NotFound if there is no such user; references left are removed with it."""
+
+    async def add_ref(self, user_id: int, blob: BlobInfo, name: str) -> tuple[FileRecord, bool]:
+        """Reference `blob` for the user (creating the blob row if needed); True if new."""
+
+    async def remove_ref(self, user_id: int, hex_hash: str) -> RemoveOutcome: ...
+
+    async def get_blob(self, hex_hash: str) -> BlobInfo | None: ...
+
+    async def list_refs(
+        self, user_id: int, *, limit: int, before_id: int | None
+    ) -> list[FileRecord]:
+        """The user's references, newest first, starting below `before_id` (a cursor)."""
+
+    async def usage(self, user_id: int) -> Usage: ...
+
+    async def user_hashes(self, user_id: int) -> list[str]: ...
+
+    async def all_blob_hashes(self) -> set[str]: ...

@@ -1,0 +1,278 @@
+"""The metadata store on SQLAlchemy Core with async drivers (aiosqlite, asyncpg).
+
+SQLite specifics, set on every connection: WAL (readers never wait for the writer), a busy
+timeout (a brief lock waits instead of failing), foreign keys on, and write transactions
+opened with BEGIN IMMEDIATE: a deferred transaction that later wants to write can fail with
+"database is locked" at once, whatever the timeout, when another writer got there first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from filecask.errors import Conflict, NotFound
+from filecask.metastore import BlobInfo, FileRecord, RemoveOutcome, Usage, User, UserSummary
+from filecask.metastore.schema import blobs, refs, users
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+_WRITE = "filecask_write"
+_ASYNC_DRIVERS = (
+    ("sqlite://", "sqlite+aiosqlite://"),
+    ("postgresql://", "postgresql+asyncpg://"),
+    ("postgres://", "postgresql+asyncpg://"),
+)
+
+
+class SqlMetaStore:
+    def __init__(self, url: str) -> None:
+        self._url = _async_url(url)
+        self._engine: AsyncEngine | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("metastore is not open")
+        return self._engine
+
+    async def open(self) -> None:
+        self._engine = create_async_engine(self._url, pool_pre_ping=True)
+        if self._engine.dialect.name == "sqlite":
+            _tune_sqlite(self._engine)
+        async with self._engine.begin() as conn:
+            await conn.run_sync(_upgrade_schema)
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    # users
+
+    async def create_user(self, name: str, password_hash: str, *, is_admin: bool) -> User:
+        async with self._write() as conn:
+            if await _user_row(conn, name) is not None:
+                raise Conflict(f"A user named {name!r} already exists.", user=name)
+            values = {
+                "name": name,
+                "password_hash": password_hash,
+                "is_admin": is_admin,
+                "created_at": _now(),
+            }
+            result = await conn.execute(users.insert().values(**values))
+            return User(id=result.inserted_primary_key[0], **values)
+
+    async def get_user(self, name: str) -> User | None:
+        async with self.engine.connect() as conn:
+            row = await _user_row(conn, name)
+        return None if row is None else _user(row)
+
+    async def list_users(self) -> list[UserSummary]:
+        query = (
+            sa.select(
+                users.c.name,
+                users.c.is_admin,
+                users.c.created_at,
+                sa.func.count(refs.c.id),
+                sa.func.coalesce(sa.func.sum(blobs.c.size), 0),
+            )
+            .select_from(users.outerjoin(refs).outerjoin(blobs))
+            .group_by(users.c.id)
+            .order_by(users.c.name)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [UserSummary(r[0], r[1], _utc(r[2]), Usage(r[3], int(r[4]))) for r in rows]
+
+    async def count_users(self) -> int:
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(sa.select(sa.func.count(users.c.id)))).scalar_one())
+
+    async def set_password(self, name: str, password_hash: str) -> None:
+        await self._update_user(name, password_hash=password_hash)
+
+    async def set_admin(self, name: str, is_admin: bool) -> None:
+        await self._update_user(name, is_admin=is_admin)
+
+    async def delete_user(self, name: str) -> None:
+        async with self._write() as conn:
+            result = await conn.execute(users.delete().where(users.c.name == name))
+            if result.rowcount == 0:
+                raise NotFound(f"No user named {name!r}.", user=name)
+
+    async def _update_user(self, name: str, **values: Any) -> None:
+        async with self._write() as conn:
+            result = await conn.execute(users.update().where(users.c.name == name).values(values))
+            if result.rowcount == 0:
+                raise NotFound(f"No user named {name!r}.", user=name)
+
+    # blobs and references
+
+    async def add_ref(self, user_id: int, blob: BlobInfo, name: str) -> tuple[FileRecord, bool]:
+        now = _now()
+        insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        async with self._write() as conn:
+            await conn.execute(
+                insert(blobs)
+                .values(
+                    hash=blob.hash,
+                    size=blob.size,
+                    crc32=blob.crc32,
+                    content_type=blob.content_type,
+                    created_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=["hash"])
+            )
+            result = await conn.execute(
+                insert(refs)
+                .values(user_id=user_id, hash=blob.hash, name=name, created_at=now)
+                .on_conflict_do_nothing(index_elements=["user_id", "hash"])
+            )
+            created = result.rowcount == 1
+            row = (
+                await conn.execute(
+                    _ref_query().where(refs.c.user_id == user_id, refs.c.hash == blob.hash)
+                )
+            ).one()
+        return _record(row), created
+
+    async def remove_ref(self, user_id: int, hex_hash: str) -> RemoveOutcome:
+        async with self._write() as conn:
+            deleted = await conn.execute(
+                refs.delete().where(refs.c.user_id == user_id, refs.c.hash == hex_hash)
+            )
+            if deleted.rowcount == 0:
+                exists = await conn.scalar(sa.select(blobs.c.hash).where(blobs.c.hash == hex_hash))
+                return RemoveOutcome.NOT_OWNER if exists else RemoveOutcome.NO_SUCH_BLOB
+            if await _is_referenced(conn, hex_hash):
+                return RemoveOutcome.REMOVED
+            await conn.execute(blobs.delete().where(blobs.c.hash == hex_hash))
+            return RemoveOutcome.REMOVED_LAST
+
+    async def get_blob(self, hex_hash: str) -> BlobInfo | None:
+        query = sa.select(blobs.c.hash, blobs.c.size, blobs.c.crc32, blobs.c.content_type).where(
+            blobs.c.hash == hex_hash
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else BlobInfo(*row)
+
+    async def list_refs(
+        self, user_id: int, *, limit: int, before_id: int | None
+    ) -> list[FileRecord]:
+        query = _ref_query().where(refs.c.user_id == user_id).order_by(refs.c.id.desc())
+        if before_id is not None:
+            query = query.where(refs.c.id < before_id)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query.limit(limit))).all()
+        return [_record(r) for r in rows]
+
+    async def usage(self, user_id: int) -> Usage:
+        query = (
+            sa.select(sa.func.count(refs.c.id), sa.func.coalesce(sa.func.sum(blobs.c.size), 0))
+            .select_from(refs.join(blobs))
+            .where(refs.c.user_id == user_id)
+        )
+        async with self.engine.connect() as conn:
+            count, total = (await conn.execute(query)).one()
+        return Usage(int(count), int(total))
+
+    async def user_hashes(self, user_id: int) -> list[str]:
+        query = sa.select(refs.c.hash).where(refs.c.user_id == user_id).order_by(refs.c.id)
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(query)).scalars())
+
+    async def all_blob_hashes(self) -> set[str]:
+        async with self.engine.connect() as conn:
+            return set((await conn.execute(sa.select(blobs.c.hash))).scalars())
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(**{_WRITE: True})
+            async with conn.begin():
+                yield conn
+
+
+def _async_url(url: str) -> str:
+    """Accept plain `sqlite:///` and `postgresql://` URLs and pick the async driver."""
+    for plain, driver in _ASYNC_DRIVERS:
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    return url
+
+
+def _tune_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control from the driver so BEGIN is ours (see module docstring).
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        write = conn.get_execution_options().get(_WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _upgrade_schema(conn: sa.Connection) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("filecask") / "migrations"))
+    config.attributes["connection"] = conn
+    command.upgrade(config, "head")
+
+
+async def _user_row(conn: AsyncConnection, name: str) -> sa.Row[Any] | None:
+    return (await conn.execute(sa.select(users).where(users.c.name == name))).first()
+
+
+async def _is_referenced(conn: AsyncConnection, hex_hash: str) -> bool:
+    query = sa.select(refs.c.id).where(refs.c.hash == hex_hash).limit(1)
+    return (await conn.scalar(query)) is not None
+
+
+def _ref_query() -> sa.Select[Any]:
+    return sa.select(
+        refs.c.id,
+        refs.c.hash,
+        refs.c.name,
+        blobs.c.size,
+        blobs.c.content_type,
+        refs.c.created_at,
+    ).select_from(refs.join(blobs))
+
+
+def _user(row: sa.Row[Any]) -> User:
+    return User(row.id, row.name, row.password_hash, row.is_admin, _utc(row.created_at))
+
+
+def _record(row: sa.Row[Any]) -> FileRecord:
+    return FileRecord(row[0], row[1], row[2], row[3], row[4], _utc(row[5]))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything we store is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -1,0 +1,82 @@
+"""The one place where errors become HTTP responses: RFC 9457 `application/problem+json`.
+
+- A `FilecaskError` becomes its own problem, with its headers.
+- aiohttp's own HTTP exceptions (no route, 405, body too large) keep status and headers but
+  get the same body shape, so clients parse one format.
+- Anything else is logged with its traceback and answered with a bare 500.
+- Once a streamed response has started (a download or archive mid-flight) no error body
+  can be sent: the error propagates and aiohttp drops the connection, so the client sees a
+  truncated transfer rather than corrupt data presented as complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from filecask.errors import PROBLEM_BASE, FilecaskError
+
+PROBLEM_TYPE = "application/problem+json"
+STREAMING = "filecask.streaming"
+"""Request key a handler sets just before it prepares a streamed response."""
+
+log = logging.getLogger("filecask.errors")
+
+_KEPT_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After", "Content-Range")
+
+
+def problem_response(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(body, ensure_ascii=False).encode(),
+        content_type=PROBLEM_TYPE,
+        headers=headers,
+    )
+
+
+def from_error(error: FilecaskError, request: web.BaseRequest) -> web.Response:
+    return problem_response(error.status, error.to_problem(request.path), error.headers)
+
+
+def from_http_exception(exc: web.HTTPException, request: web.BaseRequest) -> web.Response:
+    phrase = HTTPStatus(exc.status).phrase
+    body = {
+        "type": PROBLEM_BASE + phrase.lower().replace(" ", "-"),
+        "title": phrase,
+        "status": exc.status,
+        "detail": exc.text if exc.text and exc.text != f"{exc.status}: {exc.reason}" else phrase,
+        "instance": request.path,
+    }
+    headers = {k: v for k in _KEPT_HEADERS if (v := exc.headers.get(k)) is not None}
+    return problem_response(exc.status, body, headers)
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except FilecaskError as error:
+        if request.get(STREAMING):
+            raise
+        return from_error(error, request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or request.get(STREAMING):
+            raise
+        return from_http_exception(exc, request)
+    except (ConnectionError, OSError) as exc:
+        if request.get(STREAMING) or isinstance(exc, ConnectionResetError):
+            raise
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return from_error(FilecaskError(), request)
+    except Exception:
+        if request.get(STREAMING):
+            raise
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return from_error(FilecaskError(), request)

@@ -1,0 +1,210 @@
+"""Settings: one typed, frozen object built from CLI flags > environment > `.env` > defaults.
+
+One table (`SETTINGS`) names every setting once; it drives the environment variable names,
+the `serve` flags and their help, the README's settings table and a test that keeps them in
+step. Nothing here reads the environment at import time: `load_settings` is handed it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+ENV_PREFIX = "FILECASK_"
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+class SettingsError(ValueError):
+    """A setting has a value we cannot use; the message names the setting."""
+
+
+def parse_size(text: str) -> int:
+    """Bytes from `10G`, `512M`, `1.5GiB` or a plain number (binary units, as operators expect)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
+    if not match:
+        raise ValueError(f"not a size: {text!r} (use e.g. 10G, 512M, 1048576)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {text!r} (use true or false)")
+
+
+def parse_networks(text: str) -> tuple[IPNetwork, ...]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    return tuple(ipaddress.ip_network(p, strict=False) for p in parts)
+
+
+def parse_port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range: {port}")
+    return port
+
+
+def parse_positive_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError(f"must not be negative: {value}")
+    return value
+
+
+def parse_optional(text: str) -> str | None:
+    return text or None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the settings table."""
+
+    name: str
+    parse: Callable[[str], Any]
+    help: str
+    metavar: str = "TEXT"
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", str, "Address to listen on.", "ADDR"),
+    Setting("port", parse_port, "TCP port to listen on (0 picks a free one).", "PORT"),
+    Setting("data_dir", Path, "Directory holding store/, tmp/ and filecask.db.", "DIR"),
+    Setting(
+        "database_url",
+        parse_optional,
+        "SQLAlchemy URL of the metadata store; default sqlite in the data directory.",
+        "URL",
+    ),
+    Setting(
+        "max_upload_size",
+        parse_size,
+        "Largest accepted upload (413 beyond it), e.g. 10G.",
+        "SIZE",
+    ),
+    Setting(
+        "admin_password",
+        parse_optional,
+        "Password for the `admin` user created on first start; random and printed if unset.",
+        "PASSWORD",
+    ),
+    Setting(
+        "public_url",
+        parse_optional,
+        "Base URL used in `url` and `Location` (default: from the request's Host).",
+        "URL",
+    ),
+    Setting(
+        "trusted_proxies",
+        parse_networks,
+        "Comma-separated addresses/networks whose X-Forwarded-For is believed.",
+        "CIDRS",
+    ),
+    Setting(
+        "auth_max_failures",
+        int,
+        "Failed sign-ins per user or address before attempts are slowed down (429).",
+        "N",
+    ),
+    Setting(
+        "auth_max_delay",
+        parse_positive_float,
+        "Longest wait, in seconds, imposed after repeated failed sign-ins.",
+        "SECONDS",
+    ),
+    Setting("access_log", parse_bool, "Write one log line per request.", "BOOL"),
+)
+
+SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything filecask can be told; immutable once built."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("data")
+    database_url: str | None = None
+    max_upload_size: int = 10 << 30
+    admin_password: str | None = field(default=None, repr=False)
+    public_url: str | None = None
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    auth_max_failures: int = 5
+    auth_max_delay: float = 60.0
+    access_log: bool = True
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "store"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.data_dir / "tmp"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.data_dir / "locks"
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'filecask.db').resolve()}"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str],
+    env_file: Path | None = Path(".env"),
+) -> Settings:
+    """Build Settings: `overrides` (CLI flags, already typed or raw strings) win over the
+    environment, which wins over the `.env` file, which wins over the defaults."""
+    raw: dict[str, str] = {}
+    if env_file is not None and env_file.is_file():
+        raw.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    raw.update(environ)
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        for key in (setting.env, *setting.aliases):
+            if key in raw:
+                values[setting.name] = _parse(setting, raw[key], key)
+                break
+    for name, value in (overrides or {}).items():
+        if value is None:
+            continue
+        setting = SETTINGS_BY_NAME[name]
+        values[name] = _parse(setting, value, setting.flag) if isinstance(value, str) else value
+    return Settings(**values)
+
+
+def _parse(setting: Setting, text: str, source: str) -> Any:
+    try:
+        return setting.parse(text)
+    except ValueError as exc:
+        raise SettingsError(f"{source}: {exc}") from exc

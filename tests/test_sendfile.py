@@ -1,0 +1,337 @@
+"""send_file_range over real sockets, under uvloop and the stock asyncio loop.
+
+uvloop is the loop that matters (it has no loop.sendfile), the asyncio run keeps the
+shared manual path honest on the selector loop too. No mocks: a real aiohttp server
+on 127.0.0.1, real clients, real files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import os
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import uvloop
+from aiohttp import web
+from yarl import URL
+
+from filecask.sendfile import send_file_range
+
+SIZE = 20 << 20  # far beyond loopback socket buffers, so the EAGAIN path must run
+SHORT_SIZE = 1000
+
+
+@dataclass
+class HandlerRun:
+    """What one server-side request did; the tests inspect it after the fact."""
+
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    outcome: str = "running"
+    peer: Any = None
+    headers_size: int = -1
+    accounted: int = -1
+    body_length: int = -1
+    position: int = -1
+
+
+FILES = web.AppKey("files", dict[str, Path])
+RUNS = web.AppKey("runs", list[HandlerRun])
+
+
+@pytest.fixture(params=["uvloop", "asyncio"])
+def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
+    """Overrides pytest-asyncio's policy fixture: every test runs on both loops."""
+    policy: asyncio.AbstractEventLoopPolicy = (
+        uvloop.EventLoopPolicy() if request.param == "uvloop" else asyncio.DefaultEventLoopPolicy()
+    )
+    return policy
+
+
+@pytest.fixture
+async def loop_checked(
+    event_loop_policy: asyncio.AbstractEventLoopPolicy,
+) -> AsyncIterator[None]:
+    """Asserts the loop is the one asked for and that nothing leaked into it.
+
+    Stray callback errors and "Task exception was never retrieved" both go through
+    the loop's exception handler, so collect them and fail the test on any.
+    """
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, uvloop.Loop) == isinstance(event_loop_policy, uvloop.EventLoopPolicy)
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    yield
+    gc.collect()
+    await asyncio.sleep(0)
+    loop.set_exception_handler(None)
+    assert errors == []
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """Random contents, so any reordering or off-by-one shows up as a mismatch."""
+    return {"big": os.urandom(SIZE), "short": os.urandom(SHORT_SIZE)}
+
+
+@pytest.fixture
+def app(files: dict[str, bytes], tmp_path: Path) -> web.Application:
+    application = web.Application()
+    application[FILES] = {}
+    for name, data in files.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        application[FILES][name] = path
+    application[RUNS] = []
+    application.router.add_get("/{name}", handle)
+    return application
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    """GET /{name}?offset=&count=[&chunked=1][&claim=N] via send_file_range.
+
+    ``claim`` lets a test ask for more than the file holds (a truncated blob).
+    """
+    run = HandlerRun(peer=request.transport and request.transport.get_extra_info("peername"))
+    request.app[RUNS].append(run)
+    path = request.app[FILES][request.match_info["name"]]
+    offset = int(request.query.get("offset", 0))
+    count = int(request.query.get("claim", path.stat().st_size - offset))
+    count = int(request.query.get("count", count))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        response = web.StreamResponse()
+        if "chunked" in request.query:
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = count
+        await response.prepare(request)
+        run.headers_size = request.writer.output_size
+        await send_file_range(request, response, fd, offset, count)
+        run.accounted = request.writer.output_size - run.headers_size
+        run.position = os.lseek(fd, 0, os.SEEK_CUR)
+        await response.write_eof()
+        run.body_length = response.body_length
+        run.outcome = "ok"
+        return response
+    except BaseException as exc:
+        run.outcome = type(exc).__name__
+        raise
+    finally:
+        os.close(fd)
+        run.done.set()
+
+
+@contextlib.asynccontextmanager
+async def serve(app: web.Application, *, handler_cancellation: bool = False) -> AsyncIterator[URL]:
+    """Runs the app on an ephemeral port; aiohttp's default is no handler cancellation."""
+    runner = web.AppRunner(app, handler_cancellation=handler_cancellation, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield URL.build(scheme="http", host=host, port=port)
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def base_url(app: web.Application, loop_checked: None) -> AsyncIterator[URL]:
+    async with serve(app) as url:
+        yield url
+
+
+async def raw_get(url: URL, target: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A hand-rolled HTTP/1.1 client with a tiny receive buffer, i.e. a slow peer."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (url.host, url.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(f"GET {target} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+    return reader, writer
+
+
+def content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length":
+            return int(value)
+    raise AssertionError(f"no Content-Length in {head!r}")
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+async def wait_fds(baseline: set[str]) -> set[str]:
+    """fds opened since baseline, once teardown on the server side has settled."""
+    for _ in range(100):
+        extra = open_fds() - baseline
+        if not extra:
+            break
+        await asyncio.sleep(0.02)
+    return extra
+
+
+def check_run(run: HandlerRun, count: int) -> None:
+    """The writer saw exactly count body bytes and the fd position never moved."""
+    assert run.outcome == "ok"
+    assert run.accounted == count
+    assert run.body_length == run.headers_size + count
+    assert run.position == 0
+
+
+async def test_full_file_to_slow_reader(
+    base_url: URL, app: web.Application, files: dict[str, bytes]
+) -> None:
+    reader, writer = await raw_get(base_url, "/big")
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert content_length(head) == SIZE
+    body = bytearray()
+    reads = 0
+    while len(body) < SIZE:
+        chunk = await reader.read(64 << 10)
+        assert chunk, f"connection closed after {len(body)} bytes"
+        body += chunk
+        reads += 1
+        if reads % 16 == 0:  # dawdle now and then so the server keeps hitting EAGAIN
+            await asyncio.sleep(0.001)
+    assert body == files["big"]
+    writer.close()
+    await writer.wait_closed()
+    check_run(app[RUNS][0], SIZE)
+
+
+@pytest.mark.parametrize(
+    ("offset", "count"),
+    [
+        (0, 1),
+        (SIZE - 1, 1),
+        (12345, 1 << 20),  # exactly one sendfile chunk, unaligned
+        ((1 << 20) - 7, 3 << 20),  # straddles chunk boundaries
+        (SIZE // 2, SIZE // 2),  # through to the end
+        (777, SIZE - 778),  # everything but the ends
+    ],
+)
+async def test_ranges(
+    base_url: URL, app: web.Application, files: dict[str, bytes], offset: int, count: int
+) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(base_url / "big", params={"offset": offset, "count": count}) as resp,
+    ):
+        assert resp.status == 200
+        assert resp.content_length == count
+        assert await resp.read() == files["big"][offset : offset + count]
+    check_run(app[RUNS][0], count)
+
+
+async def test_keep_alive_reuses_connection(
+    base_url: URL, app: web.Application, files: dict[str, bytes]
+) -> None:
+    ranges = [(100, 5 << 20), (0, SIZE), (SIZE - 10, 10)]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+        for offset, count in ranges:
+            params = {"offset": offset, "count": count}
+            async with session.get(base_url / "big", params=params) as resp:
+                assert resp.status == 200
+                assert await resp.read() == files["big"][offset : offset + count]
+    runs = app[RUNS]
+    assert len(runs) == len(ranges)
+    assert len({run.peer for run in runs}) == 1, "client had to reconnect"
+    for run, (_, count) in zip(runs, ranges, strict=True):
+        check_run(run, count)
+
+
+async def test_zero_count_sends_nothing(base_url: URL, app: web.Application) -> None:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+        for _ in range(2):  # and the connection is still usable afterwards
+            params = {"offset": 5, "count": 0}
+            async with session.get(base_url / "big", params=params) as resp:
+                assert resp.status == 200
+                assert resp.content_length == 0
+                assert await resp.read() == b""
+    assert len({run.peer for run in app[RUNS]}) == 1
+    for run in app[RUNS]:
+        check_run(run, 0)
+
+
+async def test_chunked_response_uses_copy_path(
+    base_url: URL, app: web.Application, files: dict[str, bytes]
+) -> None:
+    params = {"offset": 3, "count": 600_000, "chunked": 1}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(base_url / "big", params=params) as resp,
+    ):
+        assert resp.headers["Transfer-Encoding"] == "chunked"
+        assert await resp.read() == files["big"][3:600_003]
+    run = app[RUNS][0]
+    assert run.outcome == "ok"
+    assert run.position == 0
+
+
+async def test_file_shorter_than_range_breaks_response(base_url: URL, app: web.Application) -> None:
+    params = {"claim": SHORT_SIZE + 10}
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async with session.get(base_url / "short", params=params) as resp:
+                await resp.read()
+    await asyncio.wait_for(app[RUNS][0].done.wait(), 5)
+    assert app[RUNS][0].outcome == "EOFError"
+
+
+async def test_count_beyond_content_length_is_refused(loop_checked: None) -> None:
+    """Sending past Content-Length would corrupt the next keep-alive response."""
+    refused: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = 10
+        await response.prepare(request)
+        try:
+            await send_file_range(request, response, 0, 0, 11)
+        except ValueError as exc:
+            refused.append(str(exc))
+        await response.write_eof(b"x" * 10)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    async with serve(app) as url, aiohttp.ClientSession() as session, session.get(url) as resp:
+        assert await resp.read() == b"x" * 10
+    assert len(refused) == 1
+    assert "exceed" in refused[0]
+
+
+@pytest.mark.parametrize("handler_cancellation", [False, True], ids=["plain", "cancelling"])
+async def test_client_disconnect_mid_transfer(
+    app: web.Application, loop_checked: None, handler_cancellation: bool
+) -> None:
+    async with serve(app, handler_cancellation=handler_cancellation) as url:
+        baseline = open_fds()
+        reader, writer = await raw_get(url, "/big")
+        await reader.readuntil(b"\r\n\r\n")
+        received = 0
+        while received < 512 << 10:
+            received += len(await reader.read(64 << 10))
+        await asyncio.sleep(0.05)  # server is now parked waiting for writability
+        writer.close()
+        await writer.wait_closed()
+        run = app[RUNS][0]
+        await asyncio.wait_for(run.done.wait(), 5)
+        expected = {"ConnectionResetError"} | (
+            {"CancelledError"} if handler_cancellation else set()
+        )
+        assert run.outcome in expected
+        assert await wait_fds(baseline) == set()
