@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import email.parser
+import itertools
 from email.message import Message
 
 import pytest
@@ -341,7 +342,7 @@ def _assert_well_formed(ranges: list[ByteRange], size: int) -> None:
     assert ranges
     for r in ranges:
         assert 0 <= r.start <= r.end < size
-    for prev, nxt in zip(ranges, ranges[1:], strict=False):
+    for prev, nxt in itertools.pairwise(ranges):
         assert nxt.start > prev.end + 1  # sorted, disjoint and not adjacent
 
 

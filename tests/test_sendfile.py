@@ -1,8 +1,13 @@
 """send_file_range over real sockets, under uvloop and the stock asyncio loop.
 
-uvloop is the loop that matters (it has no loop.sendfile), the asyncio run keeps the
+uvloop is the loop that matters (it has no loop.sendfile); the asyncio run keeps the
 shared manual path honest on the selector loop too. No mocks: a real aiohttp server
 on 127.0.0.1, real clients, real files.
+
+The tests are sync and drive their own ``asyncio.Runner`` because pytest-asyncio 1.x
+deprecates overriding ``event_loop_policy`` (a PytestDeprecationWarning, an error
+under this project's filterwarnings) and its replacement, the
+``pytest_asyncio_loop_factories`` hook, only works from a conftest/plugin.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import contextlib
 import gc
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,12 @@ from filecask.sendfile import send_file_range
 
 SIZE = 20 << 20  # far beyond loopback socket buffers, so the EAGAIN path must run
 SHORT_SIZE = 1000
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "uvloop": uvloop.new_event_loop,
+    "asyncio": asyncio.new_event_loop,
+}
+
+Run = Callable[[Coroutine[Any, Any, None]], None]
 
 
 @dataclass
@@ -46,37 +57,26 @@ FILES = web.AppKey("files", dict[str, Path])
 RUNS = web.AppKey("runs", list[HandlerRun])
 
 
-@pytest.fixture(params=["uvloop", "asyncio"])
-def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    """Overrides pytest-asyncio's policy fixture: every test runs on both loops."""
-    policy: asyncio.AbstractEventLoopPolicy = (
-        uvloop.EventLoopPolicy() if request.param == "uvloop" else asyncio.DefaultEventLoopPolicy()
-    )
-    return policy
-
-
-@pytest.fixture
-async def loop_checked(
-    event_loop_policy: asyncio.AbstractEventLoopPolicy,
-) -> AsyncIterator[None]:
-    """Asserts the loop is the one asked for and that nothing leaked into it.
+@pytest.fixture(params=sorted(LOOPS))
+def run(request: pytest.FixtureRequest) -> Iterator[Run]:
+    """Runs a test coroutine on a fresh loop of each kind, and fails on loop errors.
 
     Stray callback errors and "Task exception was never retrieved" both go through
     the loop's exception handler, so collect them and fail the test on any.
     """
-    loop = asyncio.get_running_loop()
-    assert isinstance(loop, uvloop.Loop) == isinstance(event_loop_policy, uvloop.EventLoopPolicy)
     errors: list[dict[str, Any]] = []
-    loop.set_exception_handler(lambda _loop, context: errors.append(context))
-    yield
-    gc.collect()
-    await asyncio.sleep(0)
-    loop.set_exception_handler(None)
+    with asyncio.Runner(loop_factory=LOOPS[request.param]) as runner:
+        loop = runner.get_loop()
+        assert isinstance(loop, uvloop.Loop) == (request.param == "uvloop")
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
+        yield runner.run
+        gc.collect()
+        runner.run(asyncio.sleep(0))
     assert errors == []
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+def files() -> dict[str, bytes]:
     """Random contents, so any reordering or off-by-one shows up as a mismatch."""
     return {"big": os.urandom(SIZE), "short": os.urandom(SHORT_SIZE)}
 
@@ -143,12 +143,6 @@ async def serve(app: web.Application, *, handler_cancellation: bool = False) -> 
         await runner.cleanup()
 
 
-@pytest.fixture
-async def base_url(app: web.Application, loop_checked: None) -> AsyncIterator[URL]:
-    async with serve(app) as url:
-        yield url
-
-
 async def raw_get(url: URL, target: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A hand-rolled HTTP/1.1 client with a tiny receive buffer, i.e. a slow peer."""
     sock = socket.socket()
@@ -172,7 +166,7 @@ def open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
-async def wait_fds(baseline: set[str]) -> set[str]:
+async def new_fds(baseline: set[str]) -> set[str]:
     """fds opened since baseline, once teardown on the server side has settled."""
     for _ in range(100):
         extra = open_fds() - baseline
@@ -190,25 +184,27 @@ def check_run(run: HandlerRun, count: int) -> None:
     assert run.position == 0
 
 
-async def test_full_file_to_slow_reader(
-    base_url: URL, app: web.Application, files: dict[str, bytes]
-) -> None:
-    reader, writer = await raw_get(base_url, "/big")
-    head = await reader.readuntil(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200 ")
-    assert content_length(head) == SIZE
-    body = bytearray()
-    reads = 0
-    while len(body) < SIZE:
-        chunk = await reader.read(64 << 10)
-        assert chunk, f"connection closed after {len(body)} bytes"
-        body += chunk
-        reads += 1
-        if reads % 16 == 0:  # dawdle now and then so the server keeps hitting EAGAIN
-            await asyncio.sleep(0.001)
-    assert body == files["big"]
-    writer.close()
-    await writer.wait_closed()
+def test_full_file_to_slow_reader(run: Run, app: web.Application, files: dict[str, bytes]) -> None:
+    async def go() -> None:
+        async with serve(app) as url:
+            reader, writer = await raw_get(url, "/big")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 ")
+            assert content_length(head) == SIZE
+            body = bytearray()
+            reads = 0
+            while len(body) < SIZE:
+                chunk = await reader.read(64 << 10)
+                assert chunk, f"connection closed after {len(body)} bytes"
+                body += chunk
+                reads += 1
+                if reads % 16 == 0:  # dawdle now and then so the server keeps hitting EAGAIN
+                    await asyncio.sleep(0.001)
+            assert body == files["big"]
+            writer.close()
+            await writer.wait_closed()
+
+    run(go())
     check_run(app[RUNS][0], SIZE)
 
 
@@ -223,75 +219,95 @@ async def test_full_file_to_slow_reader(
         (777, SIZE - 778),  # everything but the ends
     ],
 )
-async def test_ranges(
-    base_url: URL, app: web.Application, files: dict[str, bytes], offset: int, count: int
+def test_ranges(
+    run: Run, app: web.Application, files: dict[str, bytes], offset: int, count: int
 ) -> None:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(base_url / "big", params={"offset": offset, "count": count}) as resp,
-    ):
-        assert resp.status == 200
-        assert resp.content_length == count
-        assert await resp.read() == files["big"][offset : offset + count]
+    async def go() -> None:
+        params = {"offset": offset, "count": count}
+        async with (
+            serve(app) as url,
+            aiohttp.ClientSession() as session,
+            session.get(url / "big", params=params) as resp,
+        ):
+            assert resp.status == 200
+            assert resp.content_length == count
+            assert await resp.read() == files["big"][offset : offset + count]
+
+    run(go())
     check_run(app[RUNS][0], count)
 
 
-async def test_keep_alive_reuses_connection(
-    base_url: URL, app: web.Application, files: dict[str, bytes]
+def test_keep_alive_reuses_connection(
+    run: Run, app: web.Application, files: dict[str, bytes]
 ) -> None:
     ranges = [(100, 5 << 20), (0, SIZE), (SIZE - 10, 10)]
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
-        for offset, count in ranges:
-            params = {"offset": offset, "count": count}
-            async with session.get(base_url / "big", params=params) as resp:
-                assert resp.status == 200
-                assert await resp.read() == files["big"][offset : offset + count]
+
+    async def go() -> None:
+        connector = aiohttp.TCPConnector(limit=1)
+        async with serve(app) as url, aiohttp.ClientSession(connector=connector) as session:
+            for offset, count in ranges:
+                params = {"offset": offset, "count": count}
+                async with session.get(url / "big", params=params) as resp:
+                    assert resp.status == 200
+                    assert await resp.read() == files["big"][offset : offset + count]
+
+    run(go())
     runs = app[RUNS]
     assert len(runs) == len(ranges)
-    assert len({run.peer for run in runs}) == 1, "client had to reconnect"
-    for run, (_, count) in zip(runs, ranges, strict=True):
-        check_run(run, count)
+    assert len({r.peer for r in runs}) == 1, "client had to reconnect"
+    for r, (_, count) in zip(runs, ranges, strict=True):
+        check_run(r, count)
 
 
-async def test_zero_count_sends_nothing(base_url: URL, app: web.Application) -> None:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
-        for _ in range(2):  # and the connection is still usable afterwards
-            params = {"offset": 5, "count": 0}
-            async with session.get(base_url / "big", params=params) as resp:
-                assert resp.status == 200
-                assert resp.content_length == 0
-                assert await resp.read() == b""
-    assert len({run.peer for run in app[RUNS]}) == 1
-    for run in app[RUNS]:
-        check_run(run, 0)
+def test_zero_count_sends_nothing(run: Run, app: web.Application) -> None:
+    async def go() -> None:
+        connector = aiohttp.TCPConnector(limit=1)
+        async with serve(app) as url, aiohttp.ClientSession(connector=connector) as session:
+            for _ in range(2):  # and the connection is still usable afterwards
+                params = {"offset": 5, "count": 0}
+                async with session.get(url / "big", params=params) as resp:
+                    assert resp.status == 200
+                    assert resp.content_length == 0
+                    assert await resp.read() == b""
+
+    run(go())
+    assert len({r.peer for r in app[RUNS]}) == 1
+    for r in app[RUNS]:
+        check_run(r, 0)
 
 
-async def test_chunked_response_uses_copy_path(
-    base_url: URL, app: web.Application, files: dict[str, bytes]
+def test_chunked_response_uses_copy_path(
+    run: Run, app: web.Application, files: dict[str, bytes]
 ) -> None:
-    params = {"offset": 3, "count": 600_000, "chunked": 1}
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(base_url / "big", params=params) as resp,
-    ):
-        assert resp.headers["Transfer-Encoding"] == "chunked"
-        assert await resp.read() == files["big"][3:600_003]
-    run = app[RUNS][0]
-    assert run.outcome == "ok"
-    assert run.position == 0
+    async def go() -> None:
+        params = {"offset": 3, "count": 600_000, "chunked": 1}
+        async with (
+            serve(app) as url,
+            aiohttp.ClientSession() as session,
+            session.get(url / "big", params=params) as resp,
+        ):
+            assert resp.headers["Transfer-Encoding"] == "chunked"
+            assert await resp.read() == files["big"][3:600_003]
+
+    run(go())
+    assert app[RUNS][0].outcome == "ok"
+    assert app[RUNS][0].position == 0
 
 
-async def test_file_shorter_than_range_breaks_response(base_url: URL, app: web.Application) -> None:
-    params = {"claim": SHORT_SIZE + 10}
-    async with aiohttp.ClientSession() as session:
-        with pytest.raises(aiohttp.ClientPayloadError):
-            async with session.get(base_url / "short", params=params) as resp:
-                await resp.read()
-    await asyncio.wait_for(app[RUNS][0].done.wait(), 5)
+def test_file_shorter_than_range_breaks_response(run: Run, app: web.Application) -> None:
+    async def go() -> None:
+        params = {"claim": SHORT_SIZE + 10}
+        async with serve(app) as url, aiohttp.ClientSession() as session:
+            with pytest.raises(aiohttp.ClientPayloadError):
+                async with session.get(url / "short", params=params) as resp:
+                    await resp.read()
+            await asyncio.wait_for(app[RUNS][0].done.wait(), 5)
+
+    run(go())
     assert app[RUNS][0].outcome == "EOFError"
 
 
-async def test_count_beyond_content_length_is_refused(loop_checked: None) -> None:
+def test_count_beyond_content_length_is_refused(run: Run) -> None:
     """Sending past Content-Length would corrupt the next keep-alive response."""
     refused: list[str] = []
 
@@ -306,32 +322,36 @@ async def test_count_beyond_content_length_is_refused(loop_checked: None) -> Non
         await response.write_eof(b"x" * 10)
         return response
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    async with serve(app) as url, aiohttp.ClientSession() as session, session.get(url) as resp:
-        assert await resp.read() == b"x" * 10
+    async def go() -> None:
+        app = web.Application()
+        app.router.add_get("/", handler)
+        async with serve(app) as url, aiohttp.ClientSession() as session:
+            async with session.get(url) as resp:
+                assert await resp.read() == b"x" * 10
+
+    run(go())
     assert len(refused) == 1
     assert "exceed" in refused[0]
 
 
 @pytest.mark.parametrize("handler_cancellation", [False, True], ids=["plain", "cancelling"])
-async def test_client_disconnect_mid_transfer(
-    app: web.Application, loop_checked: None, handler_cancellation: bool
+def test_client_disconnect_mid_transfer(
+    run: Run, app: web.Application, handler_cancellation: bool
 ) -> None:
-    async with serve(app, handler_cancellation=handler_cancellation) as url:
-        baseline = open_fds()
-        reader, writer = await raw_get(url, "/big")
-        await reader.readuntil(b"\r\n\r\n")
-        received = 0
-        while received < 512 << 10:
-            received += len(await reader.read(64 << 10))
-        await asyncio.sleep(0.05)  # server is now parked waiting for writability
-        writer.close()
-        await writer.wait_closed()
-        run = app[RUNS][0]
-        await asyncio.wait_for(run.done.wait(), 5)
-        expected = {"ConnectionResetError"} | (
-            {"CancelledError"} if handler_cancellation else set()
-        )
-        assert run.outcome in expected
-        assert await wait_fds(baseline) == set()
+    async def go() -> None:
+        async with serve(app, handler_cancellation=handler_cancellation) as url:
+            baseline = open_fds()
+            reader, writer = await raw_get(url, "/big")
+            await reader.readuntil(b"\r\n\r\n")
+            received = 0
+            while received < 512 << 10:
+                received += len(await reader.read(64 << 10))
+            await asyncio.sleep(0.05)  # the server is now parked waiting for writability
+            writer.close()
+            await writer.wait_closed()
+            await asyncio.wait_for(app[RUNS][0].done.wait(), 5)
+            assert await new_fds(baseline) == set()
+
+    run(go())
+    expected = {"ConnectionResetError"} | ({"CancelledError"} if handler_cancellation else set())
+    assert app[RUNS][0].outcome in expected

@@ -22,8 +22,8 @@ from aiohttp.typedefs import Handler
 from filecask.errors import PROBLEM_BASE, FilecaskError
 
 PROBLEM_TYPE = "application/problem+json"
-STREAMING = "filecask.streaming"
-"""Request key a handler sets just before it prepares a streamed response."""
+STREAMING = web.RequestKey("streaming", bool)
+"""Set by a handler just before it prepares a streamed response."""
 
 log = logging.getLogger("filecask.errors")
 
@@ -63,20 +63,20 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         return await handler(request)
     except FilecaskError as error:
-        if request.get(STREAMING):
+        if request.get(STREAMING, False):
             raise
         return from_error(error, request)
     except web.HTTPException as exc:
-        if exc.status < 400 or request.get(STREAMING):
+        if exc.status < 400 or request.get(STREAMING, False):
             raise
         return from_http_exception(exc, request)
     except (ConnectionError, OSError) as exc:
-        if request.get(STREAMING) or isinstance(exc, ConnectionResetError):
+        if request.get(STREAMING, False) or isinstance(exc, ConnectionResetError):
             raise
         log.exception("unhandled error on %s %s", request.method, request.path)
         return from_error(FilecaskError(), request)
     except Exception:
-        if request.get(STREAMING):
+        if request.get(STREAMING, False):
             raise
         log.exception("unhandled error on %s %s", request.method, request.path)
         return from_error(FilecaskError(), request)

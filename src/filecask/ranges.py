@@ -26,7 +26,8 @@ _SPEC = r"(?:[0-9]+-[0-9]*|-[0-9]+)"
 # RFC 9110 §14.1.1 ranges-specifier with the §5.6.1 list rule for `1#range-spec`:
 #   *( "," OWS ) element *( OWS "," [ OWS element ] )
 # so OWS is allowed only next to commas and empty elements are tolerated. Range units are
-# case-insensitive (§14.1); re.ASCII stops IGNORECASE from letting "ſ" stand for "s".
+# case-insensitive (§14.1); re.ASCII stops IGNORECASE from letting U+017F (long s) pass
+# for "s".
 _RANGES_SPECIFIER = re.compile(
     rf"bytes=(?:,[ \t]*)*{_SPEC}(?:[ \t]*,(?:[ \t]*{_SPEC})?)*",
     re.ASCII | re.IGNORECASE,

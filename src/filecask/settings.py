@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -155,6 +156,10 @@ class Settings:
     auth_max_delay: float = 60.0
     access_log: bool = True
 
+    def __post_init__(self) -> None:
+        # Absolute once, here, so nothing later depends on the working directory.
+        object.__setattr__(self, "data_dir", Path(os.path.abspath(self.data_dir)))
+
     @property
     def store_dir(self) -> Path:
         return self.data_dir / "store"
@@ -171,7 +176,7 @@ class Settings:
     def effective_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite+aiosqlite:///{(self.data_dir / 'filecask.db').resolve()}"
+        return f"sqlite+aiosqlite:///{self.data_dir / 'filecask.db'}"
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

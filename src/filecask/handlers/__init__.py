@@ -12,8 +12,8 @@ from filecask.auth import client_address
 from filecask.errors import BadRequest, Forbidden
 from filecask.metastore import User
 
-USER = "filecask.user"
-"""Request key holding the signed-in user's name, for the access log."""
+USER = web.RequestKey("user", str)
+"""The signed-in user's name, for the access log."""
 
 
 async def require_user(request: web.Request) -> User:
