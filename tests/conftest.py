@@ -26,6 +26,13 @@ def basic(name: str, password: str) -> Auth:
 
 ADMIN = basic("admin", ADMIN_PASSWORD)
 
+CHEAP_ARGON2: dict[str, Any] = {
+    "argon2_time_cost": 1,
+    "argon2_memory": 1 << 20,
+    "argon2_parallelism": 1,
+}
+"""Real argon2id at a cost that keeps hundreds of test sign-ins fast."""
+
 AppClient = TestClient[web.Request, web.Application]
 MakeSettings = Callable[..., Settings]
 MakeUser = Callable[..., Awaitable[Auth]]
@@ -54,7 +61,12 @@ def blockbuster(request: pytest.FixtureRequest) -> Iterator[BlockBuster | None]:
 @pytest.fixture
 def make_settings(tmp_path: Path) -> MakeSettings:
     def make(**overrides: Any) -> Settings:
-        base = Settings(data_dir=tmp_path / "data", admin_password=ADMIN_PASSWORD, access_log=False)
+        base = Settings(
+            data_dir=tmp_path / "data",
+            admin_password=ADMIN_PASSWORD,
+            access_log=False,
+            **CHEAP_ARGON2,
+        )
         return base.replace(**overrides)
 
     return make

@@ -64,9 +64,7 @@ async def open_services(settings: Settings) -> Services:
     await blobs.open()
     await locks.open()
     await meta.open()
-    auth = Authenticator(
-        meta, max_failures=settings.auth_max_failures, max_delay=settings.auth_max_delay
-    )
+    auth = Authenticator(meta, settings)
     return Services(settings, meta, blobs, FileStore(meta, blobs, locks), auth)
 
 

@@ -34,7 +34,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from filecask.errors import BadRequest, RateLimited, Unauthorized
 from filecask.metastore import MetaStore, User
-from filecask.settings import IPNetwork
+from filecask.settings import IPNetwork, Settings
 
 CACHE_SIZE = 10_000
 LIMITER_SIZE = 100_000
@@ -44,9 +44,14 @@ FAILURE_MEMORY = 900.0
 USER_NAME_MAX = 64
 
 
-def new_password_hasher() -> PasswordHasher:
-    """argon2id with the library's RFC 9106 defaults."""
-    return PasswordHasher()
+def new_password_hasher(settings: Settings) -> PasswordHasher:
+    """argon2id with the configured cost (defaults: RFC 9106's second recommendation).
+    Hashes carry their parameters, so changing the cost never invalidates stored ones."""
+    return PasswordHasher(
+        time_cost=settings.argon2_time_cost,
+        memory_cost=settings.argon2_memory // 1024,
+        parallelism=settings.argon2_parallelism,
+    )
 
 
 def validate_user_name(name: str) -> str:
@@ -166,17 +171,18 @@ class Authenticator:
     def __init__(
         self,
         meta: MetaStore,
+        settings: Settings,
         *,
-        max_failures: int,
-        max_delay: float,
         hasher: PasswordHasher | None = None,
     ) -> None:
         self._meta = meta
-        self._hasher = hasher or new_password_hasher()
+        self._hasher = hasher or new_password_hasher(settings)
         self._key = secrets.token_bytes(32)
         self._cache: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
-        self.limiter = FailureLimiter(threshold=max_failures, max_delay=max_delay)
+        self.limiter = FailureLimiter(
+            threshold=settings.auth_max_failures, max_delay=settings.auth_max_delay
+        )
 
     def hash_password(self, password: str) -> str:
         return self._hasher.hash(password)

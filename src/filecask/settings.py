@@ -135,6 +135,9 @@ SETTINGS: tuple[Setting, ...] = (
         "SECONDS",
     ),
     Setting("access_log", parse_bool, "Write one log line per request.", "BOOL"),
+    Setting("argon2_time_cost", int, "argon2id passes per password hash.", "N"),
+    Setting("argon2_memory", parse_size, "argon2id memory per password hash, e.g. 64M.", "SIZE"),
+    Setting("argon2_parallelism", int, "argon2id lanes per password hash.", "N"),
 )
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
@@ -155,10 +158,15 @@ class Settings:
     auth_max_failures: int = 5
     auth_max_delay: float = 60.0
     access_log: bool = True
+    # RFC 9106 §4 second recommended option (argon2-cffi's defaults).
+    argon2_time_cost: int = 3
+    argon2_memory: int = 64 << 20
+    argon2_parallelism: int = 4
 
     def __post_init__(self) -> None:
         # Absolute once, here, so nothing later depends on the working directory.
-        object.__setattr__(self, "data_dir", Path(os.path.abspath(self.data_dir)))
+        if not self.data_dir.is_absolute():
+            object.__setattr__(self, "data_dir", Path(os.path.abspath(self.data_dir)))
 
     @property
     def store_dir(self) -> Path:

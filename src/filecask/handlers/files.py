@@ -216,11 +216,11 @@ async def list_files(request: web.Request) -> web.Response:
     page, more = records[:limit], len(records) > limit
     base = base_url(request)
     body: dict[str, Any] = {"files": [file_json(r, base) for r in page], "next_cursor": None}
-    headers = {}
+    headers: dict[str, str] = {}
     if more:
         body["next_cursor"] = str(page[-1].id)
         next_url = request.rel_url.update_query(cursor=body["next_cursor"], limit=limit)
-        headers[hdrs.LINK] = f'<{base}{next_url}>; rel="next"'
+        headers["Link"] = f'<{base}{next_url}>; rel="next"'
     return json_response(body, headers=headers)
 
 

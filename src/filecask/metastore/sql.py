@@ -67,14 +67,15 @@ class SqlMetaStore:
         async with self._write() as conn:
             if await _user_row(conn, name) is not None:
                 raise Conflict(f"A user named {name!r} already exists.", user=name)
-            values = {
-                "name": name,
-                "password_hash": password_hash,
-                "is_admin": is_admin,
-                "created_at": _now(),
-            }
-            result = await conn.execute(users.insert().values(**values))
-            return User(id=result.inserted_primary_key[0], **values)
+            created_at = _now()
+            result = await conn.execute(
+                users.insert().values(
+                    name=name, password_hash=password_hash, is_admin=is_admin, created_at=created_at
+                )
+            )
+            key = result.inserted_primary_key
+            assert key is not None  # an INSERT of one row always has a key
+            return User(int(key[0]), name, password_hash, is_admin, created_at)
 
     async def get_user(self, name: str) -> User | None:
         async with self.engine.connect() as conn:
@@ -266,7 +267,7 @@ def _user(row: sa.Row[Any]) -> User:
 
 
 def _record(row: sa.Row[Any]) -> FileRecord:
-    return FileRecord(row[0], row[1], row[2], row[3], row[4], _utc(row[5]))
+    return FileRecord(row.id, row.hash, row.name, row.size, row.content_type, _utc(row.created_at))
 
 
 def _now() -> datetime:

@@ -1,0 +1,495 @@
+"""/files over a real loopback socket: every row of the API table and its error cases."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from email.parser import BytesParser
+from email.policy import HTTP
+
+import aiohttp
+import pytest
+
+from filecask.settings import Settings
+from tests.conftest import ADMIN, AppClient, MakeSettings, MakeUser, assert_problem
+
+BODY = os.urandom(50_000)
+SHA = hashlib.sha256(BODY).hexdigest()
+
+
+async def upload(
+    client: AppClient,
+    body: bytes = BODY,
+    *,
+    name: str | None = None,
+    headers: dict[str, str] = ADMIN,
+) -> aiohttp.ClientResponse:
+    url = "/files" if name is None else f"/files?name={name}"
+    return await client.post(url, data=body, headers=headers)
+
+
+def blob_path(settings: Settings, hex_hash: str) -> os.PathLike[str]:
+    return settings.store_dir / hex_hash[:2] / hex_hash
+
+
+def scratch_files(settings: Settings) -> list[str]:
+    return os.listdir(settings.tmp_dir)
+
+
+# upload
+
+
+async def test_upload_raw_body_returns_201_with_location(client: AppClient) -> None:
+    response = await upload(client, name="photo.bin")
+    assert response.status == 201
+    body = await response.json()
+    assert body["hash"] == SHA
+    assert body["size"] == len(BODY)
+    assert body["name"] == "photo.bin"
+    assert body["url"].endswith(f"/files/{SHA}")
+    assert response.headers["Location"] == body["url"]
+
+
+async def test_upload_stores_blob_under_fanout_path(client: AppClient, settings: Settings) -> None:
+    await upload(client)
+    with open(blob_path(settings, SHA), "rb") as stored:
+        assert stored.read() == BODY
+    assert scratch_files(settings) == []
+
+
+async def test_reupload_of_owned_content_is_200_with_same_body(client: AppClient) -> None:
+    first = await (await upload(client, name="a.bin")).json()
+    again = await upload(client, name="other-name.bin")
+    assert again.status == 200
+    assert await again.json() == first
+
+
+async def test_upload_put_without_hash_behaves_like_post(client: AppClient) -> None:
+    response = await client.put("/files?name=x.bin", data=BODY, headers=ADMIN)
+    assert response.status == 201
+    assert (await response.json())["hash"] == SHA
+
+
+async def test_upload_multipart_field_file_takes_its_filename(client: AppClient) -> None:
+    form = aiohttp.FormData()
+    form.add_field("comment", "ignored")
+    form.add_field("file", BODY, filename="holiday.jpg", content_type="image/jpeg")
+    response = await client.post("/files", data=form, headers=ADMIN)
+    assert response.status == 201
+    body = await response.json()
+    assert (body["hash"], body["name"], body["content_type"]) == (SHA, "holiday.jpg", "image/jpeg")
+
+
+async def test_upload_multipart_without_file_field_is_400(client: AppClient) -> None:
+    form = aiohttp.FormData()
+    form.add_field("other", b"x", filename="x.bin")
+    response = await client.post("/files", data=form, headers=ADMIN)
+    assert response.status == 400
+    assert_problem(await response.json(), 400, "bad-request")
+
+
+async def test_upload_without_name_is_named_by_its_hash(client: AppClient) -> None:
+    assert (await (await upload(client)).json())["name"] == SHA
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "a\\b", "nul\x00", "x" * 256, "é" * 128])
+async def test_upload_with_bad_name_is_400_and_stores_nothing(
+    client: AppClient, settings: Settings, name: str
+) -> None:
+    response = await client.post("/files", params={"name": name}, data=BODY, headers=ADMIN)
+    assert response.status == 400
+    assert_problem(await response.json(), 400, "invalid-name")
+    assert not os.path.exists(blob_path(settings, SHA))
+
+
+async def test_upload_anonymous_is_401_with_basic_challenge(client: AppClient) -> None:
+    response = await upload(client, headers={})
+    assert response.status == 401
+    assert response.headers["WWW-Authenticate"] == 'Basic realm="filecask", charset="UTF-8"'
+    assert response.content_type == "application/problem+json"
+    assert_problem(await response.json(), 401, "unauthorized")
+
+
+async def test_upload_of_empty_body_is_stored(client: AppClient) -> None:
+    body = await (await upload(client, b"")).json()
+    assert body["hash"] == hashlib.sha256(b"").hexdigest()
+    assert body["size"] == 0
+    download = await client.get(f"/files/{body['hash']}")
+    assert download.status == 200
+    assert await download.read() == b""
+
+
+async def test_put_with_matching_hash_stores(client: AppClient) -> None:
+    response = await client.put(f"/files/{SHA}", data=BODY, headers=ADMIN)
+    assert response.status == 201
+    assert (await response.json())["hash"] == SHA
+
+
+async def test_put_with_upper_case_hash_is_normalised(client: AppClient) -> None:
+    response = await client.put(f"/files/{SHA.upper()}", data=BODY, headers=ADMIN)
+    assert response.status == 201
+    assert (await response.json())["hash"] == SHA
+
+
+async def test_put_with_mismatching_hash_is_400_and_stores_nothing(
+    client: AppClient, settings: Settings
+) -> None:
+    wrong = hashlib.sha256(b"something else").hexdigest()
+    response = await client.put(f"/files/{wrong}", data=BODY, headers=ADMIN)
+    assert response.status == 400
+    problem = await response.json()
+    assert_problem(problem, 400, "hash-mismatch")
+    assert (problem["expected"], problem["actual"]) == (wrong, SHA)
+    assert (await client.get(f"/files/{SHA}")).status == 404
+    assert (await client.get(f"/files/{wrong}")).status == 404
+    assert not os.path.exists(blob_path(settings, SHA))
+    assert scratch_files(settings) == []
+
+
+async def test_upload_larger_than_limit_with_content_length_is_413(
+    aiohttp_client: object, make_settings: MakeSettings
+) -> None:
+    settings = make_settings(max_upload_size=1000)
+    client = await _client(aiohttp_client, settings)
+    response = await upload(client, b"x" * 1001)
+    assert response.status == 413
+    assert_problem(await response.json(), 413, "payload-too-large")
+    assert scratch_files(settings) == []
+
+
+async def test_upload_larger_than_limit_without_content_length_is_413_while_streaming(
+    aiohttp_client: object, make_settings: MakeSettings
+) -> None:
+    settings = make_settings(max_upload_size=100_000)
+
+    async def chunks() -> object:
+        for _ in range(10):
+            yield b"y" * 20_000
+
+    client = await _client(aiohttp_client, settings)
+    response = await client.post("/files", data=chunks(), headers=ADMIN)
+    assert response.status == 413
+    assert_problem(await response.json(), 413, "payload-too-large")
+    assert scratch_files(settings) == []
+    assert os.listdir(settings.store_dir) == []
+
+
+async def test_upload_exactly_at_limit_is_accepted(
+    aiohttp_client: object, make_settings: MakeSettings
+) -> None:
+    client = await _client(aiohttp_client, make_settings(max_upload_size=1000))
+    assert (await upload(client, b"z" * 1000)).status == 201
+
+
+async def test_expect_continue_for_oversized_upload_is_refused_before_body(
+    aiohttp_client: object, make_settings: MakeSettings
+) -> None:
+    client = await _client(aiohttp_client, make_settings(max_upload_size=10))
+    response = await client.post(
+        "/files", data=b"0123456789abc", headers={**ADMIN, "Expect": "100-continue"}
+    )
+    assert response.status == 413
+    assert response.content_type == "application/problem+json"
+
+
+async def test_expect_continue_for_acceptable_upload_stores(client: AppClient) -> None:
+    response = await client.post("/files", data=BODY, headers={**ADMIN, "Expect": "100-continue"})
+    assert response.status == 201
+
+
+# download
+
+
+async def test_download_headers(client: AppClient) -> None:
+    await upload(client, name="secret-name.bin")
+    response = await client.get(f"/files/{SHA}")
+    assert response.status == 200
+    assert await response.read() == BODY
+    headers = response.headers
+    assert headers["ETag"] == f'"{SHA}"'
+    assert headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    assert headers["Accept-Ranges"] == "bytes"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Content-Security-Policy"] == "sandbox"
+    assert headers["Content-Length"] == str(len(BODY))
+    assert headers["Content-Type"] == "application/octet-stream"
+
+
+async def test_download_without_name_never_reveals_the_uploaders_name(client: AppClient) -> None:
+    await upload(client, name="secret-name.bin")
+    response = await client.get(f"/files/{SHA}")
+    disposition = response.headers["Content-Disposition"]
+    assert disposition == f'inline; filename="{SHA}"'
+    assert "secret" not in str(response.headers)
+
+
+async def test_download_with_ascii_name(client: AppClient) -> None:
+    await upload(client)
+    response = await client.get(f"/files/{SHA}", params={"name": "report.bin"})
+    assert response.headers["Content-Disposition"] == 'inline; filename="report.bin"'
+
+
+async def test_download_with_non_ascii_name_uses_rfc5987(client: AppClient) -> None:
+    await upload(client)
+    response = await client.get(f"/files/{SHA}", params={"name": "отчёт 2026.bin"})
+    disposition = response.headers["Content-Disposition"]
+    assert disposition.startswith('inline; filename="')
+    assert "filename*=UTF-8''%D0%BE%D1%82%D1%87%D1%91%D1%82%202026.bin" in disposition
+
+
+async def test_download_with_bad_name_is_400(client: AppClient) -> None:
+    await upload(client)
+    response = await client.get(f"/files/{SHA}", params={"name": "../etc/passwd"})
+    assert response.status == 400
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "content_type"),
+    [
+        ("page.html", b"<script>alert(1)</script>", "text/html"),
+        ("image.svg", b"<svg xmlns='http://www.w3.org/2000/svg'/>", "image/svg+xml"),
+        ("app.js", b"alert(1)", "text/javascript"),
+        ("feed.xml", b"<?xml version='1.0'?><a/>", "application/xml"),
+    ],
+)
+async def test_active_content_is_sent_as_sandboxed_attachment(
+    client: AppClient, name: str, body: bytes, content_type: str
+) -> None:
+    hex_hash = (await (await upload(client, body, name=name)).json())["hash"]
+    response = await client.get(f"/files/{hex_hash}")
+    assert response.headers["Content-Type"].startswith(content_type)
+    assert response.headers["Content-Disposition"].startswith("attachment;")
+    assert response.headers["Content-Security-Policy"] == "sandbox"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_png_is_inline_with_its_type(client: AppClient) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + os.urandom(100)
+    hex_hash = (await (await upload(client, png)).json())["hash"]
+    response = await client.get(f"/files/{hex_hash}")
+    assert response.headers["Content-Type"] == "image/png"
+    assert response.headers["Content-Disposition"].startswith("inline;")
+
+
+async def test_head_has_headers_and_no_body(client: AppClient) -> None:
+    await upload(client)
+    response = await client.head(f"/files/{SHA}")
+    assert response.status == 200
+    assert response.headers["Content-Length"] == str(len(BODY))
+    assert response.headers["ETag"] == f'"{SHA}"'
+    assert await response.read() == b""
+
+
+async def test_download_single_range_is_206(client: AppClient) -> None:
+    await upload(client)
+    response = await client.get(f"/files/{SHA}", headers={"Range": "bytes=100-199"})
+    assert response.status == 206
+    assert response.headers["Content-Range"] == f"bytes 100-199/{len(BODY)}"
+    assert await response.read() == BODY[100:200]
+
+
+async def test_download_suffix_range(client: AppClient) -> None:
+    await upload(client)
+    response = await client.get(f"/files/{SHA}", headers={"Range": "bytes=-10"})
+    assert response.status == 206
+    assert await response.read() == BODY[-10:]
+
+
+async def test_download_multiple_ranges_is_multipart_byteranges(client: AppClient) -> None:
+    await upload(client)
+    response = await client.get(f"/files/{SHA}", headers={"Range": "bytes=0-9,1000-1099,-5"})
+    assert response.status == 206
+    content_type = response.headers["Content-Type"]
+    assert content_type.startswith("multipart/byteranges; boundary=")
+    raw = await response.read()
+    assert len(raw) == int(response.headers["Content-Length"])
+    message = BytesParser(policy=HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + raw
+    )
+    parts = list(message.iter_parts())
+    expected = [(0, 9), (1000, 1099), (len(BODY) - 5, len(BODY) - 1)]
+    assert len(parts) == len(expected)
+    for part, (start, end) in zip(parts, expected, strict=True):
+        assert part["Content-Range"] == f"bytes {start}-{end}/{len(BODY)}"
+        assert part.get_payload(decode=True) == BODY[start : end + 1]
+
+
+async def test_download_unsatisfiable_range_is_416(client: AppClient) -> None:
+    await upload(client)
+    response = await client.get(f"/files/{SHA}", headers={"Range": f"bytes={len(BODY)}-"})
+    assert response.status == 416
+    assert response.headers["Content-Range"] == f"bytes */{len(BODY)}"
+    assert_problem(await response.json(), 416, "range-not-satisfiable")
+
+
+async def test_download_malformed_range_is_ignored(client: AppClient) -> None:
+    await upload(client)
+    response = await client.get(f"/files/{SHA}", headers={"Range": "bytes=oops"})
+    assert response.status == 200
+    assert await response.read() == BODY
+
+
+async def test_if_none_match_is_304(client: AppClient) -> None:
+    await upload(client)
+    response = await client.get(f"/files/{SHA}", headers={"If-None-Match": f'W/"{SHA}"'})
+    assert response.status == 304
+    assert response.headers["ETag"] == f'"{SHA}"'
+    assert await response.read() == b""
+
+
+async def test_if_range_matching_etag_gives_range(client: AppClient) -> None:
+    await upload(client)
+    headers = {"Range": "bytes=0-9", "If-Range": f'"{SHA}"'}
+    response = await client.get(f"/files/{SHA}", headers=headers)
+    assert response.status == 206
+    assert await response.read() == BODY[:10]
+
+
+async def test_if_range_other_etag_gives_whole_file(client: AppClient) -> None:
+    await upload(client)
+    headers = {"Range": "bytes=0-9", "If-Range": '"something-else"'}
+    response = await client.get(f"/files/{SHA}", headers=headers)
+    assert response.status == 200
+    assert await response.read() == BODY
+
+
+async def test_download_upper_case_hash(client: AppClient) -> None:
+    await upload(client)
+    response = await client.get(f"/files/{SHA.upper()}")
+    assert response.status == 200
+    assert await response.read() == BODY
+
+
+async def test_download_unknown_hash_is_404(client: AppClient) -> None:
+    response = await client.get(f"/files/{'0' * 64}")
+    assert response.status == 404
+    assert_problem(await response.json(), 404, "not-found")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/files/abc",
+        "/files/" + "a" * 65,
+        "/files/" + "g" * 64,
+        "/files/..%2F..%2Fetc%2Fpasswd",
+        "/files/%2e%2e",
+        "/files/" + "a" * 63 + "%00",
+        "/files/" + "%EF%BC%90" * 64,  # full-width digit zero, percent-encoded
+        "/files/" + "a" * 5000,
+    ],
+)
+async def test_download_with_invalid_hash_is_400(client: AppClient, path: str) -> None:
+    # encoded=True sends the path as written: no client-side dot-segment normalisation.
+    response = await client.session.get(client.make_url("").with_path(path, encoded=True))
+    assert response.status == 400, path
+    assert_problem(await response.json(), 400, "invalid-hash")
+
+
+# delete
+
+
+async def test_delete_by_owner_is_204_and_removes_blob(
+    client: AppClient, settings: Settings
+) -> None:
+    await upload(client)
+    response = await client.delete(f"/files/{SHA}", headers=ADMIN)
+    assert response.status == 204
+    assert (await client.get(f"/files/{SHA}")).status == 404
+    assert not os.path.exists(blob_path(settings, SHA))
+
+
+async def test_delete_unknown_is_404(client: AppClient) -> None:
+    response = await client.delete(f"/files/{'1' * 64}", headers=ADMIN)
+    assert response.status == 404
+
+
+async def test_delete_by_non_owner_is_403_and_keeps_file(
+    client: AppClient, make_user: MakeUser
+) -> None:
+    await upload(client)
+    bob = await make_user("bob")
+    response = await client.delete(f"/files/{SHA}", headers=bob)
+    assert response.status == 403
+    assert_problem(await response.json(), 403, "forbidden")
+    assert (await client.get(f"/files/{SHA}")).status == 200
+
+
+async def test_delete_anonymous_is_401(client: AppClient) -> None:
+    await upload(client)
+    assert (await client.delete(f"/files/{SHA}")).status == 401
+
+
+async def test_shared_content_is_stored_once_and_leaves_with_last_reference(
+    client: AppClient, settings: Settings, make_user: MakeUser
+) -> None:
+    bob = await make_user("bob")
+    assert (await upload(client, name="mine.bin")).status == 201
+    assert (await upload(client, name="bobs.bin", headers=bob)).status == 201
+    assert len(os.listdir(settings.store_dir / SHA[:2])) == 1
+
+    assert (await client.delete(f"/files/{SHA}", headers=ADMIN)).status == 204
+    assert os.path.exists(blob_path(settings, SHA))
+    assert (await client.get(f"/files/{SHA}")).status == 200
+    bob_files = await (await client.get("/files", headers=bob)).json()
+    assert [f["name"] for f in bob_files["files"]] == ["bobs.bin"]
+
+    assert (await client.delete(f"/files/{SHA}", headers=bob)).status == 204
+    assert not os.path.exists(blob_path(settings, SHA))
+    assert (await client.get(f"/files/{SHA}")).status == 404
+
+
+# list
+
+
+async def test_list_is_the_callers_files_newest_first(
+    client: AppClient, make_user: MakeUser
+) -> None:
+    bob = await make_user("bob")
+    hashes = [(await (await upload(client, f"{i}".encode())).json())["hash"] for i in range(3)]
+    await upload(client, b"bob's", headers=bob)
+    listing = await (await client.get("/files", headers=ADMIN)).json()
+    assert [f["hash"] for f in listing["files"]] == hashes[::-1]
+    assert listing["next_cursor"] is None
+    first = listing["files"][0]
+    assert set(first) == {"hash", "size", "name", "content_type", "uploaded_at", "url"}
+
+
+async def test_list_paginates_with_cursor_and_link(client: AppClient) -> None:
+    hashes = [(await (await upload(client, f"n{i}".encode())).json())["hash"] for i in range(5)]
+    seen: list[str] = []
+    url = "/files?limit=2"
+    pages = 0
+    while url:
+        response = await client.get(url, headers=ADMIN)
+        page = await response.json()
+        seen += [f["hash"] for f in page["files"]]
+        pages += 1
+        link = response.headers.get("Link")
+        if page["next_cursor"] is None:
+            assert link is None
+            break
+        assert link is not None
+        assert link.endswith('>; rel="next"')
+        url = f"/files?limit=2&cursor={page['next_cursor']}"
+    assert pages == 3
+    assert seen == hashes[::-1]
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=x", "cursor=-1", "cursor=a"])
+async def test_list_with_bad_paging_is_400(client: AppClient, query: str) -> None:
+    response = await client.get(f"/files?{query}", headers=ADMIN)
+    assert response.status == 400
+
+
+async def test_list_anonymous_is_401(client: AppClient) -> None:
+    assert (await client.get("/files")).status == 401
+
+
+async def _client(aiohttp_client: object, settings: Settings) -> AppClient:
+    from filecask.app import create_app
+
+    make = aiohttp_client
+    assert callable(make)
+    client: AppClient = await make(create_app(settings))
+    return client
