@@ -75,7 +75,7 @@ def main() -> None:
 
 
 @main.command()
-@setting_options(*(s.name for s in SETTINGS))
+@setting_options(*(s.name for s in SETTINGS if not s.secret))
 def serve(**flags: Any) -> None:
     """Run the HTTP server."""
     settings = build_settings(flags)

@@ -138,8 +138,9 @@ async def _sendfile_range(
     try:
         while sent < count:
             _ensure_open(transport)
+            size = min(count - sent, _SENDFILE_CHUNK)
             try:
-                n = os.sendfile(out, fd, offset + sent, min(count - sent, _SENDFILE_CHUNK))
+                n = os.sendfile(out, fd, offset + sent, size)
             except BlockingIOError:
                 await _wait_writable(loop, out)
                 continue
@@ -153,7 +154,10 @@ async def _sendfile_range(
                 raise EOFError(f"fd {fd} ended {count - sent} bytes before the range did")
             sent += n
             _account(writer, n)
-            await asyncio.sleep(0)  # let other connections run between chunks
+            if n < size:  # socket buffer full: skip the EAGAIN round trip
+                await _wait_writable(loop, out)
+            else:
+                await asyncio.sleep(0)  # let other connections run between chunks
     finally:
         os.close(out)
     return sent

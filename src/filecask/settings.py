@@ -78,6 +78,8 @@ class Setting:
     help: str
     metavar: str = "TEXT"
     aliases: tuple[str, ...] = ()
+    secret: bool = False
+    """Environment only: a command-line flag would show the value in `ps`."""
 
     @property
     def env(self) -> str:
@@ -109,6 +111,7 @@ SETTINGS: tuple[Setting, ...] = (
         parse_optional,
         "Password for the `admin` user created on first start; random and printed if unset.",
         "PASSWORD",
+        secret=True,
     ),
     Setting(
         "public_url",
