@@ -1,0 +1,126 @@
+"""The disk blob store: staging, atomic commit, scratch recovery, containment."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import os
+import zlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from filecask.blobstore.disk import SCRATCH_PREFIX, DiskBlobStore
+from filecask.errors import NotFound, PayloadTooLarge
+
+
+async def chunks(data: bytes, piece: int = 100_000) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), piece):
+        yield data[start : start + piece]
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> DiskBlobStore:
+    blobs = DiskBlobStore(tmp_path)
+    await blobs.open()
+    return blobs
+
+
+async def test_stage_hashes_and_syncs_without_making_visible(store: DiskBlobStore) -> None:
+    data = os.urandom(3_000_000)
+    staged = await store.stage(chunks(data), max_size=len(data))
+    assert staged.hash == hashlib.sha256(data).hexdigest()
+    assert staged.crc32 == zlib.crc32(data)
+    assert staged.size == len(data)
+    assert staged.head == data[:8192]
+    assert staged.scratch.parent == store.tmp_dir
+    assert not await store.exists(staged.hash)
+
+
+async def test_commit_moves_into_fanout_path(store: DiskBlobStore) -> None:
+    data = b"hello world"
+    staged = await store.stage(chunks(data), max_size=100)
+    assert await store.commit(staged) is True
+    path = store.path_of(staged.hash)
+    assert path == store.store_dir / staged.hash[:2] / staged.hash
+    assert path.read_bytes() == data
+    assert os.listdir(store.tmp_dir) == []
+
+
+async def test_commit_of_existing_blob_drops_the_copy(store: DiskBlobStore) -> None:
+    first = await store.stage(chunks(b"same"), max_size=100)
+    second = await store.stage(chunks(b"same"), max_size=100)
+    assert await store.commit(first) is True
+    assert await store.commit(second) is False
+    assert os.listdir(store.tmp_dir) == []
+
+
+async def test_stage_over_limit_raises_and_removes_scratch(store: DiskBlobStore) -> None:
+    with pytest.raises(PayloadTooLarge):
+        await store.stage(chunks(b"x" * 5000, piece=1000), max_size=4999)
+    assert os.listdir(store.tmp_dir) == []
+
+
+async def test_discard_and_delete_are_idempotent(store: DiskBlobStore) -> None:
+    staged = await store.stage(chunks(b"bye"), max_size=100)
+    await store.discard(staged)
+    await store.discard(staged)
+    await store.delete(staged.hash)
+    assert os.listdir(store.tmp_dir) == []
+
+
+async def test_open_blob_reports_size_and_missing_is_not_found(store: DiskBlobStore) -> None:
+    staged = await store.stage(chunks(b"abc"), max_size=100)
+    await store.commit(staged)
+    opened = await store.open_blob(staged.hash)
+    try:
+        assert opened.size == 3
+        assert os.pread(opened.fd, 3, 0) == b"abc"
+    finally:
+        os.close(opened.fd)
+    with pytest.raises(NotFound):
+        await store.open_blob("0" * 64)
+
+
+async def test_iter_blobs_lists_what_is_stored(store: DiskBlobStore) -> None:
+    hashes = set()
+    for data in (b"a", b"b", b"c"):
+        staged = await store.stage(chunks(data), max_size=10)
+        await store.commit(staged)
+        hashes.add(staged.hash)
+    assert {blob.hash async for blob in store.iter_blobs()} == hashes
+
+
+def test_open_reaps_scratch_of_dead_writers_but_not_live_ones(tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    abandoned = tmp / f"{SCRATCH_PREFIX}dead"
+    abandoned.write_bytes(b"partial")
+    live = tmp / f"{SCRATCH_PREFIX}live"
+    live.write_bytes(b"in flight")
+    unrelated = tmp / "not-ours"
+    unrelated.write_bytes(b"keep")
+    holder = os.open(live, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another writer, still uploading
+    try:
+        asyncio.run(DiskBlobStore(tmp_path).open())
+        assert not abandoned.exists()
+        assert live.exists()
+        assert unrelated.exists()
+    finally:
+        os.close(holder)
+
+
+def test_open_refuses_store_and_tmp_on_different_filesystems(tmp_path: Path) -> None:
+    if not Path("/dev/shm").is_dir() or os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on a filesystem other than the test's tmp dir")
+    other = Path("/dev/shm") / f"filecask-test-{os.getpid()}"
+    other.mkdir()
+    try:
+        (tmp_path / "tmp").symlink_to(other)
+        with pytest.raises(RuntimeError, match="one filesystem"):
+            asyncio.run(DiskBlobStore(tmp_path).open())
+    finally:
+        other.rmdir()
