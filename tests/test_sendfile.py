@@ -16,7 +16,10 @@ import asyncio
 import contextlib
 import gc
 import os
+import shutil
 import socket
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +54,7 @@ class HandlerRun:
     accounted: int = -1
     body_length: int = -1
     position: int = -1
+    prefix: int = 0
 
 
 FILES = web.AppKey("files", dict[str, Path])
@@ -95,9 +99,12 @@ def app(files: dict[str, bytes], tmp_path: Path) -> web.Application:
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
-    """GET /{name}?offset=&count=[&chunked=1][&claim=N] via send_file_range.
+    """GET /{name}?offset=&count=[&chunked=1][&claim=N][&prefix=N&sndbuf=N].
 
     ``claim`` lets a test ask for more than the file holds (a truncated blob).
+    ``prefix`` writes that many bytes through response.write() first; with a small
+    ``sndbuf`` and a client not reading yet, they are still queued in the transport
+    (not the kernel) when send_file_range starts.
     """
     run = HandlerRun(peer=request.transport and request.transport.get_extra_info("peername"))
     request.app[RUNS].append(run)
@@ -105,17 +112,26 @@ async def handle(request: web.Request) -> web.StreamResponse:
     offset = int(request.query.get("offset", 0))
     count = int(request.query.get("claim", path.stat().st_size - offset))
     count = int(request.query.get("count", count))
+    prefix = int(request.query.get("prefix", 0))
+    if "sndbuf" in request.query and request.transport is not None:
+        sock = request.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, int(request.query["sndbuf"]))
     fd = os.open(path, os.O_RDONLY)
     try:
         response = web.StreamResponse()
         if "chunked" in request.query:
             response.enable_chunked_encoding()
         else:
-            response.content_length = count
+            response.content_length = prefix + count
         await response.prepare(request)
         run.headers_size = request.writer.output_size
+        data = prefix_bytes(prefix)
+        for start in range(0, prefix, 32 << 10):  # small writes: aiohttp won't drain each
+            await response.write(data[start : start + (32 << 10)])
+        run.prefix = prefix
+        before = request.writer.output_size
         await send_file_range(request, response, fd, offset, count)
-        run.accounted = request.writer.output_size - run.headers_size
+        run.accounted = request.writer.output_size - before
         run.position = os.lseek(fd, 0, os.SEEK_CUR)
         await response.write_eof()
         run.body_length = response.body_length
@@ -130,15 +146,20 @@ async def handle(request: web.Request) -> web.StreamResponse:
 
 
 @contextlib.asynccontextmanager
-async def serve(app: web.Application, *, handler_cancellation: bool = False) -> AsyncIterator[URL]:
+async def serve(
+    app: web.Application,
+    *,
+    handler_cancellation: bool = False,
+    tls: ssl.SSLContext | None = None,
+) -> AsyncIterator[URL]:
     """Runs the app on an ephemeral port; aiohttp's default is no handler cancellation."""
     runner = web.AppRunner(app, handler_cancellation=handler_cancellation, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
     await site.start()
     host, port = runner.addresses[0][:2]
     try:
-        yield URL.build(scheme="http", host=host, port=port)
+        yield URL.build(scheme="https" if tls else "http", host=host, port=port)
     finally:
         await runner.cleanup()
 
@@ -152,6 +173,10 @@ async def raw_get(url: URL, target: str) -> tuple[asyncio.StreamReader, asyncio.
     reader, writer = await asyncio.open_connection(sock=sock)
     writer.write(f"GET {target} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
     return reader, writer
+
+
+def prefix_bytes(n: int) -> bytes:
+    return (b"0123456789abcdef" * (n // 16 + 1))[:n]
 
 
 def content_length(head: bytes) -> int:
@@ -180,32 +205,59 @@ def check_run(run: HandlerRun, count: int) -> None:
     """The writer saw exactly count body bytes and the fd position never moved."""
     assert run.outcome == "ok"
     assert run.accounted == count
-    assert run.body_length == run.headers_size + count
+    assert run.body_length == run.headers_size + run.prefix + count
     assert run.position == 0
+
+
+async def slow_read(url: URL, target: str, *, stall: float = 0) -> bytes:
+    """The body of GET target, read by a client that keeps the server waiting.
+
+    ``stall`` seconds pass before the first read, so socket buffers fill up and the
+    server's writes start queueing in its transport.
+    """
+    reader, writer = await raw_get(url, target)
+    await asyncio.sleep(stall)
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    size = content_length(head)
+    body = bytearray()
+    reads = 0
+    while len(body) < size:
+        chunk = await reader.read(64 << 10)
+        assert chunk, f"connection closed after {len(body)} bytes"
+        body += chunk
+        reads += 1
+        if reads % 16 == 0:  # dawdle now and then so the server keeps hitting EAGAIN
+            await asyncio.sleep(0.001)
+    writer.close()
+    await writer.wait_closed()
+    return bytes(body)
 
 
 def test_full_file_to_slow_reader(run: Run, app: web.Application, files: dict[str, bytes]) -> None:
     async def go() -> None:
         async with serve(app) as url:
-            reader, writer = await raw_get(url, "/big")
-            head = await reader.readuntil(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 200 ")
-            assert content_length(head) == SIZE
-            body = bytearray()
-            reads = 0
-            while len(body) < SIZE:
-                chunk = await reader.read(64 << 10)
-                assert chunk, f"connection closed after {len(body)} bytes"
-                body += chunk
-                reads += 1
-                if reads % 16 == 0:  # dawdle now and then so the server keeps hitting EAGAIN
-                    await asyncio.sleep(0.001)
-            assert body == files["big"]
-            writer.close()
-            await writer.wait_closed()
+            assert await slow_read(url, "/big") == files["big"]
 
     run(go())
     check_run(app[RUNS][0], SIZE)
+
+
+def test_buffered_writes_stay_ahead_of_file_bytes(
+    run: Run, app: web.Application, files: dict[str, bytes]
+) -> None:
+    """Bytes still queued in the transport must reach the peer before sendfile's."""
+    # 64 KiB in 32 KiB writes never pauses the protocol, so nothing waits for it.
+    prefix, offset, count = 64 << 10, 4321, 4 << 20
+    target = f"/big?prefix={prefix}&sndbuf=4096&offset={offset}&count={count}"
+
+    async def go() -> None:
+        async with serve(app) as url:
+            body = await slow_read(url, target, stall=0.3)
+            assert body == prefix_bytes(prefix) + files["big"][offset : offset + count]
+
+    run(go())
+    check_run(app[RUNS][0], count)
 
 
 @pytest.mark.parametrize(
@@ -294,6 +346,52 @@ def test_chunked_response_uses_copy_path(
     assert app[RUNS][0].position == 0
 
 
+@pytest.fixture(scope="module")
+def tls_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A throwaway self-signed certificate for 127.0.0.1: (server, client) contexts."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    tmp = tmp_path_factory.mktemp("tls")
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(
+        [
+            *(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert, key)
+    return server, ssl.create_default_context(cafile=cert)
+
+
+def test_tls_uses_copy_path(
+    run: Run,
+    app: web.Application,
+    files: dict[str, bytes],
+    tls_pair: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """TLS transports still expose the raw socket; sendfile there would bypass TLS."""
+    server_tls, client_tls = tls_pair
+    offset, count = 999, 3 << 20
+
+    async def go() -> None:
+        params = {"offset": offset, "count": count}
+        async with (
+            serve(app, tls=server_tls) as url,
+            aiohttp.ClientSession() as session,
+            session.get(url / "big", params=params, ssl=client_tls) as resp,
+        ):
+            assert resp.status == 200
+            assert await resp.read() == files["big"][offset : offset + count]
+
+    run(go())
+    check_run(app[RUNS][0], count)
+
+
 def test_file_shorter_than_range_breaks_response(run: Run, app: web.Application) -> None:
     async def go() -> None:
         params = {"claim": SHORT_SIZE + 10}
@@ -325,9 +423,12 @@ def test_count_beyond_content_length_is_refused(run: Run) -> None:
     async def go() -> None:
         app = web.Application()
         app.router.add_get("/", handler)
-        async with serve(app) as url, aiohttp.ClientSession() as session:
-            async with session.get(url) as resp:
-                assert await resp.read() == b"x" * 10
+        async with (
+            serve(app) as url,
+            aiohttp.ClientSession() as session,
+            session.get(url) as resp,
+        ):
+            assert await resp.read() == b"x" * 10
 
     run(go())
     assert len(refused) == 1

@@ -14,6 +14,7 @@ import uvloop
 from aiohttp import web
 
 from filecask import __version__
+from filecask.accesslog import AccessLogger
 from filecask.app import Services, close_services, create_app, open_services
 from filecask.auth import generate_password, validate_password, validate_user_name
 from filecask.errors import FilecaskError
@@ -21,8 +22,6 @@ from filecask.settings import SETTINGS, SETTINGS_BY_NAME, Settings, SettingsErro
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
-
-ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tf "%{User-Agent}i"'
 
 
 def setting_options(*names: str) -> Callable[[F], F]:
@@ -86,7 +85,10 @@ def serve(**flags: Any) -> None:
         host=settings.host,
         port=settings.port,
         access_log=logging.getLogger("filecask.access") if settings.access_log else None,
-        access_log_format=ACCESS_LOG_FORMAT,
+        access_log_class=AccessLogger,
+        # Stop a handler the moment its client goes away (streams, archives, uploads);
+        # the commit sections that must finish are shielded.
+        handler_cancellation=True,
         loop=uvloop.new_event_loop(),
         print=lambda msg: click.echo(msg, err=True),
     )

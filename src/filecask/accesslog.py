@@ -1,0 +1,35 @@
+"""One access-log line per request: client, user, request line, status, bytes, duration.
+
+aiohttp's stock format cannot show the signed-in user or the client address as our trusted
+proxy rules see it, so this small logger does.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from filecask.app import SETTINGS
+from filecask.auth import client_address
+from filecask.handlers import USER
+
+
+class AccessLogger(AbstractAccessLogger):
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        settings = request.app[SETTINGS] if isinstance(request, web.Request) else None
+        trusted = settings.trusted_proxies if settings is not None else ()
+        address = client_address(request.remote, request.headers.get("X-Forwarded-For"), trusted)
+        user = request.get(USER) or "-"
+        self.logger.info(
+            '%s %s "%s %s HTTP/%d.%d" %d %d %.4f "%s"',
+            address,
+            user,
+            request.method,
+            request.path_qs,
+            request.version.major,
+            request.version.minor,
+            response.status,
+            response.body_length,
+            time,
+            request.headers.get("User-Agent", "-"),
+        )
