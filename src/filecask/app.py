@@ -6,6 +6,7 @@ starts and closed when it stops, so tests and `serve` build the app the same way
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -58,13 +59,19 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def open_services(settings: Settings) -> Services:
+    """Open every backend; if one fails, close those already open before re-raising."""
     meta = SqlMetaStore(settings.effective_database_url)
     blobs = DiskBlobStore(settings.data_dir)
     locks = HashLocks(settings.locks_dir)
-    await blobs.open()
-    await locks.open()
-    await meta.open()
-    auth = Authenticator(meta, settings)
+    async with contextlib.AsyncExitStack() as opened:
+        await blobs.open()
+        opened.push_async_callback(blobs.close)
+        await locks.open()
+        opened.push_async_callback(locks.close)
+        await meta.open()
+        opened.push_async_callback(meta.close)
+        auth = Authenticator(meta, settings)
+        opened.pop_all()
     return Services(settings, meta, blobs, FileStore(meta, blobs, locks), auth)
 
 

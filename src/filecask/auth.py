@@ -57,9 +57,16 @@ def new_password_hasher(settings: Settings) -> PasswordHasher:
 def validate_user_name(name: str) -> str:
     """User names become URL path segments and Basic user-ids (no ':', RFC 7617): keep
     them plain."""
-    if not name or len(name) > USER_NAME_MAX or not all(c.isalnum() or c in "._-" for c in name):
+    if (
+        not name
+        or len(name) > USER_NAME_MAX
+        or not name[0].isalnum()
+        or not all(c.isalnum() or c in "._-" for c in name)
+    ):
         raise BadRequest(
-            "A user name is 1 to 64 letters, digits, '.', '_' or '-'.", user=name[:100]
+            "A user name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter"
+            " or digit.",
+            user=name[:100],
         )
     return name
 
@@ -103,9 +110,19 @@ def client_address(
     if not forwarded_for or not _is_trusted(peer, trusted):
         return peer
     for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+        if not _is_ip(hop):
+            return peer  # a forged or mangled chain: trust nothing beyond the proxy
         if not _is_trusted(hop, trusted):
             return hop
     return peer
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_trusted(address: str, trusted: Sequence[IPNetwork]) -> bool:

@@ -73,7 +73,12 @@ def main() -> None:
     """filecask: a self-hosted, content-addressed HTTP file store."""
 
 
-@main.command()
+SECRET_HELP = "\n\n".join(
+    f"{s.env} (environment or .env only): {s.help}" for s in SETTINGS if s.secret
+)
+
+
+@main.command(epilog=SECRET_HELP)
 @setting_options(*(s.name for s in SETTINGS if not s.secret))
 def serve(**flags: Any) -> None:
     """Run the HTTP server."""

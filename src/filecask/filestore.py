@@ -17,23 +17,12 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from filecask.blobstore import BlobStore, StagedBlob
-from filecask.errors import Conflict, Forbidden, HashMismatch, InvalidName, NotFound
+from filecask.bundles import Manifest
+from filecask.errors import BadRequest, Conflict, Forbidden, HashMismatch, NotFound
 from filecask.locks import HashLocks
 from filecask.mediatypes import guess_type
 from filecask.metastore import BlobInfo, FileRecord, MetaStore, RemoveOutcome, User
-
-NAME_MAX_BYTES = 255
-
-
-def validate_file_name(name: str) -> str:
-    """A file name is what a user calls their copy: one path segment, printable."""
-    if not name or name in {".", ".."}:
-        raise InvalidName("A file name must not be empty, '.' or '..'.")
-    if len(name.encode()) > NAME_MAX_BYTES:
-        raise InvalidName(f"A file name has at most {NAME_MAX_BYTES} bytes of UTF-8.")
-    if any(c in "/\\" or ord(c) < 32 or ord(c) == 127 for c in name):
-        raise InvalidName("A file name may not contain '/', '\\' or control characters.")
-    return name
+from filecask.names import validate_file_name
 
 
 class FileStore:
@@ -91,9 +80,35 @@ class FileStore:
                 await self.blobs.delete(hex_hash)
             return outcome
 
+    async def create_bundle(self, user: User, manifest: Manifest) -> bool:
+        """Hold the bundle for `user`; True if they did not hold it before. Every file must
+        be stored (400 naming the first missing entry)."""
+        missing = await self.meta.missing_blobs([h for _, h in manifest.entries])
+        if missing:
+            path, hex_hash = next((p, h) for p, h in manifest.entries if h in missing)
+            raise BadRequest(
+                f"No stored file has the hash given for {path!r}.", path=path, hash=hex_hash
+            )
+        return await self.meta.add_bundle(user.id, manifest.id, manifest.name, manifest.entries)
+
+    async def delete_bundle(self, user: User, bundle_id: str) -> None:
+        outcome = await asyncio.shield(self._release_bundle(user, bundle_id))
+        if outcome is RemoveOutcome.NO_SUCH_BLOB:
+            raise NotFound("No bundle with this id.", id=bundle_id)
+        if outcome is RemoveOutcome.NOT_OWNER:
+            raise Forbidden("You did not create this bundle.", id=bundle_id)
+
+    async def _release_bundle(self, user: User, bundle_id: str) -> RemoveOutcome:
+        outcome, hashes = await self.meta.release_bundle(user.id, bundle_id)
+        for hex_hash in hashes:
+            async with self.locks.hold(hex_hash):
+                if await self.meta.drop_blob_if_unreferenced(hex_hash):
+                    await self.blobs.delete(hex_hash)
+        return outcome
+
     async def remove_user(self, name: str) -> int:
-        """Drop every reference the user holds (blobs nobody else holds leave the disk),
-        then the user. Returns how many references were dropped. The last administrator
+        """Drop every reference and bundle the user holds (blobs nothing else holds leave
+        the disk), then the user. Returns how many references were dropped. The last administrator
         stays: without one, nobody could provision users over the API."""
         user = await self.meta.get_user(name)
         if user is None:
@@ -103,5 +118,7 @@ class FileStore:
         hashes = await self.meta.user_hashes(user.id)
         for hex_hash in hashes:
             await asyncio.shield(self._delete(user, hex_hash))
+        for bundle_id in await self.meta.user_bundle_ids(user.id):
+            await asyncio.shield(self._release_bundle(user, bundle_id))
         await self.meta.delete_user(name)
         return len(hashes)

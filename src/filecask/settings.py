@@ -30,11 +30,30 @@ class SettingsError(ValueError):
 
 
 def parse_size(text: str) -> int:
-    """Bytes from `10G`, `512M`, `1.5GiB` or a plain number (binary units, as operators expect)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
+    """Bytes from `10G`, `512M`, `1.5GiB` or a plain number (binary units, as operators expect).
+    Exact arithmetic: no float rounding, no overflow."""
+    match = re.fullmatch(r"\s*(\d{1,20})(?:\.(\d{1,9}))?\s*([KMGT]?)(?:I?B)?\s*", text.upper())
     if not match:
         raise ValueError(f"not a size: {text!r} (use e.g. 10G, 512M, 1048576)")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+    whole, fraction, unit = match.group(1), match.group(2) or "", match.group(3)
+    scale = _SIZE_UNITS[unit]
+    denominator = int("1" + "0" * len(fraction))
+    return int(whole) * scale + int(fraction or "0") * scale // denominator
+
+
+def parse_count(text: str) -> int:
+    """A whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"must be at least 1: {value}")
+    return value
+
+
+def parse_argon2_memory(text: str) -> int:
+    value = parse_size(text)
+    if value < 64 << 10:
+        raise ValueError(f"argon2 needs at least 64K of memory: {text!r}")
+    return value
 
 
 def parse_bool(text: str) -> bool:
@@ -67,6 +86,10 @@ def parse_positive_float(text: str) -> float:
 
 def parse_optional(text: str) -> str | None:
     return text or None
+
+
+def parse_optional_path(text: str) -> Path | None:
+    return Path(text) if text else None
 
 
 @dataclass(frozen=True)
@@ -127,7 +150,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "auth_max_failures",
-        int,
+        parse_count,
         "Failed sign-ins per user or address before attempts are slowed down (429).",
         "N",
     ),
@@ -137,10 +160,42 @@ SETTINGS: tuple[Setting, ...] = (
         "Longest wait, in seconds, imposed after repeated failed sign-ins.",
         "SECONDS",
     ),
-    Setting("access_log", parse_bool, "Write one log line per request.", "BOOL"),
-    Setting("argon2_time_cost", int, "argon2id passes per password hash.", "N"),
-    Setting("argon2_memory", parse_size, "argon2id memory per password hash, e.g. 64M.", "SIZE"),
-    Setting("argon2_parallelism", int, "argon2id lanes per password hash.", "N"),
+    Setting(
+        "access_log",
+        parse_bool,
+        "Write one log line per request.",
+        "BOOL",
+        aliases=("ACTIVATE_LOGS",),
+    ),
+    Setting(
+        "archive_root",
+        parse_optional_path,
+        "Directory whose sub-folders are served as ZIPs at /archive/<folder>/"
+        " (default: <data-dir>/archives).",
+        "DIR",
+        aliases=("BASE_ARCHIVE_PATH",),
+    ),
+    Setting(
+        "archive_delay",
+        parse_positive_float,
+        "Seconds to pause between archive chunks, to try slow clients (0: none).",
+        "SECONDS",
+        aliases=("PROCESS_DELAY",),
+    ),
+    Setting(
+        "file_api",
+        parse_bool,
+        "Serve the file API (/files, /me, /users, /archives); off leaves archives only.",
+        "BOOL",
+    ),
+    Setting("argon2_time_cost", parse_count, "argon2id passes per password hash.", "N"),
+    Setting(
+        "argon2_memory",
+        parse_argon2_memory,
+        "argon2id memory per password hash, e.g. 64M.",
+        "SIZE",
+    ),
+    Setting("argon2_parallelism", parse_count, "argon2id lanes per password hash.", "N"),
 )
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
@@ -161,6 +216,9 @@ class Settings:
     auth_max_failures: int = 5
     auth_max_delay: float = 60.0
     access_log: bool = True
+    archive_root: Path | None = None
+    archive_delay: float = 0.0
+    file_api: bool = True
     # RFC 9106 §4 second recommended option (argon2-cffi's defaults).
     argon2_time_cost: int = 3
     argon2_memory: int = 64 << 20
@@ -170,6 +228,12 @@ class Settings:
         # Absolute once, here, so nothing later depends on the working directory.
         if not self.data_dir.is_absolute():
             object.__setattr__(self, "data_dir", Path(os.path.abspath(self.data_dir)))
+        if self.archive_root is not None and not self.archive_root.is_absolute():
+            object.__setattr__(self, "archive_root", Path(os.path.abspath(self.archive_root)))
+
+    @property
+    def archives_dir(self) -> Path:
+        return self.archive_root if self.archive_root is not None else self.data_dir / "archives"
 
     @property
     def store_dir(self) -> Path:
@@ -201,15 +265,17 @@ def load_settings(
 ) -> Settings:
     """Build Settings: `overrides` (CLI flags, already typed or raw strings) win over the
     environment, which wins over the `.env` file, which wins over the defaults."""
-    raw: dict[str, str] = {}
+    dotenv: dict[str, str] = {}
     if env_file is not None and env_file.is_file():
-        raw.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
-    raw.update(environ)
+        dotenv = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
     values: dict[str, Any] = {}
     for setting in SETTINGS:
-        for key in (setting.env, *setting.aliases):
-            if key in raw:
-                values[setting.name] = _parse(setting, raw[key], key)
+        # The environment beats .env whatever the spelling; within one source the
+        # FILECASK_ name beats a legacy alias.
+        for source in (environ, dotenv):
+            key = next((k for k in (setting.env, *setting.aliases) if k in source), None)
+            if key is not None:
+                values[setting.name] = _parse(setting, source[key], key)
                 break
     for name, value in (overrides or {}).items():
         if value is None:
@@ -222,5 +288,5 @@ def load_settings(
 def _parse(setting: Setting, text: str, source: str) -> Any:
     try:
         return setting.parse(text)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise SettingsError(f"{source}: {exc}") from exc

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -13,19 +12,14 @@ from aiohttp import BodyPartReader, hdrs, web
 from filecask.app import SERVICES
 from filecask.blobstore import OpenBlob
 from filecask.errors import BadRequest, FilecaskError, NotFound, PayloadTooLarge, Unauthorized
-from filecask.filestore import validate_file_name
 from filecask.handlers import base_url, json_response, require_user
+from filecask.handlers.bodies import send_body
 from filecask.hashes import parse_hash
 from filecask.mediatypes import is_active
 from filecask.metastore import FileRecord
-from filecask.problem import STREAMING, from_error
-from filecask.ranges import (
-    ByteRange,
-    if_none_match_matches,
-    if_range_matches,
-    parse_range,
-    plan_multipart,
-)
+from filecask.names import validate_file_name
+from filecask.problem import from_error
+from filecask.ranges import if_none_match_matches
 from filecask.sendfile import send_file_range
 
 routes = web.RouteTableDef()
@@ -161,39 +155,13 @@ def content_disposition(kind: str, filename: str) -> str:
 async def _send_blob(
     request: web.Request, opened: OpenBlob, headers: dict[str, str], content_type: str
 ) -> web.StreamResponse:
-    size = opened.size
-    ranges: list[ByteRange] | None = None
-    if if_range_matches(request.headers.get(hdrs.IF_RANGE), headers[hdrs.ETAG]):
-        ranges = parse_range(request.headers.get(hdrs.RANGE), size)
-    response = web.StreamResponse(headers=headers)
-    if ranges is None:
-        response.content_type = content_type
-        response.content_length = size
-        segments = [(b"", ByteRange(0, size - 1))] if size else []
-        trailer = b""
-    elif len(ranges) == 1:
-        response.set_status(206)
-        response.content_type = content_type
-        response.content_length = ranges[0].length
-        response.headers[hdrs.CONTENT_RANGE] = ranges[0].content_range(size)
-        segments, trailer = [(b"", ranges[0])], b""
-    else:
-        plan = plan_multipart(ranges, size, content_type, secrets.token_hex(16))
-        response.set_status(206)
-        response.headers[hdrs.CONTENT_TYPE] = plan.content_type
-        response.content_length = plan.content_length
-        segments, trailer = plan.parts, plan.trailer
-    request[STREAMING] = True
-    await response.prepare(request)
-    if request.method != hdrs.METH_HEAD:
-        for part_header, byte_range in segments:
-            if part_header:
-                await response.write(part_header)
-            await send_file_range(request, response, opened.fd, byte_range.start, byte_range.length)
-        if trailer:
-            await response.write(trailer)
-    await response.write_eof()
-    return response
+    async def write(response: web.StreamResponse, start: int, end: int) -> int:
+        await send_file_range(request, response, opened.fd, start, end - start)
+        return end - start
+
+    return await send_body(
+        request, size=opened.size, content_type=content_type, headers=headers, write=write
+    )
 
 
 @routes.delete("/files/{hash}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -48,7 +49,7 @@ async def create_user(request: web.Request) -> web.Response:
     created: dict[str, Any] = {"name": name, "is_admin": is_admin}
     if not given:
         created["password"] = password
-    location = f"{base_url(request)}/users/{name}"
+    location = f"{base_url(request)}/users/{quote(name, safe='')}"
     return json_response(created, status=201, headers={"Location": location})
 
 

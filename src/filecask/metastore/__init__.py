@@ -4,6 +4,8 @@ The contract:
 - A blob row exists exactly while something references the blob; `add_ref` creates it with
   the first reference and `remove_ref` drops it with the last one, in one transaction, and
   reports which happened so the caller can add or remove the bytes under the hash's lock.
+- A blob also stays while a bundle entry names it: a bundle keeps its files available
+  after their owners delete their own references, until the bundle is deleted.
 - Users are unique by name; removing one removes their references (the caller first drops
   them one by one through the file store, so blobs leave the disk too).
 """
@@ -59,6 +61,40 @@ class FileRecord:
     created_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class BundleEntry:
+    path: str
+    blob: BlobInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    id: str
+    name: str
+    created_at: datetime
+    entries: list[BundleEntry]
+
+
+@dataclass(frozen=True, slots=True)
+class BundleSummary:
+    id: str
+    name: str
+    files: int
+    bytes: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CachedCrc:
+    """A directory file's CRC-32, valid while its size, mtime and inode are unchanged."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    inode: int
+    crc32: int
+
+
 class RemoveOutcome(enum.Enum):
     NO_SUCH_BLOB = "no-such-blob"
     NOT_OWNER = "not-owner"
@@ -109,3 +145,29 @@ class MetaStore(Protocol):
     async def user_hashes(self, user_id: int) -> list[str]: ...
 
     async def all_blob_hashes(self) -> set[str]: ...
+
+    async def drop_blob_if_unreferenced(self, hex_hash: str) -> bool:
+        """Delete the blob row if nothing references it any more; True if it went."""
+
+    async def add_bundle(
+        self, user_id: int, bundle_id: str, name: str, entries: list[tuple[str, str]]
+    ) -> bool:
+        """Hold the bundle (creating it with its (path, hash) entries if new); True if the
+        user did not hold it before. NotFound-style errors are the caller's to raise: this
+        returns only after checking every hash is stored (`missing_blobs`)."""
+
+    async def missing_blobs(self, hashes: list[str]) -> set[str]: ...
+
+    async def get_bundle(self, bundle_id: str) -> Bundle | None: ...
+
+    async def list_bundles(self, user_id: int) -> list[BundleSummary]: ...
+
+    async def release_bundle(self, user_id: int, bundle_id: str) -> tuple[RemoveOutcome, list[str]]:
+        """Drop the user's hold; with the last hold the bundle goes, and the hashes its
+        entries named are returned so the caller can drop blobs nothing else references."""
+
+    async def user_bundle_ids(self, user_id: int) -> list[str]: ...
+
+    async def get_crcs(self, paths: list[str]) -> dict[str, CachedCrc]: ...
+
+    async def put_crcs(self, crcs: list[CachedCrc]) -> None: ...

@@ -43,3 +43,47 @@ refs = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.UniqueConstraint("user_id", "hash", name="uq_refs_user_id_hash"),
 )
+
+bundles = sa.Table(
+    "bundles",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+bundle_entries = sa.Table(
+    "bundle_entries",
+    metadata,
+    sa.Column(
+        "bundle_id",
+        sa.String(64),
+        sa.ForeignKey("bundles.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("hash", sa.String(64), sa.ForeignKey("blobs.hash"), nullable=False, index=True),
+    sa.Column("path", sa.String(1024), nullable=False),
+)
+
+bundle_holders = sa.Table(
+    "bundle_holders",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "bundle_id", sa.String(64), sa.ForeignKey("bundles.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("bundle_id", "user_id", name="uq_bundle_holders_bundle_id_user_id"),
+)
+
+crc_cache = sa.Table(
+    "crc_cache",
+    metadata,
+    sa.Column("path", sa.String(4096), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("mtime_ns", sa.BigInteger, nullable=False),
+    sa.Column("inode", sa.BigInteger, nullable=False),
+    sa.Column("crc32", sa.BigInteger, nullable=False),
+)

@@ -22,8 +22,27 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from filecask.errors import Conflict, NotFound
-from filecask.metastore import BlobInfo, FileRecord, RemoveOutcome, Usage, User, UserSummary
-from filecask.metastore.schema import blobs, refs, users
+from filecask.metastore import (
+    BlobInfo,
+    Bundle,
+    BundleEntry,
+    BundleSummary,
+    CachedCrc,
+    FileRecord,
+    RemoveOutcome,
+    Usage,
+    User,
+    UserSummary,
+)
+from filecask.metastore.schema import (
+    blobs,
+    bundle_entries,
+    bundle_holders,
+    bundles,
+    crc_cache,
+    refs,
+    users,
+)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _WRITE = "filecask_write"
@@ -125,7 +144,7 @@ class SqlMetaStore:
 
     async def add_ref(self, user_id: int, blob: BlobInfo, name: str) -> tuple[FileRecord, bool]:
         now = _now()
-        insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        insert = self._insert()
         async with self._write() as conn:
             await conn.execute(
                 insert(blobs)
@@ -201,6 +220,171 @@ class SqlMetaStore:
         async with self.engine.connect() as conn:
             return set((await conn.execute(sa.select(blobs.c.hash))).scalars())
 
+    async def drop_blob_if_unreferenced(self, hex_hash: str) -> bool:
+        async with self._write() as conn:
+            if await _is_referenced(conn, hex_hash):
+                return False
+            result = await conn.execute(blobs.delete().where(blobs.c.hash == hex_hash))
+            return bool(result.rowcount)
+
+    # bundles
+
+    async def missing_blobs(self, hashes: list[str]) -> set[str]:
+        wanted = set(hashes)
+        found: set[str] = set()
+        async with self.engine.connect() as conn:
+            for chunk in _chunks(sorted(wanted), 500):
+                query = sa.select(blobs.c.hash).where(blobs.c.hash.in_(chunk))
+                found.update((await conn.execute(query)).scalars())
+        return wanted - found
+
+    async def add_bundle(
+        self, user_id: int, bundle_id: str, name: str, entries: list[tuple[str, str]]
+    ) -> bool:
+        insert = self._insert()
+        async with self._write() as conn:
+            exists = await conn.scalar(sa.select(bundles.c.id).where(bundles.c.id == bundle_id))
+            if not exists:
+                await conn.execute(
+                    bundles.insert().values(id=bundle_id, name=name, created_at=_now())
+                )
+                rows = [
+                    {"bundle_id": bundle_id, "position": i, "path": path, "hash": hex_hash}
+                    for i, (path, hex_hash) in enumerate(entries)
+                ]
+                for chunk in _chunks(rows, 500):
+                    await conn.execute(bundle_entries.insert(), chunk)
+            result = await conn.execute(
+                insert(bundle_holders)
+                .values(bundle_id=bundle_id, user_id=user_id, created_at=_now())
+                .on_conflict_do_nothing(index_elements=["bundle_id", "user_id"])
+            )
+            return result.rowcount == 1
+
+    async def get_bundle(self, bundle_id: str) -> Bundle | None:
+        entries_query = (
+            sa.select(
+                bundle_entries.c.path,
+                blobs.c.hash,
+                blobs.c.size,
+                blobs.c.crc32,
+                blobs.c.content_type,
+            )
+            .select_from(bundle_entries.join(blobs))
+            .where(bundle_entries.c.bundle_id == bundle_id)
+            .order_by(bundle_entries.c.position)
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(bundles).where(bundles.c.id == bundle_id))).first()
+            if row is None:
+                return None
+            entries = [
+                BundleEntry(r.path, BlobInfo(r.hash, r.size, r.crc32, r.content_type))
+                for r in await conn.execute(entries_query)
+            ]
+        return Bundle(row.id, row.name, _utc(row.created_at), entries)
+
+    async def list_bundles(self, user_id: int) -> list[BundleSummary]:
+        query = (
+            sa.select(
+                bundles.c.id,
+                bundles.c.name,
+                bundle_holders.c.created_at,
+                sa.func.count(bundle_entries.c.position),
+                sa.func.coalesce(sa.func.sum(blobs.c.size), 0),
+            )
+            .select_from(bundle_holders.join(bundles).outerjoin(bundle_entries).outerjoin(blobs))
+            .where(bundle_holders.c.user_id == user_id)
+            .group_by(
+                bundles.c.id, bundles.c.name, bundle_holders.c.id, bundle_holders.c.created_at
+            )
+            .order_by(bundle_holders.c.id.desc())
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [BundleSummary(r[0], r[1], int(r[3]), int(r[4]), _utc(r[2])) for r in rows]
+
+    async def release_bundle(self, user_id: int, bundle_id: str) -> tuple[RemoveOutcome, list[str]]:
+        async with self._write() as conn:
+            deleted = await conn.execute(
+                bundle_holders.delete().where(
+                    bundle_holders.c.bundle_id == bundle_id, bundle_holders.c.user_id == user_id
+                )
+            )
+            if deleted.rowcount == 0:
+                exists = await conn.scalar(sa.select(bundles.c.id).where(bundles.c.id == bundle_id))
+                return (RemoveOutcome.NOT_OWNER if exists else RemoveOutcome.NO_SUCH_BLOB), []
+            held = await conn.scalar(
+                sa.select(bundle_holders.c.id)
+                .where(bundle_holders.c.bundle_id == bundle_id)
+                .limit(1)
+            )
+            if held is not None:
+                return RemoveOutcome.REMOVED, []
+            hashes = list(
+                (
+                    await conn.execute(
+                        sa.select(bundle_entries.c.hash)
+                        .where(bundle_entries.c.bundle_id == bundle_id)
+                        .distinct()
+                    )
+                ).scalars()
+            )
+            await conn.execute(
+                bundle_entries.delete().where(bundle_entries.c.bundle_id == bundle_id)
+            )
+            await conn.execute(bundles.delete().where(bundles.c.id == bundle_id))
+            return RemoveOutcome.REMOVED_LAST, hashes
+
+    async def user_bundle_ids(self, user_id: int) -> list[str]:
+        query = sa.select(bundle_holders.c.bundle_id).where(bundle_holders.c.user_id == user_id)
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(query)).scalars())
+
+    # the CRC-32 cache of directory archives
+
+    async def get_crcs(self, paths: list[str]) -> dict[str, CachedCrc]:
+        found: dict[str, CachedCrc] = {}
+        async with self.engine.connect() as conn:
+            for chunk in _chunks(paths, 500):
+                query = sa.select(crc_cache).where(crc_cache.c.path.in_(chunk))
+                for r in await conn.execute(query):
+                    found[r.path] = CachedCrc(r.path, r.size, r.mtime_ns, r.inode, r.crc32)
+        return found
+
+    async def put_crcs(self, crcs: list[CachedCrc]) -> None:
+        if not crcs:
+            return
+        insert = self._insert()
+        rows = [
+            {
+                "path": c.path,
+                "size": c.size,
+                "mtime_ns": c.mtime_ns,
+                "inode": c.inode,
+                "crc32": c.crc32,
+            }
+            for c in crcs
+        ]
+        async with self._write() as conn:
+            for chunk in _chunks(rows, 500):
+                statement = insert(crc_cache).values(chunk)
+                await conn.execute(
+                    statement.on_conflict_do_update(
+                        index_elements=["path"],
+                        set_={
+                            "size": statement.excluded.size,
+                            "mtime_ns": statement.excluded.mtime_ns,
+                            "inode": statement.excluded.inode,
+                            "crc32": statement.excluded.crc32,
+                        },
+                    )
+                )
+
+    def _insert(self) -> Any:
+        """The dialect's INSERT, which has ON CONFLICT (both sqlite and postgresql)."""
+        return postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
         async with self.engine.connect() as conn:
@@ -247,8 +431,17 @@ async def _user_row(conn: AsyncConnection, name: str) -> sa.Row[Any] | None:
 
 
 async def _is_referenced(conn: AsyncConnection, hex_hash: str) -> bool:
-    query = sa.select(refs.c.id).where(refs.c.hash == hex_hash).limit(1)
-    return (await conn.scalar(query)) is not None
+    """A user's reference or a bundle entry keeps a blob."""
+    by_ref = sa.select(refs.c.id).where(refs.c.hash == hex_hash).limit(1)
+    if await conn.scalar(by_ref) is not None:
+        return True
+    by_bundle = sa.select(bundle_entries.c.position).where(bundle_entries.c.hash == hex_hash)
+    return await conn.scalar(by_bundle.limit(1)) is not None
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    """SQLite limits bound parameters per statement; batch long IN lists and inserts."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _ref_query() -> sa.Select[Any]:

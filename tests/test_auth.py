@@ -1,0 +1,552 @@
+"""Authentication: Basic parsing, the client address, the failure limiter, the verified
+credentials cache, and how all of it looks over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import threading
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+from aiohttp import ClientResponse, encode_basic_auth, web
+from argon2 import PasswordHasher
+from hypothesis import given
+from hypothesis import strategies as st
+
+from filecask.app import Services, create_app
+from filecask.auth import (
+    FAILURE_MEMORY,
+    Authenticator,
+    FailureLimiter,
+    client_address,
+    new_password_hasher,
+    parse_basic,
+)
+from filecask.errors import RateLimited, Unauthorized
+from filecask.settings import IPNetwork, Settings
+from tests.conftest import (
+    ADMIN,
+    CHEAP_ARGON2,
+    AppClient,
+    Auth,
+    MakeSettings,
+    MakeUser,
+    assert_problem,
+    basic,
+)
+
+AiohttpClient = Callable[[web.Application], Awaitable[AppClient]]
+
+WWW_AUTHENTICATE = 'Basic realm="filecask", charset="UTF-8"'
+PROBLEM_JSON = "application/problem+json"
+TEN = (ipaddress.ip_network("10.0.0.0/8"),)
+LOCALHOST = (ipaddress.ip_network("127.0.0.1/32"),)
+PRODUCTION_ARGON2 = {name: getattr(Settings(), name) for name in CHEAP_ARGON2}
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def from_address(auth: Auth, address: str) -> dict[str, str]:
+    """Headers as a trusted proxy at 127.0.0.1 would forward them for `address`."""
+    return {**auth, "X-Forwarded-For": address}
+
+
+# --- parse_basic --------------------------------------------------------------------------
+
+
+def test_parse_basic_valid() -> None:
+    assert parse_basic("Basic " + b64(b"bob:secret")) == ("bob", "secret")
+
+
+def test_parse_basic_password_may_contain_colons_and_be_empty() -> None:
+    assert parse_basic("Basic " + b64(b"bob:a:b:c")) == ("bob", "a:b:c")
+    assert parse_basic("Basic " + b64(b"bob:")) == ("bob", "")
+
+
+def test_parse_basic_scheme_is_case_insensitive() -> None:
+    assert parse_basic("basic " + b64(b"bob:pw")) == ("bob", "pw")
+    assert parse_basic("BASIC " + b64(b"bob:pw")) == ("bob", "pw")
+
+
+def test_parse_basic_utf8() -> None:
+    assert parse_basic("Basic " + b64("zoë:pässwörd".encode())) == ("zoë", "pässwörd")
+
+
+@pytest.mark.parametrize("header", [None, "", "Bearer abc.def.ghi", "Digest username=x", "Basicx"])
+def test_parse_basic_absent_or_other_scheme_is_none(header: str | None) -> None:
+    assert parse_basic(header) is None
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Basic " + b64(b"no-colon-here"),
+        "Basic ",
+        "Basic !!!not-base64!!!",
+        "Basic " + b64(b"bob:pw")[:-1],
+        "Basic " + b64(b"bob:\xff\xfe"),
+        "Basic " + b64("bob:pässwörd".encode("latin-1")),
+    ],
+    ids=["no-colon", "empty", "bad-base64", "bad-padding", "not-utf8", "latin1"],
+)
+def test_parse_basic_malformed_is_unauthorized(header: str) -> None:
+    with pytest.raises(Unauthorized) as raised:
+        parse_basic(header)
+    assert raised.value.headers["WWW-Authenticate"] == WWW_AUTHENTICATE
+
+
+@given(
+    st.text(min_size=1, max_size=30).filter(lambda s: ":" not in s),
+    st.text(max_size=60),
+)
+def test_parse_basic_round_trips_aiohttp_encoding(user: str, password: str) -> None:
+    assert parse_basic(encode_basic_auth(user, password)) == (user, password)
+
+
+# --- client_address -----------------------------------------------------------------------
+
+
+def test_client_address_is_the_peer() -> None:
+    assert client_address("203.0.113.9", None, ()) == "203.0.113.9"
+    assert client_address("203.0.113.9", None, TEN) == "203.0.113.9"
+
+
+def test_client_address_without_peer() -> None:
+    assert client_address(None, "203.0.113.9", TEN) == "unknown"
+
+
+def test_forwarded_for_from_untrusted_peer_is_ignored() -> None:
+    assert client_address("203.0.113.9", "198.51.100.1", ()) == "203.0.113.9"
+    assert client_address("203.0.113.9", "198.51.100.1", TEN) == "203.0.113.9"
+
+
+def test_forwarded_for_from_trusted_proxy_is_believed() -> None:
+    assert client_address("10.0.0.1", "198.51.100.1", TEN) == "198.51.100.1"
+
+
+def test_forwarded_for_takes_the_rightmost_untrusted_hop() -> None:
+    # The client forged the first entry; our proxies appended the rest.
+    xff = "1.1.1.1, 198.51.100.1, 10.0.0.3, 10.0.0.2"
+    assert client_address("10.0.0.1", xff, TEN) == "198.51.100.1"
+
+
+def test_forwarded_for_all_trusted_falls_back_to_the_peer() -> None:
+    assert client_address("10.0.0.1", "10.0.0.2, 10.0.0.3", TEN) == "10.0.0.1"
+
+
+def test_forwarded_for_ipv6() -> None:
+    trusted = (ipaddress.ip_network("fd00::/8"),)
+    assert client_address("fd00::1", "2001:db8::7, fd00::2", trusted) == "2001:db8::7"
+
+
+@pytest.mark.parametrize("xff", ["", " ", ",", " , ,, "])
+def test_empty_forwarded_for_is_the_peer(xff: str) -> None:
+    assert client_address("10.0.0.1", xff, TEN) == "10.0.0.1"
+
+
+def test_garbage_left_of_the_real_client_is_ignored() -> None:
+    xff = "garbage, <script>, 999.1.1.1, 198.51.100.1"
+    assert client_address("10.0.0.1", xff, TEN) == "198.51.100.1"
+
+
+@pytest.mark.parametrize(
+    "xff",
+    ["garbage", "198.51.100.1, not-an-ip", "198.51.100.1:4711", "x" * 300],
+    ids=["word", "appended-garbage", "with-port", "long"],
+)
+def test_garbage_forwarded_for_never_becomes_the_client_address(xff: str) -> None:
+    """The address keys the sign-in limiter: it must be an address (or the peer), never
+    arbitrary header text a client chose."""
+    address = client_address("10.0.0.1", xff, TEN)
+    assert is_ip(address), f"client address {address!r}"
+
+
+ip_text = st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)).map(str)
+hop = st.one_of(ip_text, st.sampled_from(["10.0.0.9", "10.1.2.3"]), st.text(max_size=12))
+
+
+@given(peer=st.one_of(st.just("10.0.0.1"), ip_text), hops=st.lists(hop, max_size=6))
+def test_client_address_is_the_peer_or_a_forwarded_ip(peer: str, hops: list[str]) -> None:
+    trusted: tuple[IPNetwork, ...] = TEN
+    xff = ", ".join(hops)
+    address = client_address(peer, xff, trusted)
+    if address == peer:
+        return
+    assert is_ip(address), f"client address {address!r}"
+    assert address in [h.strip() for h in xff.split(",")]
+    assert not any(ipaddress.ip_address(address) in net for net in trusted)
+    assert any(ipaddress.ip_address(peer) in net for net in trusted)
+
+
+# --- FailureLimiter -----------------------------------------------------------------------
+
+KEYS = ("user:bob", "addr:203.0.113.9")
+
+
+def wait_of(limiter: FailureLimiter, keys: tuple[str, ...], now: float) -> int:
+    """The Retry-After the limiter demands at `now`, 0 if none."""
+    limited: RateLimited | None = None
+    try:
+        limiter.check(keys, now)
+    except RateLimited as exc:
+        limited = exc
+    if limited is None:
+        return 0
+    assert limited.status == 429
+    assert limited.headers["Retry-After"] == str(limited.extensions["retry_after"])
+    return int(limited.extensions["retry_after"])
+
+
+def test_limiter_allows_failures_below_the_threshold() -> None:
+    limiter = FailureLimiter(threshold=3, max_delay=60)
+    for _ in range(2):
+        limiter.fail(KEYS, 100.0)
+    assert wait_of(limiter, KEYS, 100.0) == 0
+
+
+def test_limiter_slows_down_at_the_threshold() -> None:
+    limiter = FailureLimiter(threshold=3, max_delay=60)
+    for _ in range(3):
+        limiter.fail(KEYS, 100.0)
+    assert wait_of(limiter, KEYS, 100.0) == 1
+    assert wait_of(limiter, KEYS, 100.5) == 1
+    assert wait_of(limiter, KEYS, 101.01) == 0
+
+
+def test_limiter_delay_grows_exponentially_up_to_the_cap() -> None:
+    limiter = FailureLimiter(threshold=3, max_delay=10)
+    now = 0.0
+    for _ in range(3):
+        limiter.fail(KEYS, now)
+    waits = []
+    for _ in range(6):
+        waits.append(wait_of(limiter, KEYS, now))
+        now += waits[-1] + 0.001  # the client waits as told, then fails again
+        assert wait_of(limiter, KEYS, now) == 0
+        limiter.fail(KEYS, now)
+    assert waits == [1, 2, 4, 8, 10, 10]
+
+
+def test_limiter_retry_after_is_whole_seconds_and_at_least_one() -> None:
+    limiter = FailureLimiter(threshold=1, max_delay=0.25)
+    limiter.fail(KEYS, 0.0)
+    assert wait_of(limiter, KEYS, 0.0) == 1
+    assert wait_of(limiter, KEYS, 0.3) == 0
+
+
+def test_limiter_success_resets() -> None:
+    limiter = FailureLimiter(threshold=3, max_delay=60)
+    for _ in range(5):
+        limiter.fail(KEYS, 0.0)
+    assert wait_of(limiter, KEYS, 0.0) > 0
+    limiter.succeed(KEYS)
+    assert wait_of(limiter, KEYS, 0.0) == 0
+    # Counting starts afresh.
+    limiter.fail(KEYS, 0.0)
+    limiter.fail(KEYS, 0.0)
+    assert wait_of(limiter, KEYS, 0.0) == 0
+
+
+def test_limiter_any_limited_key_blocks() -> None:
+    limiter = FailureLimiter(threshold=2, max_delay=60)
+    for _ in range(2):
+        limiter.fail(("user:bob", "addr:A"), 0.0)
+    assert wait_of(limiter, ("user:bob", "addr:B"), 0.0) > 0
+    assert wait_of(limiter, ("user:eve", "addr:A"), 0.0) > 0
+    assert wait_of(limiter, ("user:eve", "addr:B"), 0.0) == 0
+
+
+def test_limiter_counts_keys_separately() -> None:
+    limiter = FailureLimiter(threshold=2, max_delay=60)
+    limiter.fail(("user:bob", "addr:A"), 0.0)
+    limiter.fail(("user:eve", "addr:B"), 0.0)
+    for keys in [("user:bob", "addr:A"), ("user:eve", "addr:B"), ("user:bob", "addr:B")]:
+        assert wait_of(limiter, keys, 0.0) == 0
+    limiter.fail(("user:bob", "addr:C"), 0.0)
+    assert wait_of(limiter, ("user:bob", "addr:D"), 0.0) > 0
+
+
+def test_limiter_forgets_after_failure_memory() -> None:
+    limiter = FailureLimiter(threshold=3, max_delay=1e9)
+    for _ in range(20):  # a delay of 2**17 s, far beyond FAILURE_MEMORY
+        limiter.fail(KEYS, 0.0)
+    assert wait_of(limiter, KEYS, FAILURE_MEMORY - 1) > 0
+    assert wait_of(limiter, KEYS, FAILURE_MEMORY + 1) == 0
+    # Forgotten, not merely expired: one new failure does not slow anybody down.
+    limiter.fail(KEYS, FAILURE_MEMORY + 1)
+    assert wait_of(limiter, KEYS, FAILURE_MEMORY + 1) == 0
+
+
+def test_limiter_memory_runs_from_the_last_failure() -> None:
+    limiter = FailureLimiter(threshold=3, max_delay=1e9)
+    for now in (0.0, FAILURE_MEMORY * 0.9, FAILURE_MEMORY * 1.8):
+        limiter.fail(KEYS, now)
+    # The first failure is long past FAILURE_MEMORY, but each later one kept the count.
+    assert wait_of(limiter, KEYS, FAILURE_MEMORY * 1.8) == 1
+
+
+# --- Authenticator and its credentials cache ----------------------------------------------
+
+
+class CountingHasher(PasswordHasher):
+    """argon2 (cheap parameters) that counts verifications; they run in executor threads."""
+
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_cost=1024, parallelism=1)  # KiB
+        self._lock = threading.Lock()
+        self.verifications = 0
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> bool:  # type: ignore[override]
+        with self._lock:
+            self.verifications += 1
+        return super().verify(hash, password)
+
+
+def authenticator(
+    services: Services, hasher: PasswordHasher, *, max_failures: int
+) -> Authenticator:
+    settings = services.settings.replace(auth_max_failures=max_failures, auth_max_delay=60)
+    return Authenticator(services.meta, settings, hasher=hasher)
+
+
+async def test_cached_credentials_skip_argon2(services: Services) -> None:
+    hasher = CountingHasher()
+    auth = authenticator(services, hasher, max_failures=100)
+    await services.meta.create_user("carol", auth.hash_password("carol-password"), is_admin=False)
+    header = encode_basic_auth("carol", "carol-password")
+
+    user = await auth.authenticate(header, "203.0.113.9")
+    assert user.name == "carol"
+    assert hasher.verifications == 1
+    for _ in range(20):
+        assert (await auth.authenticate(header, "203.0.113.9")).name == "carol"
+    assert hasher.verifications == 1
+
+    # A wrong password is not let through by the cache: it is verified, and refused.
+    with pytest.raises(Unauthorized):
+        await auth.authenticate(encode_basic_auth("carol", "carol-passwore"), "203.0.113.9")
+    assert hasher.verifications == 2
+    # ... and the right one is still cached.
+    await auth.authenticate(header, "203.0.113.9")
+    assert hasher.verifications == 2
+
+
+async def test_cache_follows_the_stored_hash(services: Services) -> None:
+    hasher = CountingHasher()
+    auth = authenticator(services, hasher, max_failures=100)
+    await services.meta.create_user("carol", auth.hash_password("old-password"), is_admin=False)
+    old = encode_basic_auth("carol", "old-password")
+    new = encode_basic_auth("carol", "new-password")
+    await auth.authenticate(old, "a")
+
+    await services.meta.set_password("carol", auth.hash_password("new-password"))
+    with pytest.raises(Unauthorized):
+        await auth.authenticate(old, "a")
+    assert (await auth.authenticate(new, "a")).name == "carol"
+    before = hasher.verifications
+    await auth.authenticate(new, "a")
+    assert hasher.verifications == before
+
+    await services.meta.delete_user("carol")
+    with pytest.raises(Unauthorized):
+        await auth.authenticate(new, "a")
+    # Same name, same password, a new account: the old cache entry does not apply.
+    await services.meta.create_user("carol", auth.hash_password("new-password"), is_admin=False)
+    before = hasher.verifications
+    assert (await auth.authenticate(new, "a")).name == "carol"
+    assert hasher.verifications == before + 1
+
+
+async def test_unknown_users_cost_a_verification_too(services: Services) -> None:
+    hasher = CountingHasher()
+    auth = authenticator(services, hasher, max_failures=100)
+    with pytest.raises(Unauthorized) as raised:
+        await auth.authenticate(encode_basic_auth("nobody", "whatever-pw"), "a")
+    assert raised.value.detail == "Wrong user name or password."
+    assert hasher.verifications == 1
+
+
+async def test_authenticator_limits_before_verifying(services: Services) -> None:
+    hasher = CountingHasher()
+    auth = authenticator(services, hasher, max_failures=2)
+    await services.meta.create_user("carol", auth.hash_password("carol-password"), is_admin=False)
+    for _ in range(2):
+        with pytest.raises(Unauthorized):
+            await auth.authenticate(encode_basic_auth("carol", "wrong-password"), "a")
+    assert hasher.verifications == 2
+    with pytest.raises(RateLimited):
+        await auth.authenticate(encode_basic_auth("carol", "carol-password"), "a")
+    assert hasher.verifications == 2  # refused without spending argon2 on it
+
+
+# --- over HTTP ----------------------------------------------------------------------------
+
+
+async def assert_401(response: ClientResponse, detail: str | None = None) -> None:
+    assert response.status == 401, await response.text()
+    assert response.headers["WWW-Authenticate"] == WWW_AUTHENTICATE
+    assert response.content_type == PROBLEM_JSON
+    body = await response.json(content_type=PROBLEM_JSON)
+    assert_problem(body, 401, "unauthorized")
+    if detail is not None:
+        assert body["detail"] == detail
+
+
+async def test_401_challenges_basic_utf8_with_a_problem(client: AppClient) -> None:
+    for headers in [
+        {},
+        {"Authorization": "Bearer some-token"},
+        {"Authorization": "Basic !!!"},
+        {"Authorization": "Basic " + b64(b"admin")},
+        {"Authorization": "Basic " + b64(b"admin:\xff")},
+        basic("admin", "wrong-password"),
+    ]:
+        await assert_401(await client.get("/me", headers=headers))
+
+
+async def test_unknown_user_and_wrong_password_look_the_same(client: AppClient) -> None:
+    unknown = await client.get("/me", headers=basic("nobody", "admin-password"))
+    wrong = await client.get("/me", headers=basic("admin", "not-the-password"))
+    await assert_401(unknown)
+    await assert_401(wrong)
+    assert await unknown.json(content_type=PROBLEM_JSON) == await wrong.json(
+        content_type=PROBLEM_JSON
+    )
+    assert unknown.headers["WWW-Authenticate"] == wrong.headers["WWW-Authenticate"]
+
+
+async def test_utf8_credentials_sign_in(client: AppClient, make_user: MakeUser) -> None:
+    auth = await make_user("zoë", password="pässwörd-ünïcödé")
+    response = await client.get("/me", headers=auth)
+    assert response.status == 200, await response.text()
+    assert (await response.json())["name"] == "zoë"
+    latin1 = {"Authorization": "Basic " + b64("zoë:pässwörd-ünïcödé".encode("latin-1"))}
+    await assert_401(await client.get("/me", headers=latin1))
+
+
+async def test_repeated_wrong_password_gets_429(
+    aiohttp_client: AiohttpClient, make_settings: MakeSettings
+) -> None:
+    client = await aiohttp_client(create_app(make_settings(auth_max_failures=3, auth_max_delay=2)))
+    wrong = basic("admin", "wrong-password")
+    for _ in range(3):
+        await assert_401(await client.get("/me", headers=wrong))
+
+    limited = await client.get("/me", headers=wrong)
+    assert limited.status == 429
+    assert limited.content_type == PROBLEM_JSON
+    retry_after = int(limited.headers["Retry-After"])
+    assert 1 <= retry_after <= 2
+    body = await limited.json(content_type=PROBLEM_JSON)
+    assert_problem(body, 429, "rate-limited")
+    assert body["retry_after"] == retry_after
+    assert body["instance"] == "/me"
+
+    # While limited, even the right password is not tried.
+    assert (await client.get("/me", headers=ADMIN)).status == 429
+
+    # After waiting as told, the right password works and clears the count.
+    await asyncio.sleep(retry_after + 0.05)
+    assert (await client.get("/me", headers=ADMIN)).status == 200
+    await assert_401(await client.get("/me", headers=wrong))
+    assert (await client.get("/me", headers=ADMIN)).status == 200
+
+
+async def test_limit_applies_per_user_and_per_address(
+    aiohttp_client: AiohttpClient, make_settings: MakeSettings
+) -> None:
+    """Through a trusted proxy, each client has its own address key; the user key is
+    shared by every address."""
+    client = await aiohttp_client(
+        create_app(make_settings(auth_max_failures=3, auth_max_delay=60, trusted_proxies=LOCALHOST))
+    )
+    created = await client.post(
+        "/users", json={"name": "bob", "password": "bob-password"}, headers=ADMIN
+    )
+    assert created.status == 201
+    attacker, elsewhere, third = "203.0.113.66", "198.51.100.7", "192.0.2.1"
+    bob_wrong = basic("bob", "bad-guess-1")
+    for _ in range(3):
+        await assert_401(await client.get("/me", headers=from_address(bob_wrong, attacker)))
+
+    # bob's name is throttled from anywhere ...
+    bob = basic("bob", "bob-password")
+    assert (await client.get("/me", headers=from_address(bob, elsewhere))).status == 429
+    # ... the attacker's address is throttled for any name ...
+    assert (await client.get("/me", headers=from_address(ADMIN, attacker))).status == 429
+    # ... and a different user from a different address is not affected.
+    assert (await client.get("/me", headers=from_address(ADMIN, third))).status == 200
+
+
+async def test_forged_forwarded_for_does_not_escape_the_limit(
+    aiohttp_client: AiohttpClient, make_settings: MakeSettings
+) -> None:
+    """Without trusted proxies, X-Forwarded-For is ignored: changing it gets no new key."""
+    client = await aiohttp_client(create_app(make_settings(auth_max_failures=3, auth_max_delay=60)))
+    for i in range(3):
+        headers = from_address(basic(f"guess{i}", "wrong-password"), f"198.51.100.{i}")
+        await assert_401(await client.get("/me", headers=headers))
+    headers = from_address(basic("guess9", "wrong-password"), "198.51.100.9")
+    assert (await client.get("/me", headers=headers)).status == 429
+
+
+async def test_changed_password_is_refused_at_once(
+    client: AppClient, services: Services, make_user: MakeUser
+) -> None:
+    old = await make_user("bob", password="old-password")
+    assert (await client.get("/me", headers=old)).status == 200  # now cached
+    # The cache lets through only the password it saw.
+    await assert_401(await client.get("/me", headers=basic("bob", "old-passwore")))
+    await assert_401(await client.get("/me", headers=basic("bob", "")))
+    assert (await client.get("/me", headers=old)).status == 200
+
+    # As `filecask user passwd` would, from another process: straight to the store.
+    await services.meta.set_password("bob", await services.auth.hash_password_async("new-pass"))
+    await assert_401(await client.get("/me", headers=old))
+    new = basic("bob", "new-pass")
+    assert (await client.get("/me", headers=new)).status == 200
+    assert (await client.get("/me", headers=new)).status == 200
+    await assert_401(await client.get("/me", headers=old))
+
+
+async def test_removed_user_is_refused_at_once(
+    client: AppClient, services: Services, make_user: MakeUser
+) -> None:
+    bob = await make_user("bob")
+    assert (await client.get("/me", headers=bob)).status == 200  # now cached
+    await services.files.remove_user("bob")
+    await assert_401(await client.get("/me", headers=bob))
+
+
+async def test_cached_requests_are_much_cheaper_than_argon2(
+    aiohttp_client: AiohttpClient, make_settings: MakeSettings
+) -> None:
+    """At the production argon2 cost, 20 signed-in requests after the first one take less
+    time than 10 verifications would: the cache, not argon2, answers them."""
+    settings = make_settings(**PRODUCTION_ARGON2)
+    client = await aiohttp_client(create_app(settings))
+    assert (await client.get("/me", headers=ADMIN)).status == 200
+    hasher = new_password_hasher(settings)
+    stored = hasher.hash("x-password")
+    start = time.perf_counter()
+    hasher.verify(stored, "x-password")
+    one_verification = time.perf_counter() - start
+
+    start = time.perf_counter()
+    for _ in range(20):
+        assert (await client.get("/me", headers=ADMIN)).status == 200
+    twenty_requests = time.perf_counter() - start
+    assert twenty_requests < 10 * one_verification, (twenty_requests, one_verification)
