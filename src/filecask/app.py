@@ -45,7 +45,8 @@ SERVICES = web.AppKey("services", Services)
 
 
 def create_app(settings: Settings) -> web.Application:
-    from filecask.handlers import files, ops, users  # the handlers import this module's keys
+    # The handlers import this module's keys, so they are imported here.
+    from filecask.handlers import archives, files, ops, users
 
     # Order matters: problem_middleware is outermost so every error, including those of
     # later middleware, leaves as application/problem+json.
@@ -53,8 +54,11 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_services)
     app.router.add_routes(ops.routes)
-    app.router.add_routes(files.routes)
-    app.router.add_routes(users.routes)
+    app.router.add_routes(archives.archive_routes)
+    if settings.file_api:
+        app.router.add_routes(files.routes)
+        app.router.add_routes(users.routes)
+        app.router.add_routes(archives.bundle_routes)
     return app
 
 

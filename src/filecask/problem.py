@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 from http import HTTPStatus
@@ -42,7 +43,31 @@ def problem_response(
 
 
 def from_error(error: FilecaskError, request: web.BaseRequest) -> web.Response:
+    if wants_html(request):
+        return html_response(error.status, error.title, error.detail, error.headers)
     return problem_response(error.status, error.to_problem(request.path), error.headers)
+
+
+def wants_html(request: web.BaseRequest) -> bool:
+    """A browser navigating (Accept names text/html) gets a short page instead of JSON;
+    curl (`*/*`) and API clients keep problem+json."""
+    return "text/html" in request.headers.get("Accept", "")
+
+
+def html_response(
+    status: int, title: str, detail: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    page = (
+        "<!doctype html><html lang=en><meta charset=utf-8>"
+        "<meta name=viewport content='width=device-width,initial-scale=1'>"
+        f"<title>{status} {html.escape(title)}</title>"
+        "<body style='font-family:system-ui,sans-serif;max-width:40em;margin:4em auto;"
+        "padding:0 1em'>"
+        f"<h1>{html.escape(title)}</h1><p>{html.escape(detail)}</p></body></html>"
+    )
+    return web.Response(
+        status=status, text=page, content_type="text/html", charset="utf-8", headers=headers
+    )
 
 
 def from_http_exception(exc: web.HTTPException, request: web.BaseRequest) -> web.Response:

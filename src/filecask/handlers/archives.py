@@ -1,0 +1,181 @@
+"""/archive/{id}/: a folder of the archive root or a saved bundle, streamed as a ZIP;
+/archives: create, list and delete bundles.
+
+An archive is never written anywhere: its exact layout is planned from metadata, then
+any byte range of it is produced on demand (headers from the plan, file data by zero-copy
+sendfile), so Content-Length is exact and downloads resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from email.utils import formatdate
+from typing import Any
+
+from aiohttp import hdrs, web
+
+from filecask.app import SERVICES, Services
+from filecask.archives import (
+    Archive,
+    DirectoryFile,
+    bundle_archive,
+    directory_archive,
+    open_directory_file,
+)
+from filecask.bundles import parse_manifest
+from filecask.errors import InvalidHash
+from filecask.handlers import base_url, json_response, read_json_object, require_user
+from filecask.handlers.bodies import send_body
+from filecask.handlers.files import content_disposition
+from filecask.hashes import parse_hash
+from filecask.metastore import BundleSummary
+from filecask.ranges import if_none_match_matches
+from filecask.sendfile import send_file_range
+from filecask.zipwriter import DataSlice, HeaderBytes, ZipPlan
+
+archive_routes = web.RouteTableDef()
+bundle_routes = web.RouteTableDef()
+
+DELAYED_CHUNK = 64 << 10
+"""With a delay configured, file data goes out in pieces this big, one pause after each."""
+
+
+@archive_routes.get("/archive/{id}", allow_head=True)
+@archive_routes.get("/archive/{id}/", allow_head=True)
+async def download_archive(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    archive = await _resolve(services, request.match_info["id"])
+    headers = {
+        hdrs.ETAG: archive.etag,
+        hdrs.ACCEPT_RANGES: "bytes",
+        # A folder can change under the same URL: caches must revalidate (cheap: ETag).
+        hdrs.CACHE_CONTROL: "no-cache",
+        hdrs.CONTENT_DISPOSITION: content_disposition("attachment", archive.filename),
+        "X-Content-Type-Options": "nosniff",
+    }
+    if archive.last_modified is not None:
+        headers[hdrs.LAST_MODIFIED] = _http_date(archive.last_modified)
+    if if_none_match_matches(request.headers.get(hdrs.IF_NONE_MATCH), archive.etag):
+        return web.Response(status=304, headers={hdrs.ETAG: archive.etag})
+    writer = _ZipRangeWriter(request, services, archive.plan)
+    return await send_body(
+        request,
+        size=archive.plan.size,
+        content_type="application/zip",
+        headers=headers,
+        write=writer.write,
+    )
+
+
+async def _resolve(services: Services, archive_id: str) -> Archive:
+    """A 64-hex id names a bundle if one exists; anything else is a folder name."""
+    if len(archive_id) == 64 and services.settings.file_api:
+        try:
+            bundle = await services.meta.get_bundle(parse_hash(archive_id))
+        except InvalidHash:  # 64 characters but not hex: a folder name
+            bundle = None
+        if bundle is not None:
+            return bundle_archive(bundle)
+    return await directory_archive(services.settings.archives_dir, archive_id, services.meta)
+
+
+class _ZipRangeWriter:
+    """Produces archive[start:end]: header bytes from the plan, member data by sendfile.
+    One member's file stays open across consecutive slices; every fd is closed when the
+    range ends, the client leaves or the handler is cancelled."""
+
+    def __init__(self, request: web.Request, services: Services, plan: ZipPlan) -> None:
+        self._request = request
+        self._services = services
+        self._plan = plan
+        self._delay = services.settings.archive_delay
+
+    async def write(self, response: web.StreamResponse, start: int, end: int) -> int:
+        written = 0
+        open_source: object = None
+        fd = -1
+        try:
+            for segment in self._plan.segments(start, end):
+                if isinstance(segment, HeaderBytes):
+                    await response.write(segment.data)
+                    written += len(segment.data)
+                    await self._pause()
+                    continue
+                if segment.member.source is not open_source:
+                    if fd >= 0:
+                        os.close(fd)
+                        fd = -1
+                    fd = await self._open(segment)
+                    open_source = segment.member.source
+                written += await self._send_slice(response, fd, segment)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        return written
+
+    async def _send_slice(self, response: web.StreamResponse, fd: int, piece: DataSlice) -> int:
+        step = DELAYED_CHUNK if self._delay else piece.length
+        for offset in range(piece.offset, piece.offset + piece.length, max(step, 1)):
+            length = min(step, piece.offset + piece.length - offset)
+            await send_file_range(self._request, response, fd, offset, length)
+            await self._pause()
+        return piece.length
+
+    async def _open(self, piece: DataSlice) -> int:
+        source = piece.member.source
+        if isinstance(source, DirectoryFile):
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, open_directory_file, source)
+        assert isinstance(source, str)
+        opened = await self._services.blobs.open_blob(source)
+        return opened.fd
+
+    async def _pause(self) -> None:
+        if self._delay:
+            await asyncio.sleep(self._delay)
+
+
+@bundle_routes.post("/archives")
+async def create_bundle(request: web.Request) -> web.Response:
+    """`{"name": "holiday.zip", "files": [{"hash": ..., "path": "day1/1.jpg"}, ...]}`."""
+    services = request.app[SERVICES]
+    user = await require_user(request)
+    manifest = parse_manifest(await read_json_object(request))
+    created = await services.files.create_bundle(user, manifest)
+    url = f"{base_url(request)}/archive/{manifest.id}/"
+    body = {"id": manifest.id, "name": manifest.name, "url": url}
+    return json_response(body, status=201 if created else 200, headers={"Location": url})
+
+
+@bundle_routes.get("/archives")
+async def list_bundles(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    user = await require_user(request)
+    bundles = await services.meta.list_bundles(user.id)
+    base = base_url(request)
+    return json_response({"archives": [_bundle_json(b, base) for b in bundles]})
+
+
+@bundle_routes.delete("/archives/{id}")
+async def delete_bundle(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    bundle_id = parse_hash(request.match_info["id"])
+    user = await require_user(request)
+    await services.files.delete_bundle(user, bundle_id)
+    return web.Response(status=204)
+
+
+def _bundle_json(bundle: BundleSummary, base: str) -> dict[str, Any]:
+    return {
+        "id": bundle.id,
+        "name": bundle.name,
+        "files": bundle.files,
+        "bytes": bundle.bytes,
+        "created_at": bundle.created_at.isoformat(),
+        "url": f"{base}/archive/{bundle.id}/",
+    }
+
+
+def _http_date(timestamp: float) -> str:
+    return formatdate(timestamp, usegmt=True)
