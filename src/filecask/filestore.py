@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 from filecask.blobstore import BlobStore, StagedBlob
 from filecask.bundles import Manifest
@@ -68,10 +69,7 @@ class FileStore:
 
     async def delete(self, user: User, hex_hash: str) -> None:
         outcome = await asyncio.shield(self._delete(user, hex_hash))
-        if outcome is RemoveOutcome.NO_SUCH_BLOB:
-            raise NotFound("No file with this hash.", hash=hex_hash)
-        if outcome is RemoveOutcome.NOT_OWNER:
-            raise Forbidden("You hold no reference to this file.", hash=hex_hash)
+        _check_removal(outcome, "file", hash=hex_hash)
 
     async def _delete(self, user: User, hex_hash: str) -> RemoveOutcome:
         async with self.locks.hold(hex_hash):
@@ -93,10 +91,7 @@ class FileStore:
 
     async def delete_bundle(self, user: User, bundle_id: str) -> None:
         outcome = await asyncio.shield(self._release_bundle(user, bundle_id))
-        if outcome is RemoveOutcome.NO_SUCH_BLOB:
-            raise NotFound("No bundle with this id.", id=bundle_id)
-        if outcome is RemoveOutcome.NOT_OWNER:
-            raise Forbidden("You did not create this bundle.", id=bundle_id)
+        _check_removal(outcome, "bundle", id=bundle_id)
 
     async def _release_bundle(self, user: User, bundle_id: str) -> RemoveOutcome:
         outcome, hashes = await self.meta.release_bundle(user.id, bundle_id)
@@ -122,3 +117,11 @@ class FileStore:
             await asyncio.shield(self._release_bundle(user, bundle_id))
         await self.meta.delete_user(name)
         return len(hashes)
+
+
+def _check_removal(outcome: RemoveOutcome, what: str, **ids: Any) -> None:
+    """Files and bundles fail to go the same two ways: nothing there, or not yours."""
+    if outcome is RemoveOutcome.NOT_FOUND:
+        raise NotFound(f"No {what} with this id.", **ids)
+    if outcome is RemoveOutcome.NOT_OWNER:
+        raise Forbidden(f"You hold no reference to this {what}.", **ids)

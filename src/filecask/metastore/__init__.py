@@ -96,7 +96,7 @@ class CachedCrc:
 
 
 class RemoveOutcome(enum.Enum):
-    NO_SUCH_BLOB = "no-such-blob"
+    NOT_FOUND = "not-found"
     NOT_OWNER = "not-owner"
     REMOVED = "removed"
     REMOVED_LAST = "removed-last"

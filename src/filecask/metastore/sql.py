@@ -177,7 +177,7 @@ class SqlMetaStore:
             )
             if deleted.rowcount == 0:
                 exists = await conn.scalar(sa.select(blobs.c.hash).where(blobs.c.hash == hex_hash))
-                return RemoveOutcome.NOT_OWNER if exists else RemoveOutcome.NO_SUCH_BLOB
+                return RemoveOutcome.NOT_OWNER if exists else RemoveOutcome.NOT_FOUND
             if await _is_referenced(conn, hex_hash):
                 return RemoveOutcome.REMOVED
             await conn.execute(blobs.delete().where(blobs.c.hash == hex_hash))
@@ -313,7 +313,7 @@ class SqlMetaStore:
             )
             if deleted.rowcount == 0:
                 exists = await conn.scalar(sa.select(bundles.c.id).where(bundles.c.id == bundle_id))
-                return (RemoveOutcome.NOT_OWNER if exists else RemoveOutcome.NO_SUCH_BLOB), []
+                return (RemoveOutcome.NOT_OWNER if exists else RemoveOutcome.NOT_FOUND), []
             held = await conn.scalar(
                 sa.select(bundle_holders.c.id)
                 .where(bundle_holders.c.bundle_id == bundle_id)
