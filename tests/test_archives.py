@@ -1,0 +1,152 @@
+"""Folder archives below the HTTP layer: names, walking, and the CRC cache."""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+import zlib
+from pathlib import Path
+
+import pytest
+
+from filecask.app import Services
+from filecask.archives import (
+    FOLDER_NAME_MAX,
+    DirectoryFile,
+    directory_archive,
+    validate_folder_name,
+)
+from filecask.errors import BadRequest, NotFound
+from filecask.metastore import CachedCrc
+from filecask.settings import Settings
+from filecask.zipwriter import DataSlice, HeaderBytes, ZipPlan
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        ".",
+        "..",
+        ".hidden",
+        "a/b",
+        "/etc",
+        "a\\b",
+        "a\x00b",
+        "a\nb",
+        "a\x7f",
+        "x" * 256,
+        "é" * 128,
+    ],
+)
+def test_validate_folder_name_refuses(name: str) -> None:
+    with pytest.raises(BadRequest):
+        validate_folder_name(name)
+
+
+@pytest.mark.parametrize(
+    "name", ["photos", "a.b", "a..b", "with space", "фото", "x" * FOLDER_NAME_MAX, "0" * 64]
+)
+def test_validate_folder_name_accepts(name: str) -> None:
+    assert validate_folder_name(name) == name
+
+
+def render(plan: ZipPlan) -> bytes:
+    """The plan's header bytes plus the members' data, read by test code."""
+    out = io.BytesIO()
+    for segment in plan.segments(0, plan.size):
+        if isinstance(segment, HeaderBytes):
+            out.write(segment.data)
+            continue
+        assert isinstance(segment, DataSlice)
+        source = segment.member.source
+        assert isinstance(source, DirectoryFile)
+        with open(source.path, "rb") as handle:
+            handle.seek(segment.offset)
+            out.write(handle.read(segment.length))
+    return out.getvalue()
+
+
+def tree(settings: Settings, name: str) -> Path:
+    root = settings.archives_dir / name
+    (root / "sub").mkdir(parents=True)
+    (root / "top.txt").write_bytes(b"top")
+    (root / "sub" / "inner.txt").write_bytes(b"inner")
+    return root
+
+
+async def test_symlink_loop_inside_root_terminates(settings: Settings, services: Services) -> None:
+    root = tree(settings, "loop")
+    (root / "sub" / "back").symlink_to(root, target_is_directory=True)
+    (root / "self").symlink_to(root / "sub", target_is_directory=True)
+    (root / "ping").symlink_to(root / "pong")
+    (root / "pong").symlink_to(root / "ping")
+    archive = await directory_archive(settings.archives_dir, "loop", services.meta)
+    names = [m.name for m in archive.plan.members]
+    assert "top.txt" in names
+    assert "sub/inner.txt" in names or "self/inner.txt" in names
+    assert len(names) <= 4
+    assert not any(n.startswith("sub/back") for n in names)
+
+
+async def test_missing_and_root_level_names_are_not_found(
+    settings: Settings, services: Services
+) -> None:
+    settings.archives_dir.mkdir(parents=True, exist_ok=True)
+    with pytest.raises(NotFound):
+        await directory_archive(settings.archives_dir, "absent", services.meta)
+    (settings.archives_dir / "file.txt").write_bytes(b"not a folder")
+    with pytest.raises(NotFound):
+        await directory_archive(settings.archives_dir, "file.txt", services.meta)
+
+
+async def test_same_tree_gives_same_bytes_and_etag(settings: Settings, services: Services) -> None:
+    tree(settings, "same")
+    first = await directory_archive(settings.archives_dir, "same", services.meta)
+    second = await directory_archive(settings.archives_dir, "same", services.meta)
+    assert first.etag == second.etag
+    assert render(first.plan) == render(second.plan)
+    assert zipfile.ZipFile(io.BytesIO(render(first.plan))).testzip() is None
+
+
+async def test_crcs_are_cached_after_the_first_archive(
+    settings: Settings, services: Services
+) -> None:
+    root = tree(settings, "cached")
+    paths = [os.path.realpath(root / "top.txt"), os.path.realpath(root / "sub" / "inner.txt")]
+    assert await services.meta.get_crcs(paths) == {}
+    await directory_archive(settings.archives_dir, "cached", services.meta)
+    rows = await services.meta.get_crcs(paths)
+    assert rows[paths[0]].crc32 == zlib.crc32(b"top")
+    assert rows[paths[1]].crc32 == zlib.crc32(b"inner")
+
+
+async def test_second_archive_uses_the_cached_crc(settings: Settings, services: Services) -> None:
+    """A planted cache row with matching size/mtime/inode is trusted: the file is not reread."""
+    root = tree(settings, "planted")
+    await directory_archive(settings.archives_dir, "planted", services.meta)
+    path = os.path.realpath(root / "top.txt")
+    row = (await services.meta.get_crcs([path]))[path]
+    await services.meta.put_crcs([CachedCrc(path, row.size, row.mtime_ns, row.inode, 12345)])
+    archive = await directory_archive(settings.archives_dir, "planted", services.meta)
+    member = next(m for m in archive.plan.members if m.name == "top.txt")
+    assert member.crc32 == 12345
+
+
+async def test_same_size_new_content_with_new_mtime_gets_a_new_crc(
+    settings: Settings, services: Services
+) -> None:
+    root = tree(settings, "changed")
+    first = await directory_archive(settings.archives_dir, "changed", services.meta)
+    target = root / "top.txt"
+    target.write_bytes(b"TOP")
+    info = target.stat()
+    os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns + 3_000_000_000))
+    second = await directory_archive(settings.archives_dir, "changed", services.meta)
+    member = next(m for m in second.plan.members if m.name == "top.txt")
+    assert member.crc32 == zlib.crc32(b"TOP")
+    assert second.etag != first.etag
+    path = os.path.realpath(target)
+    assert (await services.meta.get_crcs([path]))[path].crc32 == zlib.crc32(b"TOP")
+    assert zipfile.ZipFile(io.BytesIO(render(second.plan))).testzip() is None
