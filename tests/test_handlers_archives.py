@@ -562,3 +562,39 @@ async def test_removing_a_user_releases_their_bundles(
     assert (await client.delete("/users/alice", headers=ADMIN)).status == 204
     assert (await client.get(f"/archive/{bundle_id}/")).status == 404
     assert [b.exists() for b in blobs] == [False, False]
+
+
+async def test_archive_range_beyond_end_is_416(
+    aiohttp_client: Callable[[web.Application], Awaitable[AppClient]],
+    make_settings: MakeSettings,
+) -> None:
+    settings = make_settings()
+    folder = settings.archives_dir / "unsatisfiable"
+    folder.mkdir(parents=True)
+    (folder / "a.bin").write_bytes(b"a" * 1000)
+    client = await aiohttp_client(create_app(settings))
+    size = len(await (await client.get("/archive/unsatisfiable/")).read())
+    response = await client.get("/archive/unsatisfiable/", headers={"Range": f"bytes={size}-"})
+    assert response.status == 416
+    assert response.headers["Content-Range"] == f"bytes */{size}"
+
+
+async def test_file_changed_while_sending_cuts_the_transfer(
+    aiohttp_client: Callable[[web.Application], Awaitable[AppClient]],
+    make_settings: MakeSettings,
+) -> None:
+    """A file rewritten after the archive was planned must never be sent as if it were the
+    planned one: the connection is cut, so the client knows its copy is incomplete."""
+    settings = make_settings(archive_delay=0.01)
+    folder = settings.archives_dir / "changing"
+    folder.mkdir(parents=True)
+    (folder / "a.bin").write_bytes(os.urandom(200_000))
+    (folder / "b.bin").write_bytes(os.urandom(200_000))
+    client = await aiohttp_client(create_app(settings))
+    response = await client.get("/archive/changing/")
+    assert response.status == 200
+    first = await response.content.readexactly(1000)
+    assert first.startswith(b"PK\x03\x04")
+    (folder / "b.bin").write_bytes(os.urandom(100))  # size and mtime change mid-flight
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await response.read()
