@@ -87,21 +87,15 @@ def from_http_exception(exc: web.HTTPException, request: web.BaseRequest) -> web
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except FilecaskError as error:
-        if request.get(STREAMING, False):
-            raise
-        return from_error(error, request)
-    except web.HTTPException as exc:
-        if exc.status < 400 or request.get(STREAMING, False):
-            raise
-        return from_http_exception(exc, request)
-    except (ConnectionError, OSError) as exc:
+    except Exception as exc:
+        # Mid-stream, or the client is gone: no body can be sent, let aiohttp drop it.
         if request.get(STREAMING, False) or isinstance(exc, ConnectionResetError):
             raise
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return from_error(FilecaskError(), request)
-    except Exception:
-        if request.get(STREAMING, False):
-            raise
+        if isinstance(exc, FilecaskError):
+            return from_error(exc, request)
+        if isinstance(exc, web.HTTPException):
+            if exc.status < 400:
+                raise
+            return from_http_exception(exc, request)
         log.exception("unhandled error on %s %s", request.method, request.path)
         return from_error(FilecaskError(), request)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 import pytest
 
@@ -145,19 +145,6 @@ class Server:
             file.close()
         self._files.clear()
         return self.process.returncode
-
-
-class StartServer(Protocol):
-    def __call__(
-        self,
-        *args: str,
-        admin_password: str | None = ADMIN_PASSWORD,
-        env: Mapping[str, str] | None = None,
-        data_dir: Path | None = None,
-        cwd: Path | None = None,
-        port: int | None = None,
-        port_flag: bool = True,
-    ) -> Server: ...
 
 
 class ServerLauncher:
@@ -340,3 +327,7 @@ def curl(tmp_path: Path) -> Curl:
     if executable is None:
         pytest.skip("the `curl` binary is not on PATH; these tests drive the server with it")
     return Curl(executable, tmp_path)
+
+
+StartServer = ServerLauncher
+"""What the `start_server` fixture hands a test: call it to start a server."""

@@ -50,9 +50,3 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("The body must be a JSON object.")
     return body
-
-
-def json_response(
-    body: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.json_response(body, status=status, headers=headers)

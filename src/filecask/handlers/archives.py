@@ -25,7 +25,7 @@ from filecask.archives import (
 )
 from filecask.bundles import parse_manifest
 from filecask.errors import InvalidHash
-from filecask.handlers import base_url, json_response, read_json_object, require_user
+from filecask.handlers import base_url, read_json_object, require_user
 from filecask.handlers.bodies import send_body
 from filecask.handlers.files import content_disposition
 from filecask.hashes import parse_hash
@@ -145,7 +145,7 @@ async def create_bundle(request: web.Request) -> web.Response:
     created = await services.files.create_bundle(user, manifest)
     url = f"{base_url(request)}/archive/{manifest.id}/"
     body = {"id": manifest.id, "name": manifest.name, "url": url}
-    return json_response(body, status=201 if created else 200, headers={"Location": url})
+    return web.json_response(body, status=201 if created else 200, headers={"Location": url})
 
 
 @bundle_routes.get("/archives")
@@ -154,7 +154,7 @@ async def list_bundles(request: web.Request) -> web.Response:
     user = await require_user(request)
     bundles = await services.meta.list_bundles(user.id)
     base = base_url(request)
-    return json_response({"archives": [_bundle_json(b, base) for b in bundles]})
+    return web.json_response({"archives": [_bundle_json(b, base) for b in bundles]})
 
 
 @bundle_routes.delete("/archives/{id}")

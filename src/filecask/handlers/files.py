@@ -12,7 +12,7 @@ from aiohttp import BodyPartReader, hdrs, web
 from filecask.app import SERVICES
 from filecask.blobstore import OpenBlob
 from filecask.errors import BadRequest, FilecaskError, NotFound, PayloadTooLarge, Unauthorized
-from filecask.handlers import base_url, json_response, require_user
+from filecask.handlers import base_url, require_user
 from filecask.handlers.bodies import send_body
 from filecask.hashes import parse_hash
 from filecask.mediatypes import is_active
@@ -84,7 +84,9 @@ async def _store(request: web.Request, *, expected_hash: str | None) -> web.Resp
         expected_hash=expected_hash,
     )
     body = file_json(record, base_url(request))
-    return json_response(body, status=201 if created else 200, headers={"Location": body["url"]})
+    return web.json_response(
+        body, status=201 if created else 200, headers={"Location": body["url"]}
+    )
 
 
 async def _body_source(request: web.Request) -> tuple[str | None, AsyncIterator[bytes]]:
@@ -189,7 +191,7 @@ async def list_files(request: web.Request) -> web.Response:
         body["next_cursor"] = str(page[-1].id)
         next_url = request.rel_url.update_query(cursor=body["next_cursor"], limit=limit)
         headers["Link"] = f'<{base}{next_url}>; rel="next"'
-    return json_response(body, headers=headers)
+    return web.json_response(body, headers=headers)
 
 
 def _int_param(

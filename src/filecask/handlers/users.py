@@ -10,7 +10,7 @@ from aiohttp import web
 from filecask.app import SERVICES
 from filecask.auth import generate_password, validate_password, validate_user_name
 from filecask.errors import BadRequest
-from filecask.handlers import base_url, json_response, read_json_object, require_admin, require_user
+from filecask.handlers import base_url, read_json_object, require_admin, require_user
 from filecask.metastore import UserSummary
 
 routes = web.RouteTableDef()
@@ -21,7 +21,7 @@ async def me(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     user = await require_user(request)
     usage = await services.meta.usage(user.id)
-    return json_response(
+    return web.json_response(
         {"name": user.name, "is_admin": user.is_admin, "files": usage.files, "bytes": usage.bytes}
     )
 
@@ -30,7 +30,7 @@ async def me(request: web.Request) -> web.Response:
 async def list_users(request: web.Request) -> web.Response:
     await require_admin(request)
     summaries = await request.app[SERVICES].meta.list_users()
-    return json_response({"users": [_summary_json(s) for s in summaries]})
+    return web.json_response({"users": [_summary_json(s) for s in summaries]})
 
 
 @routes.post("/users")
@@ -50,7 +50,7 @@ async def create_user(request: web.Request) -> web.Response:
     if not given:
         created["password"] = password
     location = f"{base_url(request)}/users/{quote(name, safe='')}"
-    return json_response(created, status=201, headers={"Location": location})
+    return web.json_response(created, status=201, headers={"Location": location})
 
 
 @routes.delete("/users/{name}")

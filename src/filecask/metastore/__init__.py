@@ -123,8 +123,6 @@ class MetaStore(Protocol):
     async def set_password(self, name: str, password_hash: str) -> None:
         """NotFound if there is no such user."""
 
-    async def set_admin(self, name: str, is_admin: bool) -> None: ...
-
     async def delete_user(self, name: str) -> None:
         """NotFound if there is no such user; references left are removed with it."""
 

@@ -125,9 +125,6 @@ class SqlMetaStore:
     async def set_password(self, name: str, password_hash: str) -> None:
         await self._update_user(name, password_hash=password_hash)
 
-    async def set_admin(self, name: str, is_admin: bool) -> None:
-        await self._update_user(name, is_admin=is_admin)
-
     async def delete_user(self, name: str) -> None:
         async with self._write() as conn:
             result = await conn.execute(users.delete().where(users.c.name == name))
