@@ -189,6 +189,8 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "argon2_time_cost": ("2", 2),
     "argon2_memory": ("8M", 8 * MIB),
     "argon2_parallelism": ("1", 1),
+    "workers": ("4", 4),
+    "cache_size": ("0", 0),
 }
 """For each setting: a text an operator might write, and the value it means."""
 

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from filecask.auth import Authenticator, generate_password
 from filecask.blobstore.disk import DiskBlobStore
+from filecask.changes import ChangeStamps, StampedCache, Topic
 from filecask.errors import Conflict
 from filecask.filestore import FileStore
 from filecask.locks import HashLocks
@@ -25,6 +26,7 @@ from filecask.settings import Settings
 
 log = logging.getLogger("filecask")
 
+BODY_CACHE_ITEMS = 100_000
 JSON_BODY_MAX = 1 << 20
 """Largest JSON or form body read into memory (uploads stream and are not limited here)."""
 
@@ -38,6 +40,8 @@ class Services:
     blobs: DiskBlobStore
     files: FileStore
     auth: Authenticator
+    bodies: StampedCache[str, bytes]
+    """Contents of small blobs, for downloads that skip the open and the sendfile."""
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -64,10 +68,13 @@ def create_app(settings: Settings) -> web.Application:
 
 async def open_services(settings: Settings) -> Services:
     """Open every backend; if one fails, close those already open before re-raising."""
-    meta = SqlMetaStore(settings.effective_database_url)
+    stamps = ChangeStamps(settings.locks_dir / "changes")
+    meta = SqlMetaStore(settings.effective_database_url, stamps)
     blobs = DiskBlobStore(settings.data_dir)
     locks = HashLocks(settings.locks_dir)
     async with contextlib.AsyncExitStack() as opened:
+        await stamps.open()
+        opened.push_async_callback(stamps.close)
         await blobs.open()
         opened.push_async_callback(blobs.close)
         await locks.open()
@@ -76,11 +83,15 @@ async def open_services(settings: Settings) -> Services:
         opened.push_async_callback(meta.close)
         auth = Authenticator(meta, settings)
         opened.pop_all()
-    return Services(settings, meta, blobs, FileStore(meta, blobs, locks), auth)
+    bodies: StampedCache[str, bytes] = StampedCache(
+        stamps, Topic.BLOBS, max_items=BODY_CACHE_ITEMS, max_cost=settings.cache_size
+    )
+    return Services(settings, meta, blobs, FileStore(meta, blobs, locks), auth, bodies)
 
 
 async def close_services(services: Services) -> None:
     await services.meta.close()
+    await services.meta.stamps.close()
     await services.files.locks.close()
     await services.blobs.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -19,6 +20,7 @@ from filecask.app import Services, close_services, create_app, open_services
 from filecask.auth import generate_password, validate_password, validate_user_name
 from filecask.errors import FilecaskError
 from filecask.settings import SETTINGS, SETTINGS_BY_NAME, Settings, SettingsError, load_settings
+from filecask.workers import BACKLOG, Supervisor, bind_sockets, close_sockets
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -85,18 +87,50 @@ def serve(**flags: Any) -> None:
     settings = build_settings(flags)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     run(_preflight, settings)
+    if settings.workers == 1:
+        _run_server(settings, None, print_banner=True)
+        return
+    try:
+        sockets = bind_sockets(settings.host, settings.port, settings.workers)
+    except OSError as exc:
+        msg = f"cannot listen on {settings.host}:{settings.port}: {exc}"
+        raise click.ClickException(msg) from exc
+    try:
+        address = sockets[0][0].getsockname()
+        click.echo(
+            f"======== Running on http://{_host_port(address)} with {settings.workers} workers"
+            " ========\n(Press CTRL+C to quit)",
+            err=True,
+        )
+        status = Supervisor(sockets, lambda _, socks: _run_server(settings, socks)).run()
+    finally:
+        close_sockets(sockets)
+    sys.exit(status)
+
+
+def _run_server(
+    settings: Settings, sockets: list[socket.socket] | None, *, print_banner: bool = False
+) -> None:
+    """One server process: on its own address, or on sockets the master bound for it."""
     web.run_app(
         create_app(settings),
-        host=settings.host,
-        port=settings.port,
+        host=settings.host if sockets is None else None,
+        port=settings.port if sockets is None else None,
+        sock=sockets,
+        backlog=BACKLOG,
         access_log=logging.getLogger("filecask.access") if settings.access_log else None,
         access_log_class=AccessLogger,
         # Stop a handler the moment its client goes away (streams, archives, uploads);
         # the commit sections that must finish are shielded.
         handler_cancellation=True,
         loop=uvloop.new_event_loop(),
-        print=lambda msg: click.echo(msg, err=True),
+        print=(lambda msg: click.echo(msg, err=True)) if print_banner else None,
     )
+
+
+def _host_port(address: tuple[Any, ...]) -> str:
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def _preflight(services: Services) -> None:

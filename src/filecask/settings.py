@@ -116,6 +116,12 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("host", str, "Address to listen on.", "ADDR"),
     Setting("port", parse_port, "TCP port to listen on (0 picks a free one).", "PORT"),
+    Setting(
+        "workers",
+        parse_count,
+        "Server processes sharing the port (SO_REUSEPORT); about one per core.",
+        "N",
+    ),
     Setting("data_dir", Path, "Directory holding store/, tmp/ and filecask.db.", "DIR"),
     Setting(
         "database_url",
@@ -188,6 +194,12 @@ SETTINGS: tuple[Setting, ...] = (
         "Serve the file API (/files, /me, /users, /archives); off leaves archives only.",
         "BOOL",
     ),
+    Setting(
+        "cache_size",
+        parse_size,
+        "Memory per worker for the contents of small, often downloaded files (0: none).",
+        "SIZE",
+    ),
     Setting("argon2_time_cost", parse_count, "argon2id passes per password hash.", "N"),
     Setting(
         "argon2_memory",
@@ -207,6 +219,7 @@ class Settings:
 
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = 1
     data_dir: Path = Path("data")
     database_url: str | None = None
     max_upload_size: int = 10 << 30
@@ -219,6 +232,7 @@ class Settings:
     archive_root: Path | None = None
     archive_delay: float = 0.0
     file_api: bool = True
+    cache_size: int = 64 << 20
     # RFC 9106 §4 second recommended option (argon2-cffi's defaults).
     argon2_time_cost: int = 3
     argon2_memory: int = 64 << 20

@@ -70,6 +70,9 @@ class BlobStore(Protocol):
     async def open_blob(self, hex_hash: str) -> OpenBlob:
         """Open a blob for reading; NotFound if it is not stored."""
 
+    async def read_blob(self, hex_hash: str) -> bytes:
+        """A small blob's whole content; NotFound if it is not stored."""
+
     async def exists(self, hex_hash: str) -> bool: ...
 
     async def ready(self) -> bool:

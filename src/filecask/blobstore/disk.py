@@ -72,6 +72,9 @@ class DiskBlobStore:
     async def open_blob(self, hex_hash: str) -> OpenBlob:
         return await _run(self._open_blob, hex_hash)
 
+    async def read_blob(self, hex_hash: str) -> bytes:
+        return await _run(self._read_blob, hex_hash)
+
     async def exists(self, hex_hash: str) -> bool:
         return await _run(self.path_of(hex_hash).is_file)
 
@@ -177,6 +180,12 @@ class DiskBlobStore:
             raise NotFound("No file with this hash.", hash=hex_hash) from None
         stat = os.fstat(fd)
         return OpenBlob(fd, stat.st_size, stat.st_mtime)
+
+    def _read_blob(self, hex_hash: str) -> bytes:
+        try:
+            return self.path_of(hex_hash).read_bytes()
+        except FileNotFoundError:
+            raise NotFound("No file with this hash.", hash=hex_hash) from None
 
 
 async def _run(func: Callable[..., T], *args: object) -> T:

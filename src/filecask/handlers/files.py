@@ -28,6 +28,8 @@ RECEIVE_CHUNK = 256 << 10
 LIST_DEFAULT = 100
 LIST_MAX = 1000
 CACHE_FOREVER = "public, max-age=31536000, immutable"
+CACHED_BODY_MAX = 256 << 10
+"""Blobs up to this size are served from memory once read (see `Services.bodies`)."""
 
 
 async def _expect_continue(request: web.Request) -> web.StreamResponse | None:
@@ -114,6 +116,7 @@ async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
 async def download(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     hex_hash = parse_hash(request.match_info["hash"])
+    body, stamp = services.bodies.get(hex_hash)
     blob = await services.meta.get_blob(hex_hash)
     if blob is None:
         raise NotFound("No file with this hash.", hash=hex_hash)
@@ -122,6 +125,11 @@ async def download(request: web.Request) -> web.StreamResponse:
         # RFC 9110 §15.4.5: a 304 repeats the validators and caching headers.
         keep = (hdrs.ETAG, hdrs.CACHE_CONTROL)
         return web.Response(status=304, headers={k: headers[k] for k in keep})
+    if body is None and blob.size <= min(CACHED_BODY_MAX, services.settings.cache_size):
+        body = await services.blobs.read_blob(hex_hash)
+        services.bodies.put(hex_hash, body, stamp, cost=len(body))
+    if body is not None:
+        return await _send_bytes(request, body, headers, blob.content_type)
     opened = await services.blobs.open_blob(hex_hash)
     try:
         return await _send_blob(request, opened, headers, blob.content_type)
@@ -163,6 +171,22 @@ async def _send_blob(
 
     return await send_body(
         request, size=opened.size, content_type=content_type, headers=headers, write=write
+    )
+
+
+async def _send_bytes(
+    request: web.Request, body: bytes, headers: dict[str, str], content_type: str
+) -> web.StreamResponse:
+    if request.method == hdrs.METH_GET and hdrs.RANGE not in request.headers:
+        headers[hdrs.CONTENT_TYPE] = content_type
+        return web.Response(body=body, headers=headers)
+
+    async def write(response: web.StreamResponse, start: int, end: int) -> int:
+        await response.write(memoryview(body)[start:end])
+        return end - start
+
+    return await send_body(
+        request, size=len(body), content_type=content_type, headers=headers, write=write
     )
 
 

@@ -4,6 +4,10 @@ SQLite specifics, set on every connection: WAL (readers never wait for the write
 timeout (a brief lock waits instead of failing), foreign keys on, and write transactions
 opened with BEGIN IMMEDIATE: a deferred transaction that later wants to write can fail with
 "database is locked" at once, whatever the timeout, when another writer got there first.
+
+The three lookups on every hot path (a user by name, a blob by hash, a user's usage) are
+answered from caches that follow the shared change stamps (see `filecask.changes`): every
+write here moves the stamps of what it changed once it has committed.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from filecask.changes import ChangeStamps, StampedCache, Topic
 from filecask.errors import Conflict, NotFound
 from filecask.metastore import (
     BlobInfo,
@@ -53,10 +58,25 @@ _ASYNC_DRIVERS = (
 )
 
 
+USER_CACHE_ITEMS = 10_000
+BLOB_CACHE_ITEMS = 100_000
+USAGE_CACHE_ITEMS = 10_000
+
+
 class SqlMetaStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, stamps: ChangeStamps | None = None) -> None:
         self._url = _async_url(url)
         self._engine: AsyncEngine | None = None
+        self.stamps = stamps or ChangeStamps(None)
+        self._users: StampedCache[str, User] = StampedCache(
+            self.stamps, Topic.USERS, max_items=USER_CACHE_ITEMS
+        )
+        self._blobs: StampedCache[str, BlobInfo] = StampedCache(
+            self.stamps, Topic.BLOBS, max_items=BLOB_CACHE_ITEMS
+        )
+        self._usage: StampedCache[int, Usage] = StampedCache(
+            self.stamps, Topic.REFS, max_items=USAGE_CACHE_ITEMS
+        )
 
     @property
     def engine(self) -> AsyncEngine:
@@ -83,7 +103,7 @@ class SqlMetaStore:
     # users
 
     async def create_user(self, name: str, password_hash: str, *, is_admin: bool) -> User:
-        async with self._write() as conn:
+        async with self._write(Topic.USERS) as conn:
             if await _user_row(conn, name) is not None:
                 raise Conflict(f"A user named {name!r} already exists.", user=name)
             created_at = _now()
@@ -97,9 +117,16 @@ class SqlMetaStore:
             return User(int(key[0]), name, password_hash, is_admin, created_at)
 
     async def get_user(self, name: str) -> User | None:
+        user, stamp = self._users.get(name)
+        if user is not None:
+            return user
         async with self.engine.connect() as conn:
             row = await _user_row(conn, name)
-        return None if row is None else _user(row)
+        if row is None:
+            return None
+        user = _user(row)
+        self._users.put(name, user, stamp)
+        return user
 
     async def list_users(self) -> list[UserSummary]:
         query = (
@@ -126,13 +153,13 @@ class SqlMetaStore:
         await self._update_user(name, password_hash=password_hash)
 
     async def delete_user(self, name: str) -> None:
-        async with self._write() as conn:
+        async with self._write(Topic.USERS, Topic.REFS) as conn:
             result = await conn.execute(users.delete().where(users.c.name == name))
             if result.rowcount == 0:
                 raise NotFound(f"No user named {name!r}.", user=name)
 
     async def _update_user(self, name: str, **values: Any) -> None:
-        async with self._write() as conn:
+        async with self._write(Topic.USERS) as conn:
             result = await conn.execute(users.update().where(users.c.name == name).values(values))
             if result.rowcount == 0:
                 raise NotFound(f"No user named {name!r}.", user=name)
@@ -142,7 +169,7 @@ class SqlMetaStore:
     async def add_ref(self, user_id: int, blob: BlobInfo, name: str) -> tuple[FileRecord, bool]:
         now = _now()
         insert = self._insert()
-        async with self._write() as conn:
+        async with self._write(Topic.REFS) as conn:
             await conn.execute(
                 insert(blobs)
                 .values(
@@ -168,7 +195,13 @@ class SqlMetaStore:
         return _record(row), created
 
     async def remove_ref(self, user_id: int, hex_hash: str) -> RemoveOutcome:
-        async with self._write() as conn:
+        outcome = await self._remove_ref(user_id, hex_hash)
+        if outcome is RemoveOutcome.REMOVED_LAST:
+            self.stamps.bump(Topic.BLOBS)
+        return outcome
+
+    async def _remove_ref(self, user_id: int, hex_hash: str) -> RemoveOutcome:
+        async with self._write(Topic.REFS) as conn:
             deleted = await conn.execute(
                 refs.delete().where(refs.c.user_id == user_id, refs.c.hash == hex_hash)
             )
@@ -181,12 +214,19 @@ class SqlMetaStore:
             return RemoveOutcome.REMOVED_LAST
 
     async def get_blob(self, hex_hash: str) -> BlobInfo | None:
+        blob, stamp = self._blobs.get(hex_hash)
+        if blob is not None:
+            return blob
         query = sa.select(blobs.c.hash, blobs.c.size, blobs.c.crc32, blobs.c.content_type).where(
             blobs.c.hash == hex_hash
         )
         async with self.engine.connect() as conn:
             row = (await conn.execute(query)).first()
-        return None if row is None else BlobInfo(*row)
+        if row is None:
+            return None
+        blob = BlobInfo(*row)
+        self._blobs.put(hex_hash, blob, stamp)
+        return blob
 
     async def list_refs(
         self, user_id: int, *, limit: int, before_id: int | None
@@ -199,6 +239,9 @@ class SqlMetaStore:
         return [_record(r) for r in rows]
 
     async def usage(self, user_id: int) -> Usage:
+        usage, stamp = self._usage.get(user_id)
+        if usage is not None:
+            return usage
         query = (
             sa.select(sa.func.count(refs.c.id), sa.func.coalesce(sa.func.sum(blobs.c.size), 0))
             .select_from(refs.join(blobs))
@@ -206,7 +249,9 @@ class SqlMetaStore:
         )
         async with self.engine.connect() as conn:
             count, total = (await conn.execute(query)).one()
-        return Usage(int(count), int(total))
+        usage = Usage(int(count), int(total))
+        self._usage.put(user_id, usage, stamp)
+        return usage
 
     async def user_hashes(self, user_id: int) -> list[str]:
         query = sa.select(refs.c.hash).where(refs.c.user_id == user_id).order_by(refs.c.id)
@@ -222,7 +267,9 @@ class SqlMetaStore:
             if await _is_referenced(conn, hex_hash):
                 return False
             result = await conn.execute(blobs.delete().where(blobs.c.hash == hex_hash))
-            return bool(result.rowcount)
+        if result.rowcount:
+            self.stamps.bump(Topic.BLOBS)
+        return bool(result.rowcount)
 
     # bundles
 
@@ -383,11 +430,16 @@ class SqlMetaStore:
         return postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
 
     @asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn:
-            conn = await conn.execution_options(**{_WRITE: True})
-            async with conn.begin():
-                yield conn
+    async def _write(self, *changes: Topic) -> AsyncIterator[AsyncConnection]:
+        """A write transaction; once it has ended, the stamps of `changes` move (also on
+        failure: a needless refresh is harmless, a missed one is not)."""
+        try:
+            async with self.engine.connect() as conn:
+                conn = await conn.execution_options(**{_WRITE: True})
+                async with conn.begin():
+                    yield conn
+        finally:
+            self.stamps.bump(*changes)
 
 
 def _async_url(url: str) -> str:
