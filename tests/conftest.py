@@ -3,7 +3,7 @@ fails any test whose code blocks the event loop."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ from aiohttp import encode_basic_auth, web
 from aiohttp.test_utils import TestClient
 from blockbuster import BlockBuster, blockbuster_ctx
 
-from filecask.app import SERVICES, Services, create_app
+from filecask.app import SERVICES, Services, close_services, create_app, open_services
 from filecask.settings import Settings
 
 ADMIN_PASSWORD = "admin-password"
@@ -87,6 +87,17 @@ async def client(
 @pytest.fixture
 def services(client: AppClient) -> Services:
     return client.app[SERVICES]
+
+
+@pytest.fixture
+async def other_process(client: AppClient, settings: Settings) -> AsyncIterator[Services]:
+    """The stores opened a second time on the same data directory, with caches of their own:
+    what another worker or the CLI sees. Writes made here must reach `client` at once."""
+    other = await open_services(settings)
+    try:
+        yield other
+    finally:
+        await close_services(other)
 
 
 @pytest.fixture

@@ -522,6 +522,26 @@ async def test_changed_password_is_refused_at_once(
     await assert_401(await client.get("/me", headers=old))
 
 
+async def test_password_changed_by_another_process_is_refused_at_once(
+    client: AppClient, other_process: Services, make_user: MakeUser
+) -> None:
+    old = await make_user("bob", password="old-password")
+    assert (await client.get("/me", headers=old)).status == 200  # now cached
+    new_hash = await other_process.auth.hash_password_async("new-password")
+    await other_process.meta.set_password("bob", new_hash)
+    await assert_401(await client.get("/me", headers=old))
+    assert (await client.get("/me", headers=basic("bob", "new-password"))).status == 200
+
+
+async def test_user_removed_by_another_process_is_refused_at_once(
+    client: AppClient, other_process: Services, make_user: MakeUser
+) -> None:
+    bob = await make_user("bob")
+    assert (await client.get("/me", headers=bob)).status == 200  # now cached
+    await other_process.files.remove_user("bob")
+    await assert_401(await client.get("/me", headers=bob))
+
+
 async def test_removed_user_is_refused_at_once(
     client: AppClient, services: Services, make_user: MakeUser
 ) -> None:
@@ -550,3 +570,15 @@ async def test_cached_requests_are_much_cheaper_than_argon2(
         assert (await client.get("/me", headers=ADMIN)).status == 200
     twenty_requests = time.perf_counter() - start
     assert twenty_requests < 10 * one_verification, (twenty_requests, one_verification)
+
+
+async def test_a_cached_sign_in_also_resets_the_failure_count(
+    aiohttp_client: AiohttpClient, make_settings: MakeSettings
+) -> None:
+    """Typos between good sign-ins never add up to a slow-down, cached or not."""
+    client = await aiohttp_client(create_app(make_settings(auth_max_failures=3)))
+    good = ADMIN
+    assert (await client.get("/me", headers=good)).status == 200  # verified, now cached
+    for _ in range(6):
+        await assert_401(await client.get("/me", headers=basic("admin", "a-typo-password")))
+        assert (await client.get("/me", headers=good)).status == 200

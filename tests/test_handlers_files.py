@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import AsyncIterator
 from email.parser import BytesParser
 from email.policy import HTTP
 
 import aiohttp
 import pytest
 
+from filecask.app import Services
 from filecask.settings import Settings
 from tests.conftest import ADMIN, AppClient, MakeSettings, MakeUser, assert_problem
 
 BODY = os.urandom(50_000)
 SHA = hashlib.sha256(BODY).hexdigest()
+
+
+@pytest.fixture(params=["memory-cache", "no-cache"])
+def settings(request: pytest.FixtureRequest, make_settings: MakeSettings) -> Settings:
+    """Every test here runs twice: small downloads served from the in-memory cache, and
+    every download sent from the file (`--cache-size 0`), as large files always are."""
+    return make_settings() if request.param == "memory-cache" else make_settings(cache_size=0)
 
 
 async def upload(
@@ -493,3 +502,59 @@ async def _client(aiohttp_client: object, settings: Settings) -> AppClient:
     assert callable(make)
     client: AppClient = await make(create_app(settings))
     return client
+
+
+# the caches, with a second process on the same data directory
+
+
+async def test_repeated_downloads_are_identical(client: AppClient) -> None:
+    await upload(client, name="a.bin")
+    first = await client.get(f"/files/{SHA}")
+    second = await client.get(f"/files/{SHA}")
+    assert await first.read() == await second.read() == BODY
+    for name in ("Content-Type", "Content-Length", "ETag", "Content-Disposition"):
+        assert first.headers[name] == second.headers[name]
+
+
+async def test_delete_by_another_process_is_seen_at_once(
+    client: AppClient, other_process: Services
+) -> None:
+    await upload(client)
+    for _ in range(2):
+        assert (await client.get(f"/files/{SHA}")).status == 200
+    admin = await other_process.meta.get_user("admin")
+    assert admin is not None
+    await other_process.files.delete(admin, SHA)
+    assert (await client.get(f"/files/{SHA}")).status == 404
+    assert (await client.head(f"/files/{SHA}")).status == 404
+
+
+async def test_content_stored_again_after_deletion_takes_its_new_type(
+    client: AppClient, other_process: Services
+) -> None:
+    text = b'{"a": 1}'
+    digest = hashlib.sha256(text).hexdigest()
+    await upload(client, text, name="a.bin")
+    assert (await client.get(f"/files/{digest}")).content_type == "application/octet-stream"
+    admin = await other_process.meta.get_user("admin")
+    assert admin is not None
+    await other_process.files.delete(admin, digest)
+    assert (await upload(client, text, name="a.json")).status == 201
+    response = await client.get(f"/files/{digest}")
+    assert response.content_type == "application/json"
+    assert await response.read() == text
+
+
+async def test_upload_by_another_process_shows_in_usage_at_once(
+    client: AppClient, other_process: Services
+) -> None:
+    assert (await (await client.get("/me", headers=ADMIN)).json())["files"] == 0
+    admin = await other_process.meta.get_user("admin")
+    assert admin is not None
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield BODY
+
+    await other_process.files.upload(admin, chunks(), name=None, max_size=1 << 20)
+    me = await (await client.get("/me", headers=ADMIN)).json()
+    assert (me["files"], me["bytes"]) == (1, len(BODY))

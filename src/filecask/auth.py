@@ -3,9 +3,13 @@
 Argon2id costs tens of milliseconds of CPU on purpose, which a signed-in client must not
 pay on every request. After one successful verification we remember an HMAC of the password
 (under a per-process random key, so no password is kept in memory) together with the stored
-argon2 hash it was checked against. Each request still reads the user's row (one indexed
-query); if the stored hash changed (`user passwd`, from any process) or the row is gone, the
-cache entry no longer applies, so a changed or removed password stops working at once.
+argon2 hash it was checked against. Each request still looks up the user's row (from the
+metadata store's cache, which follows writes made by any process: see `filecask.changes`);
+if the stored hash changed (`user passwd`) or the row is gone, the cache entry no longer
+applies, so a changed or removed password stops working at once.
+
+Failure counts live in each process: with `--workers N` an attacker gets up to N times the
+attempts before the slow-down, still bounded.
 
 Failed attempts are counted per user name and per client address; past a threshold each
 further attempt for that key must wait an exponentially growing delay (capped, so the real
@@ -219,6 +223,7 @@ class Authenticator:
         self.limiter.check(keys, time.monotonic())
         user = await self._meta.get_user(name)
         if user is not None and self._cached(user, password):
+            self.limiter.succeed(keys)
             return user
         if await self._verify(user, password):
             assert user is not None

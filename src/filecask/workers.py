@@ -47,6 +47,8 @@ def bind_sockets(host: str, port: int, count: int) -> list[list[socket.socket]]:
     """`count` sets of listening sockets, one socket per address `host` resolves to."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     addresses = list(dict.fromkeys((info[0], str(info[4][0])) for info in infos))
+    for family, address in addresses:
+        port = _claim(family, address, port)
     sets: list[list[socket.socket]] = []
     try:
         for _ in range(count):
@@ -55,11 +57,22 @@ def bind_sockets(host: str, port: int, count: int) -> list[list[socket.socket]]:
             for family, address in addresses:
                 sock = _listening_socket(family, address, port)
                 sockets.append(sock)
-                port = sock.getsockname()[1]  # port 0: every later socket takes this one
     except OSError:
         close_sockets(sets)
         raise
     return sets
+
+
+def _claim(family: int, address: str, port: int) -> int:
+    """Fail if anything already listens on the address: SO_REUSEPORT alone would let a
+    second filecask (or any program of this user) join the group and take connections."""
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        probe.bind((address, port))
+        claimed: int = probe.getsockname()[1]
+        return claimed
 
 
 def _listening_socket(family: int, address: str, port: int) -> socket.socket:

@@ -213,14 +213,20 @@ class ServerLauncher:
 
 
 def run_filecask(
-    args: Sequence[str], *, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 30
+    args: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 30,
+    input_text: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a `filecask` command that is expected to end on its own."""
     return subprocess.run(
         [*filecask_command(), *args],
         cwd=cwd,
         env=clean_environment(env),
-        stdin=subprocess.DEVNULL,
+        input=input_text,
+        stdin=subprocess.DEVNULL if input_text is None else None,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-import psutil  # type: ignore[import-untyped]
+import psutil
 import pytest
 
 from tests.e2e.conftest import ADMIN_CREDENTIALS, HOST, Server, StartServer
