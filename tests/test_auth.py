@@ -344,6 +344,25 @@ async def test_cached_credentials_skip_argon2(services: Services) -> None:
     assert hasher.verifications == 2
 
 
+async def test_concurrent_first_sign_ins_share_one_verification(services: Services) -> None:
+    """64 connections arriving at once with the same new credentials cost one argon2 run."""
+    hasher = CountingHasher()
+    auth = authenticator(services, hasher, max_failures=100)
+    await services.meta.create_user("carol", auth.hash_password("carol-password"), is_admin=False)
+    header = encode_basic_auth("carol", "carol-password")
+    users = await asyncio.gather(*(auth.authenticate(header, "a") for _ in range(64)))
+    assert {u.name for u in users} == {"carol"}
+    assert hasher.verifications == 1
+    # A wrong password arriving alongside is verified on its own, and refused.
+    results = await asyncio.gather(
+        auth.authenticate(header, "a"),
+        auth.authenticate(encode_basic_auth("carol", "carol-passwore"), "a"),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], Unauthorized)
+    assert hasher.verifications == 2
+
+
 async def test_cache_follows_the_stored_hash(services: Services) -> None:
     hasher = CountingHasher()
     auth = authenticator(services, hasher, max_failures=100)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -31,6 +31,15 @@ JSON_BODY_MAX = 1 << 20
 """Largest JSON or form body read into memory (uploads stream and are not limited here)."""
 
 
+@dataclass(frozen=True, slots=True)
+class CachedBody:
+    """A small blob's bytes, with the headers of a plain download of it (no `?name=`)."""
+
+    body: bytes
+    content_type: str
+    headers: Mapping[str, str]
+
+
 @dataclass(frozen=True)
 class Services:
     """Everything a handler may use; built once per app start."""
@@ -40,8 +49,8 @@ class Services:
     blobs: DiskBlobStore
     files: FileStore
     auth: Authenticator
-    bodies: StampedCache[str, bytes]
-    """Contents of small blobs, for downloads that skip the open and the sendfile."""
+    bodies: StampedCache[str, CachedBody]
+    """Small blobs in memory: a plain download of one is a dict lookup and one write."""
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -83,7 +92,7 @@ async def open_services(settings: Settings) -> Services:
         opened.push_async_callback(meta.close)
         auth = Authenticator(meta, settings)
         opened.pop_all()
-    bodies: StampedCache[str, bytes] = StampedCache(
+    bodies: StampedCache[str, CachedBody] = StampedCache(
         stamps, Topic.BLOBS, max_items=BODY_CACHE_ITEMS, max_cost=settings.cache_size
     )
     return Services(settings, meta, blobs, FileStore(meta, blobs, locks), auth, bodies)

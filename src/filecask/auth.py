@@ -200,6 +200,7 @@ class Authenticator:
         self._hasher = hasher or new_password_hasher(settings)
         self._key = secrets.token_bytes(32)
         self._cache: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
+        self._verifying: dict[tuple[str, bytes], asyncio.Future[bool]] = {}
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
         self.limiter = FailureLimiter(
             threshold=settings.auth_max_failures, max_delay=settings.auth_max_delay
@@ -249,8 +250,20 @@ class Authenticator:
             self._cache.popitem(last=False)
 
     async def _verify(self, user: User | None, password: str) -> bool:
+        """One argon2 run per distinct (stored hash, password) at a time: a client that opens
+        many connections at once with the same new credentials (a browser, a parallel upload,
+        a benchmark) waits for a single verification instead of queueing one per connection."""
         stored = user.password_hash if user is not None else self._dummy_hash
-        ok = await asyncio.get_running_loop().run_in_executor(None, self._check, stored, password)
+        key = (stored, self._digest(password))
+        pending = self._verifying.get(key)
+        if pending is None:
+            loop = asyncio.get_running_loop()
+            pending = asyncio.ensure_future(
+                loop.run_in_executor(None, self._check, stored, password)
+            )
+            self._verifying[key] = pending
+            pending.add_done_callback(lambda _: self._verifying.pop(key, None))
+        ok = await asyncio.shield(pending)
         return ok and user is not None
 
     def _check(self, stored: str, password: str) -> bool:

@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 from aiohttp import BodyPartReader, hdrs, web
 
-from filecask.app import SERVICES
+from filecask.app import SERVICES, CachedBody, Services
 from filecask.blobstore import OpenBlob
 from filecask.errors import BadRequest, FilecaskError, NotFound, PayloadTooLarge, Unauthorized
 from filecask.handlers import base_url, require_user
@@ -116,7 +116,9 @@ async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
 async def download(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     hex_hash = parse_hash(request.match_info["hash"])
-    body, stamp = services.bodies.get(hex_hash)
+    cached, stamp = services.bodies.get(hex_hash)
+    if cached is not None and _is_plain(request):
+        return web.Response(body=cached.body, headers=cached.headers)
     blob = await services.meta.get_blob(hex_hash)
     if blob is None:
         raise NotFound("No file with this hash.", hash=hex_hash)
@@ -125,16 +127,34 @@ async def download(request: web.Request) -> web.StreamResponse:
         # RFC 9110 §15.4.5: a 304 repeats the validators and caching headers.
         keep = (hdrs.ETAG, hdrs.CACHE_CONTROL)
         return web.Response(status=304, headers={k: headers[k] for k in keep})
-    if body is None and blob.size <= min(CACHED_BODY_MAX, services.settings.cache_size):
-        body = await services.blobs.read_blob(hex_hash)
-        services.bodies.put(hex_hash, body, stamp, cost=len(body))
-    if body is not None:
-        return await _send_bytes(request, body, headers, blob.content_type)
+    if cached is None and blob.size <= min(CACHED_BODY_MAX, services.settings.cache_size):
+        cached = await _read_small(services, hex_hash, blob.content_type)
+        services.bodies.put(hex_hash, cached, stamp, cost=len(cached.body))
+    if cached is not None:
+        return await _send_bytes(request, cached.body, headers, blob.content_type)
     opened = await services.blobs.open_blob(hex_hash)
     try:
         return await _send_blob(request, opened, headers, blob.content_type)
     finally:
         os.close(opened.fd)
+
+
+def _is_plain(request: web.Request) -> bool:
+    """A whole-body GET with no `?name=` and no conditions: the cached response fits."""
+    headers = request.headers
+    return (
+        request.method == hdrs.METH_GET
+        and not request.query_string
+        and hdrs.RANGE not in headers
+        and hdrs.IF_NONE_MATCH not in headers
+    )
+
+
+async def _read_small(services: Services, hex_hash: str, content_type: str) -> CachedBody:
+    body = await services.blobs.read_blob(hex_hash)
+    headers = _download_headers(hex_hash, content_type, None)
+    headers[hdrs.CONTENT_TYPE] = content_type
+    return CachedBody(body, content_type, headers)
 
 
 def _download_headers(hex_hash: str, content_type: str, name: str | None) -> dict[str, str]:
