@@ -13,7 +13,10 @@ import pytest
 from filecask.app import Services
 from filecask.archives import (
     FOLDER_NAME_MAX,
+    Archive,
     DirectoryFile,
+    FolderPlans,
+    Found,
     directory_archive,
     validate_folder_name,
 )
@@ -150,3 +153,60 @@ async def test_same_size_new_content_with_new_mtime_gets_a_new_crc(
     path = os.path.realpath(target)
     assert (await services.meta.get_crcs([path]))[path].crc32 == zlib.crc32(b"TOP")
     assert zipfile.ZipFile(io.BytesIO(render(second.plan))).testzip() is None
+
+
+# the plans of recent folders
+
+
+async def test_an_unchanged_folder_reuses_its_plan(settings: Settings, services: Services) -> None:
+    tree(settings, "kept")
+    plans = FolderPlans()
+    first = await directory_archive(settings.archives_dir, "kept", services.meta, plans)
+    assert await directory_archive(settings.archives_dir, "kept", services.meta, plans) is first
+
+
+@pytest.mark.parametrize("change", ["rewrite", "touch", "add", "remove", "chmod", "rename"])
+async def test_any_change_to_a_folder_makes_a_new_plan(
+    settings: Settings, services: Services, change: str
+) -> None:
+    root = tree(settings, "changing")
+    plans = FolderPlans()
+    first = await directory_archive(settings.archives_dir, "changing", services.meta, plans)
+    top = root / "top.txt"
+    if change == "rewrite":
+        top.write_bytes(b"a new, longer content")
+    elif change == "touch":
+        stamp = top.stat().st_mtime_ns + 5_000_000_000
+        os.utime(top, ns=(stamp, stamp))
+    elif change == "add":
+        (root / "sub" / "new.txt").write_bytes(b"new")
+    elif change == "remove":
+        (root / "sub" / "inner.txt").unlink()
+    elif change == "chmod":
+        top.chmod(0o600)
+    else:
+        top.rename(root / "renamed.txt")
+    second = await directory_archive(settings.archives_dir, "changing", services.meta, plans)
+    assert second is not first
+    assert second.etag != first.etag
+    archive = zipfile.ZipFile(io.BytesIO(render(second.plan)))
+    assert archive.testzip() is None
+    expected = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    assert {n for n in archive.namelist() if not n.endswith("/")} == expected
+
+
+def test_plans_are_bounded_by_their_entries() -> None:
+    plans = FolderPlans(max_members=3)
+    archive = empty_archive()
+    walk: list[Found] = [("a", "/x/a", 0o100644, 1, 0.0, 0, 1)] * 2
+    plans.put("one", walk, archive)
+    plans.put("two", walk, archive)  # four entries in all: "one" goes
+    assert plans.get("one", walk) is None
+    assert plans.get("two", walk) is archive
+    plans.put("huge", walk * 2, archive)  # larger than the whole budget: not kept
+    assert plans.get("huge", walk * 2) is None
+    assert plans.get("two", walk) is archive
+
+
+def empty_archive() -> Archive:
+    return Archive(ZipPlan([]), "x.zip", '"x"', None)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from filecask.archives import FolderPlans
 from filecask.auth import Authenticator, generate_password
 from filecask.blobstore.disk import DiskBlobStore
 from filecask.changes import ChangeStamps, StampedCache, Topic
@@ -51,6 +52,7 @@ class Services:
     auth: Authenticator
     bodies: StampedCache[str, CachedBody]
     """Small blobs in memory: a plain download of one is a dict lookup and one write."""
+    plans: FolderPlans
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -95,7 +97,8 @@ async def open_services(settings: Settings) -> Services:
     bodies: StampedCache[str, CachedBody] = StampedCache(
         stamps, Topic.BLOBS, max_items=BODY_CACHE_ITEMS, max_cost=settings.cache_size
     )
-    return Services(settings, meta, blobs, FileStore(meta, blobs, locks), auth, bodies)
+    files = FileStore(meta, blobs, locks)
+    return Services(settings, meta, blobs, files, auth, bodies, FolderPlans())
 
 
 async def close_services(services: Services) -> None:

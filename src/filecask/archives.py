@@ -7,6 +7,11 @@ walk is depth-first in sorted order, so the same tree always gives the same byte
 CRC-32s must be known before each entry's data (no data descriptors): for bundles they were
 computed at upload; for folders they are computed once and cached in the metadata store by
 real path, size, mtime and inode, so a change to any of those recomputes them.
+
+Planning a folder of thousands of files costs tens of milliseconds of CPU (the CRC lookup,
+every header of the plan); a CMS links the same folders again and again, so each process
+keeps the plans of recent folders and reuses one while a fresh walk of the folder finds
+exactly the same entries (names, sizes, mtimes, inodes). Only the walk is paid per request.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import logging
 import os
 import stat
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,15 +72,58 @@ def validate_folder_name(folder: str) -> str:
     return folder
 
 
-async def directory_archive(root: Path, folder: str, meta: MetaStore) -> Archive:
+class FolderPlans:
+    """Recent folders' plans, each with the walk it was made from; bounded by the total
+    number of entries kept."""
+
+    def __init__(self, max_members: int = 200_000) -> None:
+        self._max_members = max_members
+        self._members = 0
+        self._plans: OrderedDict[str, tuple[list[Found], Archive]] = OrderedDict()
+
+    def get(self, folder: str, scanned: list[Found]) -> Archive | None:
+        entry = self._plans.get(folder)
+        if entry is None or entry[0] != scanned:
+            return None
+        self._plans.move_to_end(folder)
+        return entry[1]
+
+    def put(self, folder: str, scanned: list[Found], archive: Archive) -> None:
+        old = self._plans.pop(folder, None)
+        if old is not None:
+            self._members -= len(old[0])
+        if len(scanned) > self._max_members:
+            return
+        self._plans[folder] = (scanned, archive)
+        self._members += len(scanned)
+        while self._members > self._max_members:
+            self._members -= len(self._plans.popitem(last=False)[1][0])
+
+
+async def directory_archive(
+    root: Path, folder: str, meta: MetaStore, plans: FolderPlans | None = None
+) -> Archive:
     validate_folder_name(folder)
-    members, files = await _run(_scan_folder, root, folder)
+    found = await _run(_scan_folder, root, folder)
+    known = plans.get(folder, found) if plans is not None else None
+    if known is not None:
+        return known
+    members, files = await _run(_members, found)
+    archive = await _plan_folder(members, files, meta)
+    if plans is not None:
+        plans.put(folder, found, archive)
+    return archive
+
+
+async def _plan_folder(
+    scanned: list[Member], files: list[DirectoryFile], meta: MetaStore
+) -> Archive:
     crcs = await _folder_crcs(files, meta)
     members = [
         Member(m.name, m.size, crcs[m.source.path], m.mtime, m.mode, m.source)
         if isinstance(m.source, DirectoryFile)
         else m
-        for m in members
+        for m in scanned
     ]
     plan = ZipPlan(members)
     identity = hashlib.sha256(plan.etag_material)
@@ -112,40 +161,39 @@ async def _folder_crcs(files: list[DirectoryFile], meta: MetaStore) -> dict[str,
     return crcs
 
 
-def _scan_folder(root: Path, folder: str) -> tuple[list[Member], list[DirectoryFile]]:
+Found = tuple[str, str, int, int, float, int, int]
+"""One walked entry: name in the archive, real path, st_mode, st_size, st_mtime, st_mtime_ns,
+st_ino. A folder's list of these is what a cached plan is checked against."""
+
+
+def _scan_folder(root: Path, folder: str) -> list[Found]:
     """Call from an executor: walks the filesystem."""
     real_root = os.path.realpath(root)
     start = os.path.realpath(os.path.join(real_root, folder))
     if not _inside(real_root, start) or start == real_root or not os.path.isdir(start):
         raise NotFound(ARCHIVE_MISSING, id=folder)
-    members: list[Member] = []
-    files: list[DirectoryFile] = []
-    seen_dirs = {_dir_key(start)}
-    _walk(real_root, start, "", members, files, seen_dirs)
-    return members, files
+    found: list[Found] = []
+    _walk(real_root, start, "", found, {_dir_key(start)})
+    return found
 
 
 def _walk(
-    root: str,
-    directory: str,
-    prefix: str,
-    members: list[Member],
-    files: list[DirectoryFile],
-    seen_dirs: set[tuple[int, int]],
+    root: str, directory: str, prefix: str, found: list[Found], seen_dirs: set[tuple[int, int]]
 ) -> None:
     with os.scandir(directory) as scan:
         entries = sorted(scan, key=lambda e: e.name)
     for entry in entries:
         name = prefix + entry.name
-        target = os.path.realpath(entry.path)
-        if not _inside(root, target):
-            log.warning(
-                "skipping %s: its target %s is outside the archive root", entry.path, target
-            )
-            continue
-        if path_problem(name):
-            log.warning("skipping %s: the name cannot be stored in a ZIP", entry.path)
-            continue
+        # `directory` is a real path inside the root, so only a symlink can lead out
+        # (and realpath and commonpath are too slow to run on every entry).
+        target = entry.path
+        if entry.is_symlink():
+            target = os.path.realpath(entry.path)
+            if not _inside(root, target):
+                log.warning(
+                    "skipping %s: its target %s is outside the archive root", entry.path, target
+                )
+                continue
         try:
             info = os.stat(target)
         except OSError:
@@ -154,13 +202,39 @@ def _walk(
             if _dir_key(target) in seen_dirs:  # a symlink loop inside the root
                 continue
             seen_dirs.add(_dir_key(target))
-            members.append(Member.directory(name, info.st_mtime, 0o40000 | (info.st_mode & 0o777)))
-            _walk(root, target, name + "/", members, files, seen_dirs)
-        elif stat.S_ISREG(info.st_mode):
-            file = DirectoryFile(target, info.st_size, info.st_mtime_ns, info.st_ino)
-            files.append(file)
-            mode = stat.S_IFREG | (info.st_mode & 0o777)
-            members.append(Member(name, info.st_size, 0, info.st_mtime, mode, file))
+        elif not stat.S_ISREG(info.st_mode):
+            continue
+        found.append(
+            (
+                name,
+                target,
+                info.st_mode,
+                info.st_size,
+                info.st_mtime,
+                info.st_mtime_ns,
+                info.st_ino,
+            )
+        )
+        if stat.S_ISDIR(info.st_mode):
+            _walk(root, target, name + "/", found, seen_dirs)
+
+
+def _members(found: list[Found]) -> tuple[list[Member], list[DirectoryFile]]:
+    """Call from an executor: the archive entries of a walk, without names a ZIP cannot
+    hold (nor anything under such a folder)."""
+    members: list[Member] = []
+    files: list[DirectoryFile] = []
+    for name, target, mode, size, mtime, mtime_ns, inode in found:
+        if path_problem(name):
+            log.warning("skipping %s: the name cannot be stored in a ZIP", target)
+            continue
+        if stat.S_ISDIR(mode):
+            members.append(Member.directory(name, mtime, 0o40000 | (mode & 0o777)))
+            continue
+        file = DirectoryFile(target, size, mtime_ns, inode)
+        files.append(file)
+        members.append(Member(name, size, 0, mtime, stat.S_IFREG | (mode & 0o777), file))
+    return members, files
 
 
 def _compute_crcs(files: list[DirectoryFile]) -> list[CachedCrc]:

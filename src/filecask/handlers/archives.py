@@ -77,7 +77,9 @@ async def _resolve(services: Services, archive_id: str) -> Archive:
             bundle = None
         if bundle is not None:
             return bundle_archive(bundle)
-    return await directory_archive(services.settings.archives_dir, archive_id, services.meta)
+    return await directory_archive(
+        services.settings.archives_dir, archive_id, services.meta, services.plans
+    )
 
 
 class _ZipRangeWriter:
