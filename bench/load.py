@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
+
 from bench import clients
 from bench.context import Bench, alternate
 from bench.report import Row, Sample, per_s, ratio_row
@@ -56,16 +58,54 @@ def me(bench: Bench) -> list[Row]:
 
 
 def workers(bench: Bench) -> list[Row]:
-    """The small-files load on `--workers 2` vs `--workers 1`, both on the same data."""
+    """The small-files load on `--workers 2` vs `--workers 1`, both on the same data.
+
+    A second row divides each run's requests by the CPU seconds the server's processes
+    used: on a machine whose cores the load generator shares, the raw ratio is capped by
+    what wrk leaves over, and this one shows whether a second worker is as efficient as
+    the first (1.0x: every core added serves as many requests as the first one)."""
     script = bench.small_script(False)
     data_dir = bench.filecask.data_dir
+    efficiency: dict[int, list[Sample]] = {2: [], 1: []}
     with (
         bench.start_filecask("filecask-w2", data_dir, workers=2) as two,
         bench.start_filecask("filecask-w1", data_dir, workers=1) as one,
     ):
+        sides = [_measured_side(bench, s, script, efficiency[n]) for n, s in ((2, two), (1, one))]
         name = "workers: --workers 2 on the small case (vs --workers 1)"
-        return [
-            _compare(
-                bench, name, 1.6, _side(bench, two, "/", script), _side(bench, one, "/", script)
-            )
-        ]
+        rows = [_compare(bench, name, 1.6, *sides)]
+    del efficiency[2][:1], efficiency[1][:1]  # the warm-up runs
+    rows.append(
+        ratio_row(
+            "workers: requests per server CPU-second (2 vs 1)",
+            list(zip(efficiency[2], efficiency[1], strict=True)),
+            per_s,
+            0.8,
+            quick=bench.quick,
+        )
+    )
+    return rows
+
+
+def _measured_side(bench: Bench, server: Server, script: Path, out: list[Sample]) -> Side:
+    """A wrk side that also records requests per CPU second of the server's processes."""
+    run = _side(bench, server, "/", script)
+
+    def measured(seconds: float) -> Sample:
+        before = _cpu_seconds(server.pid)
+        sample = run(seconds)
+        used = _cpu_seconds(server.pid) - before
+        out.append(Sample(sample.value * seconds / used if used > 0 else 0.0, sample.errors))
+        return sample
+
+    return measured
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process and its children (the workers)."""
+    process = psutil.Process(pid)
+    total = 0.0
+    for proc in [process, *process.children(recursive=True)]:
+        times = proc.cpu_times()
+        total += times.user + times.system
+    return total
