@@ -7,7 +7,7 @@ from pathlib import Path
 
 import psutil
 
-from bench import clients
+from bench import clients, servers
 from bench.context import Bench, alternate
 from bench.report import Row, Sample, per_s, ratio_row
 from bench.servers import Server
@@ -31,7 +31,7 @@ def _side(
     return run
 
 
-def _compare(bench: Bench, name: str, target: float, first: Side, second: Side) -> Row:
+def _compare(bench: Bench, name: str, target: float | None, first: Side, second: Side) -> Row:
     """A short untimed run of each side (caches filled, code paths hot, so the first pair
     does not measure a cold start the others never see), then the alternating pairs."""
     first(WARM_SECONDS)
@@ -47,7 +47,12 @@ def small(bench: Bench) -> list[Row]:
     fc_script, ng_script = bench.small_script(False), bench.small_script(True)
     name = f"small: {len(bench.small_blobs)} x 4 KiB files (vs nginx)"
     fc = _side(bench, bench.filecask, "/", fc_script)
-    return [_compare(bench, name, 0.3, fc, _side(bench, bench.nginx, "/", ng_script))]
+    nginx = _side(bench, bench.nginx, "/", ng_script)
+    rows = [_compare(bench, name, 0.3, fc, nginx)]
+    with servers.ceiling(bench.tmp / "run") as bare:
+        label = "small: bare aiohttp handler, same paths (vs nginx): the framework's ceiling"
+        rows.append(_compare(bench, label, None, _side(bench, bare, "/", fc_script), nginx))
+    return rows
 
 
 def me(bench: Bench) -> list[Row]:

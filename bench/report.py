@@ -53,7 +53,7 @@ def ratio_row(
     case: str,
     pairs: Sequence[tuple[Sample, Sample]],
     fmt: Callable[[float], str],
-    target: float,
+    target: float | None,
     *,
     quick: bool,
     higher_is_better: bool = True,
@@ -65,16 +65,21 @@ def ratio_row(
     ratios = [a.value / b.value if b.value > 0 else float("inf") for a, b in pairs]
     errors = sum(a.errors + b.errors for a, b in pairs)
     med = statistics.median(ratios)
-    ok = med >= target if higher_is_better else med <= target
-    sign = "≥" if higher_is_better else "≤"
+    if target is None:  # for information: a reference point, not a goal
+        ok, shown = True, "—"
+    else:
+        ok = med >= target if higher_is_better else med <= target
+        shown = f"{'≥' if higher_is_better else '≤'} {target:g}x"
     return Row(
         case=case,
         filecask=fmt(statistics.median(a.value for a, _ in pairs)),
         reference=fmt(statistics.median(b.value for _, b in pairs)),
         ratio=f"{med:.2f}x",
         spread=f"{min(ratios):.2f}-{max(ratios):.2f}",
-        target=f"{sign} {target:g}x",
-        verdict=verdict(quick, ok, errors),
+        target=shown,
+        verdict="info"
+        if target is None and not quick and not errors
+        else verdict(quick, ok, errors),
     )
 
 

@@ -231,6 +231,24 @@ def filecask(
             _stop(server, signal.SIGTERM)
 
 
+@contextlib.contextmanager
+def ceiling(run_dir: Path) -> Iterator[Server]:
+    """`python -m bench.ceiling` (a bare aiohttp handler) on a free loopback port."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = run_dir / "ceiling.log"
+    command = [sys.executable, "-m", "bench.ceiling", str(port)]
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    with _spawn("ceiling", command, log, env) as process:
+        server = Server("ceiling", process, port, log)
+        try:
+            _wait_ready(server, "/healthz", (200,))
+            yield server
+        finally:
+            _stop(server, signal.SIGTERM)
+
+
 NGINX_CONF = """\
 worker_processes 1;
 {user}
