@@ -558,3 +558,20 @@ async def test_upload_by_another_process_shows_in_usage_at_once(
     await other_process.files.upload(admin, chunks(), name=None, max_size=1 << 20)
     me = await (await client.get("/me", headers=ADMIN)).json()
     assert (me["files"], me["bytes"]) == (1, len(BODY))
+
+
+async def test_a_miss_is_forgotten_when_another_process_stores_the_content(
+    client: AppClient, other_process: Services
+) -> None:
+    for _ in range(2):  # the second miss is answered from memory
+        assert (await client.get(f"/files/{SHA}")).status == 404
+    admin = await other_process.meta.get_user("admin")
+    assert admin is not None
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield BODY
+
+    await other_process.files.upload(admin, chunks(), name=None, max_size=1 << 20)
+    response = await client.get(f"/files/{SHA}")
+    assert response.status == 200
+    assert await response.read() == BODY

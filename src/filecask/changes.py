@@ -40,6 +40,8 @@ class Topic(enum.IntEnum):
     """A reference or bundle was added or dropped (usage figures changed)."""
     BLOBS = 2
     """A blob left the store (its row is gone; its bytes are about to go)."""
+    NEW_BLOBS = 3
+    """A blob was stored that was not there before (remembered misses are stale)."""
 
 
 _SIZE = len(Topic) * _STAMP.size

@@ -77,6 +77,11 @@ class SqlMetaStore:
         self._usage: StampedCache[int, Usage] = StampedCache(
             self.stamps, Topic.REFS, max_items=USAGE_CACHE_ITEMS
         )
+        # Hashes asked for and not found: a flood of 404s (scanners, stale links) would
+        # otherwise cost a database round trip each, ten times the cost of a hit.
+        self._missing: StampedCache[str, bool] = StampedCache(
+            self.stamps, Topic.NEW_BLOBS, max_items=BLOB_CACHE_ITEMS
+        )
 
     @property
     def engine(self) -> AsyncEngine:
@@ -170,7 +175,7 @@ class SqlMetaStore:
         now = _now()
         insert = self._insert()
         async with self._write(Topic.REFS) as conn:
-            await conn.execute(
+            stored = await conn.execute(
                 insert(blobs)
                 .values(
                     hash=blob.hash,
@@ -192,6 +197,8 @@ class SqlMetaStore:
                     _ref_query().where(refs.c.user_id == user_id, refs.c.hash == blob.hash)
                 )
             ).one()
+        if stored.rowcount:
+            self.stamps.bump(Topic.NEW_BLOBS)
         return _record(row), created
 
     async def remove_ref(self, user_id: int, hex_hash: str) -> RemoveOutcome:
@@ -217,12 +224,16 @@ class SqlMetaStore:
         blob, stamp = self._blobs.get(hex_hash)
         if blob is not None:
             return blob
+        missing, missing_stamp = self._missing.get(hex_hash)
+        if missing:
+            return None
         query = sa.select(blobs.c.hash, blobs.c.size, blobs.c.crc32, blobs.c.content_type).where(
             blobs.c.hash == hex_hash
         )
         async with self.engine.connect() as conn:
             row = (await conn.execute(query)).first()
         if row is None:
+            self._missing.put(hex_hash, True, missing_stamp)
             return None
         blob = BlobInfo(*row)
         self._blobs.put(hex_hash, blob, stamp)
