@@ -7,6 +7,7 @@ import os
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -210,3 +211,44 @@ def test_plans_are_bounded_by_their_entries() -> None:
 
 def empty_archive() -> Archive:
     return Archive(ZipPlan([]), "x.zip", '"x"', None)
+
+
+@pytest.mark.parametrize("moment", ["before-stat", "before-open"])
+async def test_a_folder_swapped_for_a_symlink_mid_walk_never_leads_outside(
+    settings: Settings,
+    services: Services,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    moment: str,
+) -> None:
+    """Someone with write access to the archive root replaces a sub-folder with a symlink to
+    a folder outside it, between the listing and the descent (the race is forced by
+    swapping at the named moment of the walk)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(b"TOP SECRET")
+    root = settings.archives_dir / "raced"
+    (root / "x").mkdir(parents=True)
+    (root / "x" / "inner.txt").write_bytes(b"inner")
+    (root / "top.txt").write_bytes(b"top")
+    hooked_name = "stat" if moment == "before-stat" else "open"
+    hooked = getattr(os, hooked_name)
+    swapped = False
+
+    def swap_then(*args: Any, **kwargs: Any) -> Any:
+        nonlocal swapped
+        if args and args[0] == "x" and not swapped:
+            swapped = True
+            (root / "x" / "inner.txt").unlink()
+            (root / "x").rmdir()
+            (root / "x").symlink_to(outside, target_is_directory=True)
+        return hooked(*args, **kwargs)
+
+    monkeypatch.setattr(os, hooked_name, swap_then)
+    archive = await directory_archive(settings.archives_dir, "raced", services.meta)
+    monkeypatch.undo()
+    assert swapped
+    names = [m.name for m in archive.plan.members]
+    assert "top.txt" in names
+    assert not any("secret" in n for n in names), names
+    assert b"TOP SECRET" not in render(archive.plan)

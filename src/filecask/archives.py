@@ -166,6 +166,9 @@ Found = tuple[str, str, int, int, float, int, int]
 st_ino. A folder's list of these is what a cached plan is checked against."""
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def _scan_folder(root: Path, folder: str) -> list[Found]:
     """Call from an executor: walks the filesystem."""
     real_root = os.path.realpath(root)
@@ -173,50 +176,83 @@ def _scan_folder(root: Path, folder: str) -> list[Found]:
     if not _inside(real_root, start) or start == real_root or not os.path.isdir(start):
         raise NotFound(ARCHIVE_MISSING, id=folder)
     found: list[Found] = []
-    _walk(real_root, start, "", found, {_dir_key(start)})
+    try:
+        fd = os.open(start, _DIR_FLAGS)
+    except OSError:
+        raise NotFound(ARCHIVE_MISSING, id=folder) from None
+    try:
+        _walk(real_root, fd, start, "", found, {_dir_key(start)})
+    finally:
+        os.close(fd)
     return found
 
 
 def _walk(
-    root: str, directory: str, prefix: str, found: list[Found], seen_dirs: set[tuple[int, int]]
+    root: str,
+    dir_fd: int,
+    directory: str,
+    prefix: str,
+    found: list[Found],
+    seen_dirs: set[tuple[int, int]],
 ) -> None:
-    with os.scandir(directory) as scan:
+    """Lists `dir_fd` and descends through fds opened relative to it, each checked to be
+    the directory that was stat()ed: a folder swapped for a symlink mid-walk can never
+    lead outside the root. Only a symlink met in the listing is resolved (realpath and
+    commonpath are too slow to run on every entry) and must land inside the root."""
+    with os.scandir(dir_fd) as scan:
         entries = sorted(scan, key=lambda e: e.name)
     for entry in entries:
         name = prefix + entry.name
-        # `directory` is a real path inside the root, so only a symlink can lead out
-        # (and realpath and commonpath are too slow to run on every entry).
-        target = entry.path
-        if entry.is_symlink():
-            target = os.path.realpath(entry.path)
-            if not _inside(root, target):
-                log.warning(
-                    "skipping %s: its target %s is outside the archive root", entry.path, target
-                )
-                continue
+        path = os.path.join(directory, entry.name)
+        linked = entry.is_symlink()
+        target = os.path.realpath(path) if linked else path
+        if linked and not _inside(root, target):
+            log.warning("skipping %s: its target %s is outside the archive root", path, target)
+            continue
         try:
-            info = os.stat(target)
+            if linked:
+                info = os.stat(target, follow_symlinks=False)
+            else:
+                info = os.stat(entry.name, dir_fd=dir_fd, follow_symlinks=False)
         except OSError:
             continue
-        if stat.S_ISDIR(info.st_mode):
-            if _dir_key(target) in seen_dirs:  # a symlink loop inside the root
-                continue
-            seen_dirs.add(_dir_key(target))
-        elif not stat.S_ISREG(info.st_mode):
-            continue
-        found.append(
-            (
-                name,
-                target,
-                info.st_mode,
-                info.st_size,
-                info.st_mtime,
-                info.st_mtime_ns,
-                info.st_ino,
-            )
-        )
-        if stat.S_ISDIR(info.st_mode):
-            _walk(root, target, name + "/", found, seen_dirs)
+        if stat.S_ISREG(info.st_mode):
+            found.append(_found(name, target, info))
+        elif stat.S_ISDIR(info.st_mode) and (info.st_dev, info.st_ino) not in seen_dirs:
+            seen_dirs.add((info.st_dev, info.st_ino))  # also ends symlink loops
+            opened_as = target if linked else entry.name
+            _descend(root, dir_fd, opened_as, target, info, name, found, seen_dirs)
+
+
+def _descend(
+    root: str,
+    parent_fd: int,
+    opened_as: str,
+    target: str,
+    info: os.stat_result,
+    name: str,
+    found: list[Found],
+    seen_dirs: set[tuple[int, int]],
+) -> None:
+    try:
+        # Relative to the parent's fd for a plain entry; an absolute, resolved path
+        # (dir_fd ignored) for a symlink's target.
+        child = os.open(opened_as, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError:
+        return
+    try:
+        now = os.fstat(child)
+        if (now.st_dev, now.st_ino) != (info.st_dev, info.st_ino):
+            log.warning("skipping %s: it changed while the folder was read", target)
+            return
+        found.append(_found(name, target, info))
+        _walk(root, child, target, name + "/", found, seen_dirs)
+    finally:
+        os.close(child)
+
+
+def _found(name: str, target: str, info: os.stat_result) -> Found:
+    return (name, target, info.st_mode, info.st_size, info.st_mtime, info.st_mtime_ns, info.st_ino)
 
 
 def _members(found: list[Found]) -> tuple[list[Member], list[DirectoryFile]]:
@@ -259,7 +295,8 @@ class ArchiveChanged(RuntimeError):
 
 def open_directory_file(file: DirectoryFile) -> int:
     """Call from an executor: open a planned file, refusing one that has changed since."""
-    fd = os.open(file.path, os.O_RDONLY | os.O_CLOEXEC)
+    # The planned path is real: a last component that is a symlink now was swapped in.
+    fd = os.open(file.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     info = os.fstat(fd)
     if (info.st_size, info.st_mtime_ns, info.st_ino) != (file.size, file.mtime_ns, file.inode):
         os.close(fd)
