@@ -591,13 +591,19 @@ async def test_cached_requests_are_much_cheaper_than_argon2(
     assert twenty_requests < 10 * one_verification, (twenty_requests, one_verification)
 
 
-async def test_a_cached_sign_in_also_resets_the_failure_count(
+async def test_a_cached_sign_in_does_not_reset_the_failure_count(
     aiohttp_client: AiohttpClient, make_settings: MakeSettings
 ) -> None:
-    """Typos between good sign-ins never add up to a slow-down, cached or not."""
+    """The real user's client, polling with its (cached) password, must not wipe the count
+    a guesser builds up for the name; and a throttled key is refused even with the right
+    password, so a right guess is not revealed before the delay is over."""
     client = await aiohttp_client(create_app(make_settings(auth_max_failures=3)))
-    good = ADMIN
-    assert (await client.get("/me", headers=good)).status == 200  # verified, now cached
-    for _ in range(6):
-        await assert_401(await client.get("/me", headers=basic("admin", "a-typo-password")))
-        assert (await client.get("/me", headers=good)).status == 200
+    assert (await client.get("/me", headers=ADMIN)).status == 200  # verified, now cached
+    wrong = basic("admin", "a-guessed-password")
+    statuses = []
+    for _ in range(3):
+        await assert_401(await client.get("/me", headers=wrong))
+        statuses.append((await client.get("/me", headers=ADMIN)).status)
+    assert statuses == [200, 200, 429]  # the successes in between reset nothing
+    assert (await client.get("/me", headers=wrong)).status == 429
+    assert (await client.get("/me", headers=ADMIN)).status == 429

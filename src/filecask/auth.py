@@ -221,10 +221,13 @@ class Authenticator:
             raise Unauthorized("Sign in with HTTP Basic authentication.")
         name, password = credentials
         keys = (f"user:{name}", f"addr:{address}")
+        # Before the cache: were a cached password let through a throttled key, a guesser
+        # would learn a right guess at once while every wrong one got 429.
         self.limiter.check(keys, time.monotonic())
         user = await self._meta.get_user(name)
         if user is not None and self._cached(user, password):
-            self.limiter.succeed(keys)
+            # Not a reset either: the real user's client polling with a cached password
+            # would otherwise wipe the failures a guesser has built up for this name.
             return user
         if await self._verify(user, password):
             assert user is not None

@@ -17,11 +17,14 @@ mode with `BEGIN IMMEDIATE` writes, and the caches follow the shared change coun
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -131,7 +134,7 @@ class Supervisor:
         context = multiprocessing.get_context("fork")
         proc = context.Process(
             target=_worker_entry,
-            args=(self.worker_main, index, self.sockets[index]),
+            args=(self.worker_main, index, self.sockets[index], os.getpid()),
             name=f"filecask-worker-{index}",
         )
         proc.start()
@@ -177,9 +180,23 @@ class Supervisor:
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_PR_SET_PDEATHSIG = 1
 
 
-def _worker_entry(worker_main: WorkerMain, index: int, sockets: list[socket.socket]) -> None:
+def _die_with(master: int) -> None:
+    """SIGTERM this worker when the master dies, however it dies (`kill -9`, the OOM
+    killer): orphaned workers would keep the port and serve unsupervised."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != master:  # it died before prctl took effect
+        os._exit(0)
+
+
+def _worker_entry(
+    worker_main: WorkerMain, index: int, sockets: list[socket.socket], master: int
+) -> None:
+    _die_with(master)
     # The master's handlers were inherited; the worker's event loop installs its own.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)

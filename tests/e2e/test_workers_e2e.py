@@ -59,7 +59,8 @@ def get(conn: http.client.HTTPConnection, path: str, auth: str | None = None) ->
 
 @pytest.fixture
 def server(start_server: StartServer) -> Server:
-    return start_server("--workers", "2", "--access-log", "false")
+    # Failures are counted per worker; this file is about cache coherence, not slow-down.
+    return start_server("--workers", "2", "--access-log", "false", "--auth-max-failures", "100")
 
 
 def test_two_workers_share_the_port_and_the_load(server: Server) -> None:
@@ -135,6 +136,15 @@ def test_a_killed_worker_is_replaced_and_sigterm_stops_all(server: Server) -> No
     for worker in workers:
         assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
     assert second.pid in {w.pid for w in workers}
+
+
+def test_workers_die_with_a_killed_master(server: Server) -> None:
+    workers = workers_of(server)
+    server.process.send_signal(signal.SIGKILL)
+    server.process.wait(10)
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, "orphaned workers would keep the port and serve unsupervised"
+    assert len(gone) == 2
 
 
 def _pids(server: Server) -> set[int]:

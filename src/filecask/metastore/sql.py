@@ -174,7 +174,8 @@ class SqlMetaStore:
     async def add_ref(self, user_id: int, blob: BlobInfo, name: str) -> tuple[FileRecord, bool]:
         now = _now()
         insert = self._insert()
-        async with self._write(Topic.REFS) as conn:
+        changed: set[Topic] = set()
+        async with self._write(Topic.REFS, changed) as conn:
             stored = await conn.execute(
                 insert(blobs)
                 .values(
@@ -186,6 +187,8 @@ class SqlMetaStore:
                 )
                 .on_conflict_do_nothing(index_elements=["hash"])
             )
+            if stored.rowcount:
+                changed.add(Topic.NEW_BLOBS)
             result = await conn.execute(
                 insert(refs)
                 .values(user_id=user_id, hash=blob.hash, name=name, created_at=now)
@@ -197,18 +200,11 @@ class SqlMetaStore:
                     _ref_query().where(refs.c.user_id == user_id, refs.c.hash == blob.hash)
                 )
             ).one()
-        if stored.rowcount:
-            self.stamps.bump(Topic.NEW_BLOBS)
         return _record(row), created
 
     async def remove_ref(self, user_id: int, hex_hash: str) -> RemoveOutcome:
-        outcome = await self._remove_ref(user_id, hex_hash)
-        if outcome is RemoveOutcome.REMOVED_LAST:
-            self.stamps.bump(Topic.BLOBS)
-        return outcome
-
-    async def _remove_ref(self, user_id: int, hex_hash: str) -> RemoveOutcome:
-        async with self._write(Topic.REFS) as conn:
+        changed: set[Topic] = set()
+        async with self._write(Topic.REFS, changed) as conn:
             deleted = await conn.execute(
                 refs.delete().where(refs.c.user_id == user_id, refs.c.hash == hex_hash)
             )
@@ -217,6 +213,7 @@ class SqlMetaStore:
                 return RemoveOutcome.NOT_OWNER if exists else RemoveOutcome.NOT_FOUND
             if await _is_referenced(conn, hex_hash):
                 return RemoveOutcome.REMOVED
+            changed.add(Topic.BLOBS)
             await conn.execute(blobs.delete().where(blobs.c.hash == hex_hash))
             return RemoveOutcome.REMOVED_LAST
 
@@ -274,12 +271,12 @@ class SqlMetaStore:
             return set((await conn.execute(sa.select(blobs.c.hash))).scalars())
 
     async def drop_blob_if_unreferenced(self, hex_hash: str) -> bool:
-        async with self._write() as conn:
+        changed: set[Topic] = set()
+        async with self._write(changed) as conn:
             if await _is_referenced(conn, hex_hash):
                 return False
+            changed.add(Topic.BLOBS)
             result = await conn.execute(blobs.delete().where(blobs.c.hash == hex_hash))
-        if result.rowcount:
-            self.stamps.bump(Topic.BLOBS)
         return bool(result.rowcount)
 
     # bundles
@@ -441,16 +438,20 @@ class SqlMetaStore:
         return postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
 
     @asynccontextmanager
-    async def _write(self, *changes: Topic) -> AsyncIterator[AsyncConnection]:
+    async def _write(self, *changes: Topic | set[Topic]) -> AsyncIterator[AsyncConnection]:
         """A write transaction; once it has ended, the stamps of `changes` move (also on
-        failure: a needless refresh is harmless, a missed one is not)."""
+        failure: a needless refresh is harmless, a missed one is not). A set among
+        `changes` may gain topics inside the transaction, when what changed depends on it."""
         try:
             async with self.engine.connect() as conn:
                 conn = await conn.execution_options(**{_WRITE: True})
                 async with conn.begin():
                     yield conn
         finally:
-            self.stamps.bump(*changes)
+            topics: set[Topic] = set()
+            for change in changes:
+                topics.update(change if isinstance(change, set) else {change})
+            self.stamps.bump(*sorted(topics))
 
 
 def _async_url(url: str) -> str:
