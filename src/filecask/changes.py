@@ -24,6 +24,7 @@ import os
 import secrets
 import struct
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -114,6 +115,16 @@ class StampedCache(Generic[K, V]):
             return None, stamp
         self._items.move_to_end(key)
         return entry[0], stamp
+
+    async def fetch(self, key: K, load: Callable[[], Awaitable[V | None]]) -> V | None:
+        """The cached value, else what `load()` reads (kept unless a write raced it);
+        None means "no such thing" and is not kept."""
+        value, stamp = self.get(key)
+        if value is None:
+            value = await load()
+            if value is not None:
+                self.put(key, value, stamp)
+        return value
 
     def put(self, key: K, value: V, stamp: int, cost: int = 0) -> None:
         if stamp != self._stamp or stamp != self._stamps.read(self._topic):

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from functools import partial
 from importlib import resources
 from typing import Any
 
@@ -108,7 +109,7 @@ class SqlMetaStore:
     # users
 
     async def create_user(self, name: str, password_hash: str, *, is_admin: bool) -> User:
-        async with self._write(Topic.USERS) as conn:
+        async with self._write({Topic.USERS}) as conn:
             if await _user_row(conn, name) is not None:
                 raise Conflict(f"A user named {name!r} already exists.", user=name)
             created_at = _now()
@@ -122,16 +123,12 @@ class SqlMetaStore:
             return User(int(key[0]), name, password_hash, is_admin, created_at)
 
     async def get_user(self, name: str) -> User | None:
-        user, stamp = self._users.get(name)
-        if user is not None:
-            return user
+        return await self._users.fetch(name, partial(self._load_user, name))
+
+    async def _load_user(self, name: str) -> User | None:
         async with self.engine.connect() as conn:
             row = await _user_row(conn, name)
-        if row is None:
-            return None
-        user = _user(row)
-        self._users.put(name, user, stamp)
-        return user
+        return None if row is None else _user(row)
 
     async def list_users(self) -> list[UserSummary]:
         query = (
@@ -158,13 +155,13 @@ class SqlMetaStore:
         await self._update_user(name, password_hash=password_hash)
 
     async def delete_user(self, name: str) -> None:
-        async with self._write(Topic.USERS, Topic.REFS) as conn:
+        async with self._write({Topic.USERS, Topic.REFS}) as conn:
             result = await conn.execute(users.delete().where(users.c.name == name))
             if result.rowcount == 0:
                 raise NotFound(f"No user named {name!r}.", user=name)
 
     async def _update_user(self, name: str, **values: Any) -> None:
-        async with self._write(Topic.USERS) as conn:
+        async with self._write({Topic.USERS}) as conn:
             result = await conn.execute(users.update().where(users.c.name == name).values(values))
             if result.rowcount == 0:
                 raise NotFound(f"No user named {name!r}.", user=name)
@@ -174,8 +171,8 @@ class SqlMetaStore:
     async def add_ref(self, user_id: int, blob: BlobInfo, name: str) -> tuple[FileRecord, bool]:
         now = _now()
         insert = self._insert()
-        changed: set[Topic] = set()
-        async with self._write(Topic.REFS, changed) as conn:
+        changed = {Topic.REFS}
+        async with self._write(changed) as conn:
             stored = await conn.execute(
                 insert(blobs)
                 .values(
@@ -203,8 +200,8 @@ class SqlMetaStore:
         return _record(row), created
 
     async def remove_ref(self, user_id: int, hex_hash: str) -> RemoveOutcome:
-        changed: set[Topic] = set()
-        async with self._write(Topic.REFS, changed) as conn:
+        changed = {Topic.REFS}
+        async with self._write(changed) as conn:
             deleted = await conn.execute(
                 refs.delete().where(refs.c.user_id == user_id, refs.c.hash == hex_hash)
             )
@@ -218,9 +215,9 @@ class SqlMetaStore:
             return RemoveOutcome.REMOVED_LAST
 
     async def get_blob(self, hex_hash: str) -> BlobInfo | None:
-        blob, stamp = self._blobs.get(hex_hash)
-        if blob is not None:
-            return blob
+        return await self._blobs.fetch(hex_hash, partial(self._load_blob, hex_hash))
+
+    async def _load_blob(self, hex_hash: str) -> BlobInfo | None:
         missing, missing_stamp = self._missing.get(hex_hash)
         if missing:
             return None
@@ -232,9 +229,7 @@ class SqlMetaStore:
         if row is None:
             self._missing.put(hex_hash, True, missing_stamp)
             return None
-        blob = BlobInfo(*row)
-        self._blobs.put(hex_hash, blob, stamp)
-        return blob
+        return BlobInfo(*row)
 
     async def list_refs(
         self, user_id: int, *, limit: int, before_id: int | None
@@ -247,9 +242,11 @@ class SqlMetaStore:
         return [_record(r) for r in rows]
 
     async def usage(self, user_id: int) -> Usage:
-        usage, stamp = self._usage.get(user_id)
-        if usage is not None:
-            return usage
+        usage = await self._usage.fetch(user_id, partial(self._load_usage, user_id))
+        assert usage is not None  # an aggregate always has a row
+        return usage
+
+    async def _load_usage(self, user_id: int) -> Usage:
         query = (
             sa.select(sa.func.count(refs.c.id), sa.func.coalesce(sa.func.sum(blobs.c.size), 0))
             .select_from(refs.join(blobs))
@@ -257,9 +254,7 @@ class SqlMetaStore:
         )
         async with self.engine.connect() as conn:
             count, total = (await conn.execute(query)).one()
-        usage = Usage(int(count), int(total))
-        self._usage.put(user_id, usage, stamp)
-        return usage
+        return Usage(int(count), int(total))
 
     async def user_hashes(self, user_id: int) -> list[str]:
         query = sa.select(refs.c.hash).where(refs.c.user_id == user_id).order_by(refs.c.id)
@@ -438,20 +433,17 @@ class SqlMetaStore:
         return postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
 
     @asynccontextmanager
-    async def _write(self, *changes: Topic | set[Topic]) -> AsyncIterator[AsyncConnection]:
-        """A write transaction; once it has ended, the stamps of `changes` move (also on
-        failure: a needless refresh is harmless, a missed one is not). A set among
-        `changes` may gain topics inside the transaction, when what changed depends on it."""
+    async def _write(self, changed: set[Topic] | None = None) -> AsyncIterator[AsyncConnection]:
+        """A write transaction; once it has ended, the stamps of `changed` move (also on
+        failure: a needless refresh is harmless, a missed one is not). The caller may add
+        topics inside the transaction, when what changed depends on it."""
         try:
             async with self.engine.connect() as conn:
                 conn = await conn.execution_options(**{_WRITE: True})
                 async with conn.begin():
                     yield conn
         finally:
-            topics: set[Topic] = set()
-            for change in changes:
-                topics.update(change if isinstance(change, set) else {change})
-            self.stamps.bump(*sorted(topics))
+            self.stamps.bump(*(changed or ()))
 
 
 def _async_url(url: str) -> str:
