@@ -136,6 +136,12 @@ SETTINGS: tuple[Setting, ...] = (
         "SIZE",
     ),
     Setting(
+        "min_free_space",
+        parse_size,
+        "Free space the store's filesystem keeps; uploads that would eat into it get 507.",
+        "SIZE",
+    ),
+    Setting(
         "admin_password",
         parse_optional,
         "Password for the `admin` user created on first start; random and printed if unset.",
@@ -200,6 +206,36 @@ SETTINGS: tuple[Setting, ...] = (
         "Memory per worker for the contents of small, often downloaded files (0: none).",
         "SIZE",
     ),
+    Setting(
+        "header_timeout",
+        parse_positive_float,
+        "Seconds a client may take to send a request's headers (slowloris guard); 408 after.",
+        "SECONDS",
+    ),
+    Setting(
+        "body_timeout",
+        parse_positive_float,
+        "Seconds a request body may stall between two reads before the upload is dropped (408).",
+        "SECONDS",
+    ),
+    Setting(
+        "send_timeout",
+        parse_positive_float,
+        "Seconds a response may stall with a client that reads nothing before it is dropped.",
+        "SECONDS",
+    ),
+    Setting(
+        "keepalive_timeout",
+        parse_positive_float,
+        "Seconds an idle keep-alive connection stays open.",
+        "SECONDS",
+    ),
+    Setting(
+        "max_header_size",
+        parse_size,
+        "Longest request line or header field; larger ones get 431/400.",
+        "SIZE",
+    ),
     Setting("argon2_time_cost", parse_count, "argon2id passes per password hash.", "N"),
     Setting(
         "argon2_memory",
@@ -223,6 +259,7 @@ class Settings:
     data_dir: Path = Path("data")
     database_url: str | None = None
     max_upload_size: int = 10 << 30
+    min_free_space: int = 64 << 20
     admin_password: str | None = field(default=None, repr=False)
     public_url: str | None = None
     trusted_proxies: tuple[IPNetwork, ...] = ()
@@ -233,6 +270,12 @@ class Settings:
     archive_delay: float = 0.0
     file_api: bool = True
     cache_size: int = 64 << 20
+    # nginx's client_header_timeout, client_body_timeout, send_timeout, keepalive_timeout.
+    header_timeout: float = 60.0
+    body_timeout: float = 60.0
+    send_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    max_header_size: int = 8190
     # RFC 9106 §4 second recommended option (argon2-cffi's defaults).
     argon2_time_cost: int = 3
     argon2_memory: int = 64 << 20
