@@ -124,3 +124,58 @@ def test_open_refuses_store_and_tmp_on_different_filesystems(tmp_path: Path) -> 
             asyncio.run(DiskBlobStore(tmp_path).open())
     finally:
         other.rmdir()
+
+
+async def test_a_staged_blob_stays_locked_until_commit_so_no_reaper_takes_it(
+    store: DiskBlobStore, tmp_path: Path
+) -> None:
+    """Between stage and commit the upload waits for its hash's lock; a process starting
+    meanwhile (another worker, fsck, gc) must not take its scratch for a dead upload's."""
+    staged = await store.stage(chunks(b"waiting for the lock"), max_size=100)
+    other = DiskBlobStore(tmp_path)
+    await other.open()  # reaps on open
+    assert await other.leftovers() == []
+    assert staged.scratch.exists()
+    assert await store.commit(staged) is True
+    assert store.path_of(staged.hash).read_bytes() == b"waiting for the lock"
+
+
+async def test_scratch_is_locked_from_the_moment_it_has_a_name(store: DiskBlobStore) -> None:
+    """Seen from outside, every scratch name already carries its writer's lock."""
+    fd, name = await asyncio.to_thread(store._create_scratch)
+    try:
+        probe = os.open(name, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(probe)
+    finally:
+        os.close(fd)
+        os.unlink(name)
+
+
+async def test_a_failed_commit_leaves_no_scratch(store: DiskBlobStore) -> None:
+    staged = await store.stage(chunks(b"doomed"), max_size=100)
+    prefix_dir = store.path_of(staged.hash).parent
+    prefix_dir.parent.mkdir(exist_ok=True)
+    prefix_dir.write_bytes(b"a file where the prefix directory should be")
+    with pytest.raises(OSError):
+        await store.commit(staged)
+    assert os.listdir(store.tmp_dir) == []
+
+
+async def test_a_symlink_in_the_store_is_never_followed(
+    store: DiskBlobStore, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"outside")
+    hex_hash = hashlib.sha256(b"outside").hexdigest()
+    store.path_of(hex_hash).parent.mkdir(parents=True, exist_ok=True)
+    store.path_of(hex_hash).symlink_to(secret)
+    with pytest.raises(NotFound):
+        await store.open_blob(hex_hash)
+    with pytest.raises(NotFound):
+        await store.read_blob(hex_hash)
+    listed = [blob async for blob in store.iter_blobs()]
+    assert [(b.key, b.regular) for b in listed] == [(f"{hex_hash[:2]}/{hex_hash}", False)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from filecask.auth import Authenticator, generate_password
 from filecask.blobstore.disk import DiskBlobStore
 from filecask.changes import ChangeStamps, StampedCache, Topic
 from filecask.errors import Conflict
+from filecask.faults import CrashPoints
 from filecask.filestore import FileStore
 from filecask.locks import HashLocks
 from filecask.metastore.sql import SqlMetaStore
@@ -77,11 +79,12 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-async def open_services(settings: Settings) -> Services:
-    """Open every backend; if one fails, close those already open before re-raising."""
+async def open_services(settings: Settings, *, reap: bool = True) -> Services:
+    """Open every backend; if one fails, close those already open before re-raising.
+    `reap`: remove dead uploads' scratch on the way (not for fsck/gc, which report it)."""
     stamps = ChangeStamps(settings.locks_dir / "changes")
     meta = SqlMetaStore(settings.effective_database_url, stamps)
-    blobs = DiskBlobStore(settings.data_dir)
+    blobs = DiskBlobStore(settings.data_dir, reap_on_open=reap)
     locks = HashLocks(settings.locks_dir)
     async with contextlib.AsyncExitStack() as opened:
         await stamps.open()
@@ -97,7 +100,7 @@ async def open_services(settings: Settings) -> Services:
     bodies: StampedCache[str, CachedBody] = StampedCache(
         stamps, Topic.BLOBS, max_items=BODY_CACHE_ITEMS, max_cost=settings.cache_size
     )
-    files = FileStore(meta, blobs, locks)
+    files = FileStore(meta, blobs, locks, CrashPoints.from_environ(os.environ))
     return Services(settings, meta, blobs, files, auth, bodies, FolderPlans())
 
 

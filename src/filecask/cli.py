@@ -3,8 +3,11 @@ delegate. Every `serve` flag comes from the settings table."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
+import re
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -18,7 +21,8 @@ from filecask import __version__
 from filecask.accesslog import AccessLogger
 from filecask.app import Services, close_services, create_app, open_services
 from filecask.auth import generate_password, validate_password, validate_user_name
-from filecask.errors import FilecaskError
+from filecask.errors import BadRequest, FilecaskError
+from filecask.fsck import Report, fsck, gc
 from filecask.settings import SETTINGS, SETTINGS_BY_NAME, Settings, SettingsError, load_settings
 from filecask.workers import BACKLOG, Supervisor, bind_sockets, close_sockets
 
@@ -51,11 +55,13 @@ def build_settings(flags: dict[str, Any]) -> Settings:
         raise click.UsageError(str(exc)) from exc
 
 
-def run(coro_fn: Callable[[Services], Awaitable[T]], settings: Settings) -> T:
+def run(
+    coro_fn: Callable[[Services], Awaitable[T]], settings: Settings, *, reap: bool = True
+) -> T:
     """Open the stores, run one coroutine against them, close them; errors as messages."""
 
     async def main() -> T:
-        services = await open_services(settings)
+        services = await open_services(settings, reap=reap)
         try:
             return await coro_fn(services)
         finally:
@@ -220,11 +226,89 @@ def _read_password(from_stdin: bool, *, confirm: bool) -> str:
     return _checked(validate_password, password)
 
 
-def _checked(validate: Callable[[str], str], value: str) -> str:
+def _checked(validate: Callable[[str], T], value: str) -> T:
     try:
         return validate(value)
     except FilecaskError as exc:
         raise click.BadParameter(exc.detail) from exc
+
+
+@main.command("fsck")
+@click.option("--repair", is_flag=True, help="Fix what can be fixed; say what cannot.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@setting_options("data_dir", "database_url")
+def fsck_command(repair: bool, as_json: bool, **flags: Any) -> None:
+    """Check that the store and the database agree: re-hash every blob, find orphans,
+    missing or corrupt blobs and dead uploads' leftovers. Safe while serving.
+    Exit status: 0 consistent (after repairs), 1 problems remain."""
+
+    async def check(services: Services) -> Report:
+        total = sum((await services.meta.blob_sizes()).values())
+        bar = click.progressbar(length=total, label="re-hashing blobs", file=sys.stderr)
+        with bar:
+            return await fsck(services, repair=repair, progress=bar.update)
+
+    report = run(check, build_settings(flags), reap=False)
+    _print_report(report, as_json, verb="checked")
+    if report.unresolved:
+        if not repair and not as_json:
+            click.echo("run `filecask fsck --repair` to fix what can be fixed", err=True)
+        sys.exit(1)
+
+
+@main.command("gc")
+@click.option(
+    "--grace",
+    default="1h",
+    show_default=True,
+    metavar="DURATION",
+    help="Only what has been unreferenced this long (e.g. 30m, 1h, 0).",
+)
+@click.option("--dry-run", is_flag=True, help="Report what would go; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@setting_options("data_dir", "database_url")
+def gc_command(grace: str, dry_run: bool, as_json: bool, **flags: Any) -> None:
+    """Remove blobs nothing references, and dead uploads' scratch files, older than the
+    grace period. Safe while serving."""
+    seconds = _checked(parse_duration, grace)
+    settings = build_settings(flags)
+    report = run(lambda s: gc(s, grace=seconds, dry_run=dry_run), settings, reap=False)
+    _print_report(report, as_json, verb="would remove" if dry_run else "removed")
+
+
+def _print_report(report: Report, as_json: bool, *, verb: str) -> None:
+    if as_json:
+        body = {
+            "blobs": report.blobs,
+            "bytes": report.bytes,
+            "consistent": not report.unresolved,
+            "freed": report.freed,
+            "findings": [dataclasses.asdict(f) for f in report.findings],
+        }
+        click.echo(json.dumps(body, indent=2))
+        return
+    for finding in report.findings:
+        outcome = finding.action if finding.fixed or finding.kind in ("missing", "corrupt") else ""
+        suffix = f"  [{outcome}]" if outcome else ""
+        click.echo(f"{finding.kind:<13} {finding.key}  {finding.detail}{suffix}")
+    if report.blobs:
+        click.echo(f"{verb} {report.blobs} blob(s), {report.bytes} bytes")
+    fixed = sum(f.fixed for f in report.findings)
+    if fixed:
+        click.echo(f"fixed {fixed} problem(s), {report.freed} bytes freed")
+    if report.unresolved:
+        click.echo(f"{len(report.unresolved)} problem(s) remain")
+    else:
+        click.echo("the store is consistent")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `90`, `30s`, `15m`, `1h` or `7d`."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text.lower())
+    if not match:
+        raise BadRequest(f"not a duration: {text!r} (use e.g. 30m, 1h, 0)")
+    scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    return float(match.group(1)) * scale
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,6 +20,7 @@ from typing import Any
 from filecask.blobstore import BlobStore, StagedBlob
 from filecask.bundles import Manifest
 from filecask.errors import BadRequest, Conflict, Forbidden, HashMismatch, NotFound
+from filecask.faults import CrashPoints
 from filecask.locks import HashLocks
 from filecask.mediatypes import guess_type
 from filecask.metastore import BlobInfo, FileRecord, MetaStore, RemoveOutcome, User
@@ -27,10 +28,17 @@ from filecask.names import validate_file_name
 
 
 class FileStore:
-    def __init__(self, meta: MetaStore, blobs: BlobStore, locks: HashLocks) -> None:
+    def __init__(
+        self,
+        meta: MetaStore,
+        blobs: BlobStore,
+        locks: HashLocks,
+        crash: CrashPoints | None = None,
+    ) -> None:
         self.meta = meta
         self.blobs = blobs
         self.locks = locks
+        self.crash = crash or CrashPoints()
 
     async def upload(
         self,
@@ -39,12 +47,15 @@ class FileStore:
         *,
         name: str | None,
         max_size: int,
+        reserve: int = 0,
         expected_hash: str | None = None,
     ) -> tuple[FileRecord, bool]:
-        """Store the stream for `user`; True if this created the user's reference."""
+        """Store the stream for `user`; True if this created the user's reference.
+        `reserve` bytes of the disk stay free (507 rather than filling it)."""
         if name is not None:
             validate_file_name(name)
-        staged = await self.blobs.stage(chunks, max_size=max_size)
+        staged = await self.blobs.stage(chunks, max_size=max_size, reserve=reserve)
+        self.crash.reached("upload.staged")
         if expected_hash is not None and staged.hash != expected_hash:
             await self.blobs.discard(staged)
             raise HashMismatch(
@@ -60,12 +71,15 @@ class FileStore:
         blob = BlobInfo(staged.hash, staged.size, staged.crc32, guess_type(name, staged.head))
         async with self.locks.hold(staged.hash):
             created_blob = await self.blobs.commit(staged)
+            self.crash.reached("upload.blob-committed")
             try:
-                return await self.meta.add_ref(user.id, blob, name or staged.hash)
+                result = await self.meta.add_ref(user.id, blob, name or staged.hash)
             except BaseException:
                 if created_blob:
                     await self.blobs.delete(staged.hash)
                 raise
+            self.crash.reached("upload.ref-committed")
+            return result
 
     async def delete(self, user: User, hex_hash: str) -> None:
         outcome = await asyncio.shield(self._delete(user, hex_hash))
@@ -74,8 +88,10 @@ class FileStore:
     async def _delete(self, user: User, hex_hash: str) -> RemoveOutcome:
         async with self.locks.hold(hex_hash):
             outcome = await self.meta.remove_ref(user.id, hex_hash)
+            self.crash.reached("delete.ref-removed")
             if outcome is RemoveOutcome.REMOVED_LAST:
                 await self.blobs.delete(hex_hash)
+            self.crash.reached("delete.blob-deleted")
             return outcome
 
     async def create_bundle(self, user: User, manifest: Manifest) -> bool:
@@ -95,6 +111,7 @@ class FileStore:
 
     async def _release_bundle(self, user: User, bundle_id: str) -> RemoveOutcome:
         outcome, hashes = await self.meta.release_bundle(user.id, bundle_id)
+        self.crash.reached("bundle.released")
         for hex_hash in hashes:
             async with self.locks.hold(hex_hash):
                 if await self.meta.drop_blob_if_unreferenced(hex_hash):

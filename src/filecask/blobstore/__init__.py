@@ -41,9 +41,25 @@ class OpenBlob:
 
 @dataclass(frozen=True, slots=True)
 class StoredBlob:
-    """A blob found by listing the store (used by fsck and gc)."""
+    """An entry found by listing the store (used by fsck and gc)."""
 
-    hash: str
+    key: str
+    """Its place under the store, `ab/<hash>` for a well-placed blob."""
+    size: int
+    mtime: float
+    regular: bool = True
+    """A plain file (a symlink or anything else in the store is a stray)."""
+
+    @property
+    def hash(self) -> str:
+        return self.key.rpartition("/")[2]
+
+
+@dataclass(frozen=True, slots=True)
+class Leftover:
+    """Scratch space of an upload whose process is gone."""
+
+    name: str
     size: int
     mtime: float
 
@@ -78,4 +94,18 @@ class BlobStore(Protocol):
     async def ready(self) -> bool:
         """The store can be read and written (for /readyz)."""
 
-    def iter_blobs(self) -> AsyncIterator[StoredBlob]: ...
+    def iter_blobs(self) -> AsyncIterator[StoredBlob]:
+        """Every entry of the store, in key order, whatever its name (fsck judges)."""
+
+    async def digest(self, key: str) -> tuple[str, int]:
+        """SHA-256 and size of an entry's content as stored (re-read in full; fsck)."""
+
+    async def quarantine(self, key: str) -> str:
+        """Move an entry out of the store, where no download can reach it, keeping its
+        bytes for a person to look at; returns where it went."""
+
+    async def leftovers(self) -> list[Leftover]:
+        """Scratch space of dead uploads (a live upload's scratch is never listed)."""
+
+    async def remove_leftover(self, leftover: Leftover) -> bool:
+        """Remove it if it is still abandoned; True if it went."""

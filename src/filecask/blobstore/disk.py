@@ -13,30 +13,44 @@ hops; writing overlaps with receiving the next chunk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
+import hashlib
 import os
+import secrets
+import stat as stat_module
 import tempfile
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from filecask.blobstore import OpenBlob, StagedBlob, StoredBlob
+from filecask.blobstore import Leftover, OpenBlob, StagedBlob, StoredBlob
 from filecask.errors import InsufficientStorage, NotFound, PayloadTooLarge
 from filecask.hashes import StreamHasher, fanout
 
 T = TypeVar("T")
 
 WRITE_CHUNK = 1 << 20
+READ_CHUNK = 1 << 20
 """Bytes gathered before one executor write: few hops, bounded memory (two chunks live)."""
 HEAD_BYTES = 8192
 SCRATCH_PREFIX = "upload-"
+SCRATCH_GRACE = 5.0
+"""Seconds an empty, unlocked scratch file is spared: see `_create_scratch`."""
+_NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT})
 
 
 class DiskBlobStore:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, reap_on_open: bool = True) -> None:
+        self.reap_on_open = reap_on_open
+        """fsck and gc open the store without reaping: they report what they remove."""
         self.store_dir = data_dir / "store"
         self.tmp_dir = data_dir / "tmp"
+        self.quarantine_dir = data_dir / "quarantine"
+        self._staged: dict[str, int] = {}
+        """Scratch name -> its open, locked fd, for every staged blob not yet committed."""
 
     async def open(self) -> None:
         await _run(self._prepare)
@@ -53,18 +67,32 @@ class DiskBlobStore:
         fd, name = await _run(self._create_scratch)
         try:
             hasher, head = await self._absorb_stream(fd, chunks, max_size, reserve)
-            await _run(os.fsync, fd)
+            await _run(_fsync, fd)
         except BaseException:
             await _run(_close_and_unlink, fd, name)
             raise
-        await _run(os.close, fd)
+        # The fd (and its lock) stays open until commit or discard: unlocked, the staged
+        # file would look abandoned to a reaper in another process.
+        self._staged[name] = fd
         return StagedBlob(hasher.hexdigest, hasher.size, hasher.crc32, head, Path(name))
 
     async def commit(self, staged: StagedBlob) -> bool:
-        return await _run(self._commit, staged)
+        """Consumes `staged`: afterwards its scratch is gone, whether this succeeded or not."""
+        fd = self._staged.pop(str(staged.scratch), -1)
+        try:
+            return await _run(_full_disk_is_507, self._commit, staged)
+        except BaseException:
+            await _run(_unlink_quietly, staged.scratch)
+            raise
+        finally:
+            if fd >= 0:
+                os.close(fd)
 
     async def discard(self, staged: StagedBlob) -> None:
+        fd = self._staged.pop(str(staged.scratch), -1)
         await _run(_unlink_quietly, staged.scratch)
+        if fd >= 0:
+            os.close(fd)
 
     async def delete(self, hex_hash: str) -> None:
         await _run(self._delete, hex_hash)
@@ -85,9 +113,12 @@ class DiskBlobStore:
         return self.store_dir.is_dir() and os.access(self.tmp_dir, os.W_OK)
 
     async def iter_blobs(self) -> AsyncIterator[StoredBlob]:
-        for prefix in await _run(_sorted_dirs, self.store_dir):
-            for blob in await _run(_list_prefix, prefix):
-                yield blob
+        for entry in await _run(_top_entries, self.store_dir):
+            if isinstance(entry, Path):
+                for blob in await _run(_list_prefix, entry):
+                    yield blob
+            else:
+                yield entry
 
     async def _absorb_stream(
         self, fd: int, chunks: AsyncIterator[bytes], max_size: int, reserve: int
@@ -122,18 +153,92 @@ class DiskBlobStore:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         _check_same_filesystem(self.store_dir, self.tmp_dir)
-        self.reap_scratch()
+        if self.reap_on_open:
+            self.reap_scratch()
 
     def reap_scratch(self) -> list[Path]:
         """Remove scratch files whose writer is gone (their flock is free)."""
         reaped = []
         for entry in self.tmp_dir.iterdir():
-            if entry.name.startswith(SCRATCH_PREFIX) and _is_abandoned(entry):
-                _unlink_quietly(entry)
+            if entry.name.startswith(SCRATCH_PREFIX) and _remove_if_abandoned(entry):
                 reaped.append(entry)
         return reaped
 
+    async def digest(self, key: str) -> tuple[str, int]:
+        return await _run(_sha256_of, self._entry(key))
+
+    async def quarantine(self, key: str) -> str:
+        return await _run(self._quarantine, key)
+
+    async def leftovers(self) -> list[Leftover]:
+        return await _run(self._leftovers)
+
+    async def remove_leftover(self, leftover: Leftover) -> bool:
+        return await _run(_remove_if_abandoned, self.tmp_dir / leftover.name)
+
+    def _entry(self, key: str) -> Path:
+        """A listed key back to its path; keys come from our own listing, but a key with
+        a way out of the store is refused all the same."""
+        parts = key.split("/")
+        if len(parts) > 2 or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"not a store key: {key!r}")
+        return self.store_dir.joinpath(*parts)
+
+    def _quarantine(self, key: str) -> str:
+        self.quarantine_dir.mkdir(exist_ok=True)
+        target = self.quarantine_dir / key.replace("/", "_")
+        os.rename(self._entry(key), target)
+        _fsync_dir(self.quarantine_dir)
+        return str(target)
+
+    def _leftovers(self) -> list[Leftover]:
+        found = []
+        for entry in sorted(self.tmp_dir.iterdir()):
+            if entry.name.startswith(SCRATCH_PREFIX) and _is_abandoned(entry):
+                stat = entry.stat()
+                found.append(Leftover(entry.name, stat.st_size, stat.st_mtime))
+        return found
+
     def _create_scratch(self) -> tuple[int, str]:
+        """A scratch file that is locked before anyone can find it by name.
+
+        With mkstemp alone, a reaper in another process could find the new file in the
+        instant before our flock and take it for a dead upload's. An unnamed O_TMPFILE is
+        locked first and only then linked under its scratch name. Filesystems without
+        O_TMPFILE fall back to mkstemp; reapers there also spare files younger than
+        SCRATCH_GRACE."""
+        try:
+            fd = os.open(self.tmp_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno not in _NO_TMPFILE:
+                raise
+            return self._create_named_scratch()
+        dir_fd = os.open(self.tmp_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd, self._link_scratch(fd, dir_fd)
+        except FileNotFoundError:  # no /proc: name it the portable way
+            os.close(fd)
+            return self._create_named_scratch()
+        except BaseException:
+            os.close(fd)
+            raise
+        finally:
+            os.close(dir_fd)
+
+    def _link_scratch(self, fd: int, dir_fd: int) -> str:
+        # dst_dir_fd makes CPython call linkat() with AT_SYMLINK_FOLLOW (plain link() would
+        # try to link the /proc symlink itself).
+        for _ in range(100):
+            name = SCRATCH_PREFIX + secrets.token_hex(8)
+            try:
+                os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+            except FileExistsError:
+                continue
+            return str(self.tmp_dir / name)
+        raise FileExistsError("no free scratch name")
+
+    def _create_named_scratch(self) -> tuple[int, str]:
         fd, name = tempfile.mkstemp(prefix=SCRATCH_PREFIX, dir=self.tmp_dir)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return fd, name
@@ -143,14 +248,10 @@ class DiskBlobStore:
         if reserve:
             _check_reserve(fd, len(data), reserve)
         view = memoryview(data)
-        try:
+        with _disk_full_as_507():
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise InsufficientStorage("The store's disk is full.") from exc
-            raise
 
     def _commit(self, staged: StagedBlob) -> bool:
         final = self.path_of(staged.hash)
@@ -174,18 +275,22 @@ class DiskBlobStore:
         _fsync_dir(path.parent)
 
     def _open_blob(self, hex_hash: str) -> OpenBlob:
+        # O_NOFOLLOW: a symlink planted in the store must not lead a download outside it.
         try:
-            fd = os.open(self.path_of(hex_hash), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise NotFound("No file with this hash.", hash=hex_hash) from None
+            fd = os.open(self.path_of(hex_hash), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise NotFound("No file with this hash.", hash=hex_hash) from exc
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise NotFound("No file with this hash.", hash=hex_hash) from exc
         stat = os.fstat(fd)
         return OpenBlob(fd, stat.st_size, stat.st_mtime)
 
     def _read_blob(self, hex_hash: str) -> bytes:
-        try:
-            return self.path_of(hex_hash).read_bytes()
-        except FileNotFoundError:
-            raise NotFound("No file with this hash.", hash=hex_hash) from None
+        blob = self._open_blob(hex_hash)
+        with open(blob.fd, "rb", buffering=0) as file:
+            return file.read()
 
 
 async def _run(func: Callable[..., T], *args: object) -> T:
@@ -194,6 +299,28 @@ async def _run(func: Callable[..., T], *args: object) -> T:
 
 def _spawn(func: Callable[..., T], *args: object) -> asyncio.Future[T]:
     return asyncio.get_running_loop().run_in_executor(None, func, *args)
+
+
+@contextlib.contextmanager
+def _disk_full_as_507() -> Iterator[None]:
+    """Out of space (or quota) anywhere on the way, write, fsync, mkdir: a 507, not a 500."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise InsufficientStorage("The store's disk is full.") from exc
+        raise
+
+
+def _full_disk_is_507(func: Callable[..., T], *args: object) -> T:
+    with _disk_full_as_507():
+        return func(*args)
+
+
+def _fsync(fd: int) -> None:
+    # Some filesystems only find out at fsync that delayed writes do not fit.
+    with _disk_full_as_507():
+        os.fsync(fd)
 
 
 def _check_reserve(fd: int, incoming: int, reserve: int) -> None:
@@ -212,6 +339,9 @@ def _is_abandoned(path: Path) -> bool:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
+    if _is_young_and_empty(fd):
+        os.close(fd)
+        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -219,6 +349,43 @@ def _is_abandoned(path: Path) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+def _is_young_and_empty(fd: int) -> bool:
+    """Possibly a mkstemp scratch file in the instant before its creator locks it."""
+    stat = os.fstat(fd)
+    return stat.st_size == 0 and stat.st_mtime > time.time() - SCRATCH_GRACE
+
+
+def _remove_if_abandoned(path: Path) -> bool:
+    """Unlink while holding the scratch file's lock, so its writer cannot be alive."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    if _is_young_and_empty(fd):
+        os.close(fd)
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    else:
+        _unlink_quietly(path)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _sha256_of(path: Path) -> tuple[str, int]:
+    sha = hashlib.sha256()
+    size = 0
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with open(fd, "rb", buffering=0) as file:
+        while chunk := file.read(READ_CHUNK):
+            sha.update(chunk)
+            size += len(chunk)
+    return sha.hexdigest(), size
 
 
 def _close_and_unlink(fd: int, name: str) -> None:
@@ -238,13 +405,26 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _sorted_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+def _top_entries(root: Path) -> list[Path | StoredBlob]:
+    """The store's sub-directories to list, and anything else found at its top (strays)."""
+    found: list[Path | StoredBlob] = []
+    for entry in sorted(root.iterdir()) if root.is_dir() else []:
+        stat = entry.stat(follow_symlinks=False)
+        if stat_module.S_ISDIR(stat.st_mode):
+            found.append(entry)
+        else:
+            found.append(StoredBlob(entry.name, stat.st_size, stat.st_mtime, regular=False))
+    return found
 
 
 def _list_prefix(prefix: Path) -> list[StoredBlob]:
     blobs = []
     for entry in sorted(prefix.iterdir()):
-        stat = entry.stat()
-        blobs.append(StoredBlob(entry.name, stat.st_size, stat.st_mtime))
+        try:
+            stat = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:  # deleted while we listed
+            continue
+        key = f"{prefix.name}/{entry.name}"
+        regular = stat_module.S_ISREG(stat.st_mode)
+        blobs.append(StoredBlob(key, stat.st_size, stat.st_mtime, regular))
     return blobs

@@ -83,6 +83,7 @@ async def _store(request: web.Request, *, expected_hash: str | None) -> web.Resp
         chunks,
         name=name,
         max_size=services.settings.max_upload_size,
+        reserve=services.settings.min_free_space,
         expected_hash=expected_hash,
     )
     body = file_json(record, base_url(request))

@@ -144,6 +144,14 @@ class MetaStore(Protocol):
 
     async def all_blob_hashes(self) -> set[str]: ...
 
+    async def blob_sizes(self) -> dict[str, int]:
+        """Every blob row's hash and recorded size (fsck compares them with the store)."""
+
+    async def unreferenced_blobs(self) -> list[str]:
+        """Blob rows nothing references: the invariant says none exist; fsck finds them."""
+
+    async def references_to(self, hex_hash: str) -> int: ...
+
     async def drop_blob_if_unreferenced(self, hex_hash: str) -> bool:
         """Delete the blob row if nothing references it any more; True if it went."""
 

@@ -265,6 +265,27 @@ class SqlMetaStore:
         async with self.engine.connect() as conn:
             return set((await conn.execute(sa.select(blobs.c.hash))).scalars())
 
+    async def blob_sizes(self) -> dict[str, int]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(blobs.c.hash, blobs.c.size))
+            return {hex_hash: int(size) for hex_hash, size in rows}
+
+    async def unreferenced_blobs(self) -> list[str]:
+        kept_by_ref = sa.select(refs.c.id).where(refs.c.hash == blobs.c.hash).exists()
+        kept_by_bundle = (
+            sa.select(bundle_entries.c.position).where(bundle_entries.c.hash == blobs.c.hash)
+        ).exists()
+        query = sa.select(blobs.c.hash).where(~kept_by_ref, ~kept_by_bundle)
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(query)).scalars())
+
+    async def references_to(self, hex_hash: str) -> int:
+        """User references plus bundle entries naming the blob (for fsck's report)."""
+        by_ref = sa.select(sa.func.count()).where(refs.c.hash == hex_hash)
+        by_bundle = sa.select(sa.func.count()).where(bundle_entries.c.hash == hex_hash)
+        async with self.engine.connect() as conn:
+            return int(await conn.scalar(by_ref) or 0) + int(await conn.scalar(by_bundle) or 0)
+
     async def drop_blob_if_unreferenced(self, hex_hash: str) -> bool:
         changed: set[Topic] = set()
         async with self._write(changed) as conn:
