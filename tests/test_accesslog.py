@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from filecask.accesslog import AccessLogger
 from filecask.app import create_app
+from filecask.connections import make_runner
 from filecask.settings import Settings
 from tests.conftest import ADMIN, AppClient
 
@@ -32,3 +35,36 @@ async def test_access_log_line_has_user_status_and_size(
     assert len(lines) == 2
     assert lines[0].startswith('127.0.0.1 admin "GET /me HTTP/1.1" 200 ')
     assert lines[1].startswith('127.0.0.1 - "GET /me HTTP/1.1" 401 ')
+
+
+async def test_a_request_refused_before_routing_is_logged_without_a_traceback(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A header over the size limit never reaches the app: its line is still written, and
+    nothing is logged as an unhandled exception."""
+    runner = make_runner(
+        create_app(settings.replace(max_header_size=1024)),
+        settings.replace(max_header_size=1024),
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("filecask.access"),
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        with caplog.at_level(logging.DEBUG):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /me HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 4000 + b"\r\n\r\n")
+            status_line = await reader.readline()
+            await reader.read()
+            writer.close()
+            await asyncio.sleep(0.05)
+    finally:
+        await runner.cleanup()
+    assert b" 431 " in status_line
+    lines = [r.getMessage() for r in caplog.records if r.name == "filecask.access"]
+    assert len(lines) == 1
+    assert " 431 " in lines[0]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]

@@ -46,7 +46,12 @@ async def test_commit_moves_into_fanout_path(store: DiskBlobStore) -> None:
     path = store.path_of(staged.hash)
     assert path == store.store_dir / staged.hash[:2] / staged.hash
     assert path.read_bytes() == data
+    # Until settled, the commit leaves its record (same inode, still locked by us).
+    assert os.listdir(store.tmp_dir) == [f"commit-{staged.hash}"]
+    assert await store.interrupted_commits() == []
+    await store.settle(staged)
     assert os.listdir(store.tmp_dir) == []
+    assert path.read_bytes() == data
 
 
 async def test_commit_of_existing_blob_drops_the_copy(store: DiskBlobStore) -> None:
@@ -54,6 +59,24 @@ async def test_commit_of_existing_blob_drops_the_copy(store: DiskBlobStore) -> N
     second = await store.stage(chunks(b"same"), max_size=100)
     assert await store.commit(first) is True
     assert await store.commit(second) is False
+    await store.settle(second)  # leaves the first commit's record alone
+    assert os.listdir(store.tmp_dir) == [f"commit-{first.hash}"]
+    await store.settle(first)
+    assert os.listdir(store.tmp_dir) == []
+
+
+async def test_a_commit_cut_by_a_dead_process_is_found(
+    store: DiskBlobStore, tmp_path: Path
+) -> None:
+    staged = await store.stage(chunks(b"cut short"), max_size=100)
+    assert await store.commit(staged) is True
+    fd = store._staged.pop(str(staged.scratch))
+    os.close(fd)  # what the kernel does for a killed process: the lock goes
+    other = DiskBlobStore(tmp_path)
+    await other.open()
+    assert await other.interrupted_commits() == [staged.hash]
+    await other.forget_commit(staged.hash)
+    assert await other.interrupted_commits() == []
     assert os.listdir(store.tmp_dir) == []
 
 
@@ -160,7 +183,7 @@ async def test_a_failed_commit_leaves_no_scratch(store: DiskBlobStore) -> None:
     prefix_dir = store.path_of(staged.hash).parent
     prefix_dir.parent.mkdir(exist_ok=True)
     prefix_dir.write_bytes(b"a file where the prefix directory should be")
-    with pytest.raises(OSError):
+    with pytest.raises(FileExistsError):
         await store.commit(staged)
     assert os.listdir(store.tmp_dir) == []
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 from filecask import __version__
 from filecask.app import close_services, open_services
 from filecask.cli import main
-from filecask.errors import Unauthorized
+from filecask.errors import QuotaExceeded, Unauthorized
 from filecask.settings import SETTINGS, SETTINGS_BY_NAME, Settings
 from tests.conftest import CHEAP_ARGON2
 
@@ -47,12 +47,20 @@ class Cli:
 
     def listing(self) -> dict[str, tuple[str, int, int]]:
         """`user list` as {name: (admin, files, bytes)}."""
+        return {name: row[:3] for name, row in self.full_listing().items()}
+
+    def quotas(self) -> dict[str, int | None]:
+        """`user list`'s QUOTA column as {name: bytes, or None for no limit}."""
+        return {name: row[3] for name, row in self.full_listing().items()}
+
+    def full_listing(self) -> dict[str, tuple[str, int, int, int | None]]:
+        """`user list` as {name: (admin, files, bytes, quota)}."""
         lines = self.ok("user", "list").output.splitlines()
-        assert lines[0].split() == ["NAME", "ADMIN", "FILES", "BYTES", "CREATED"]
+        assert lines[0].split() == ["NAME", "ADMIN", "FILES", "BYTES", "QUOTA", "CREATED"]
         rows = {}
         for line in lines[1:]:
-            name, admin, files, size, _created = line.split()
-            rows[name] = (admin, int(files), int(size))
+            name, admin, files, size, quota, _created = line.split()
+            rows[name] = (admin, int(files), int(size), None if quota == "-" else int(quota))
         return rows
 
     def sign_in(self, name: str, password: str) -> bool:
@@ -201,6 +209,67 @@ def test_user_passwd_short_password_fails(cli: Cli) -> None:
     result = cli.fails("user", "passwd", "bob", "--password-stdin", input="1234567\n", code=2)
     assert "at least 8 characters" in result.output
     assert cli.sign_in("bob", "secretpass")
+
+
+# --- user quota ---------------------------------------------------------------------------
+
+
+def test_user_quota_sets_shows_and_clears(cli: Cli) -> None:
+    cli.ok("user", "add", "bob", "--password-stdin", input="secretpass\n")
+    cli.ok("user", "add", "carol", "--password-stdin", input="carolpass1\n")
+    assert cli.quotas() == {"bob": None, "carol": None}
+
+    result = cli.ok("user", "quota", "bob", "10G")
+    assert "quota of 'bob' set to 10.0 GiB (10737418240 bytes)" in result.output
+    assert cli.quotas() == {"bob": 10 << 30, "carol": None}
+
+    cli.ok("user", "quota", "carol", "1.5M")
+    assert cli.quotas() == {"bob": 10 << 30, "carol": 3 << 19}
+
+    for no_limit in ("none", "unlimited", "UNLIMITED"):
+        cli.ok("user", "quota", "bob", "1K")
+        result = cli.ok("user", "quota", "bob", no_limit)
+        assert "quota of 'bob' removed" in result.output
+        assert cli.quotas() == {"bob": None, "carol": 3 << 19}
+
+
+def test_user_quota_unknown_user_fails(cli: Cli) -> None:
+    cli.ok("user", "add", "bob", "--password-stdin", input="secretpass\n")
+    result = cli.fails("user", "quota", "ghost", "10G")
+    assert "No user named 'ghost'" in result.output
+    assert cli.quotas() == {"bob": None}
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        ("lots", "Invalid quota: not a size: 'lots'"),
+        ("10X", "Invalid quota: not a size: '10X'"),
+        ("", "Invalid quota: not a size: ''"),
+        ("99999999999999999999T", "A quota is between 0 and"),
+    ],
+)
+def test_user_quota_bad_size_fails(cli: Cli, size: str, message: str) -> None:
+    cli.ok("user", "add", "bob", "--password-stdin", input="secretpass\n")
+    cli.ok("user", "quota", "bob", "1M")
+    result = cli.fails("user", "quota", "bob", size, code=2)
+    assert message in " ".join(result.output.split())
+    assert cli.quotas() == {"bob": 1 << 20}
+
+
+def test_user_quota_refuses_uploads_past_it(cli: Cli) -> None:
+    """The quota set from the CLI binds the file store (and so a running server)."""
+    cli.ok("user", "add", "bob", "--password-stdin", input="secretpass\n")
+    cli.ok("user", "quota", "bob", "40")
+    cli.upload("bob", b"a" * 30)
+    with pytest.raises(QuotaExceeded):
+        cli.upload("bob", b"b" * 11)
+    cli.upload("bob", b"c" * 10)  # exactly at the quota
+    cli.upload("bob", b"a" * 30)  # held already: costs nothing
+    assert cli.full_listing() == {"bob": ("no", 2, 40, 40)}
+    cli.ok("user", "quota", "bob", "none")
+    cli.upload("bob", b"b" * 11)
+    assert cli.full_listing() == {"bob": ("no", 3, 51, None)}
 
 
 # --- user remove --------------------------------------------------------------------------

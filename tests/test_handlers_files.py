@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import io
+import json
 import os
 from collections.abc import AsyncIterator
 from email.parser import BytesParser
@@ -575,3 +578,276 @@ async def test_a_miss_is_forgotten_when_another_process_stores_the_content(
     response = await client.get(f"/files/{SHA}")
     assert response.status == 200
     assert await response.read() == BODY
+
+
+# quotas: a refused upload stores nothing; what the user already holds costs nothing
+
+
+async def set_quota(client: AppClient, name: str, quota: int | str | None) -> None:
+    response = await client.patch(f"/users/{name}", json={"quota": quota}, headers=ADMIN)
+    assert response.status == 200, await response.text()
+
+
+async def me(client: AppClient, auth: dict[str, str]) -> dict[str, object]:
+    body = await (await client.get("/me", headers=auth)).json()
+    assert isinstance(body, dict)
+    return body
+
+
+async def streamed(content: bytes) -> AsyncIterator[bytes]:
+    """A body without Content-Length (chunked): only the check after streaming sees it."""
+    yield content[: len(content) // 2]
+    yield content[len(content) // 2 :]
+
+
+async def assert_quota_problem(
+    response: aiohttp.ClientResponse, *, quota: int, used: int, size: int
+) -> None:
+    assert response.status == 413, await response.text()
+    assert response.content_type == "application/problem+json"
+    problem = await response.json(content_type=None)
+    assert_problem(problem, 413, "quota-exceeded")
+    assert problem["title"] == "Quota exceeded"
+    assert (problem["quota"], problem["used"], problem["size"]) == (quota, used, size)
+
+
+def assert_nothing_stored(settings: Settings, *hashes: str) -> None:
+    for hex_hash in hashes:
+        assert not os.path.exists(blob_path(settings, hex_hash))
+    assert scratch_files(settings) == []
+
+
+async def test_quota_is_shown_in_me(client: AppClient, make_user: MakeUser) -> None:
+    bob = await make_user("bob")
+    assert (await me(client, bob))["quota"] is None
+    await set_quota(client, "bob", "10G")
+    assert await me(client, bob) == {
+        "name": "bob",
+        "is_admin": False,
+        "files": 0,
+        "bytes": 0,
+        "quota": 10 << 30,
+    }
+
+
+async def test_upload_past_quota_is_413_and_stores_nothing(
+    client: AppClient, make_user: MakeUser, settings: Settings
+) -> None:
+    bob = await make_user("bob")
+    await set_quota(client, "bob", "2M")
+    first = io.BytesIO(os.urandom(3 << 19))
+    assert (await client.post("/files", data=first, headers=bob)).status == 201
+    second = os.urandom(1 << 20)
+    digest = hashlib.sha256(second).hexdigest()
+
+    response = await client.post("/files", data=streamed(second), headers=bob)
+    await assert_quota_problem(response, quota=2 << 20, used=3 << 19, size=1 << 20)
+    detail = (await response.json(content_type=None))["detail"]
+    assert detail == "The upload of 1.0 MiB would exceed your quota of 2.0 MiB (1.5 MiB used)."
+    assert_nothing_stored(settings, digest)
+    assert (await client.get(f"/files/{digest}")).status == 404
+    assert (await me(client, bob))["bytes"] == 3 << 19
+    listing = await (await client.get("/files", headers=bob)).json()
+    assert [f["size"] for f in listing["files"]] == [3 << 19]
+
+
+async def test_multipart_upload_past_quota_is_413_and_stores_nothing(
+    client: AppClient, make_user: MakeUser, settings: Settings
+) -> None:
+    bob = await make_user("bob")
+    await set_quota(client, "bob", 1000)
+    form = aiohttp.FormData()
+    form.add_field("file", b"m" * 1001, filename="big.bin")
+    response = await client.post("/files", data=form, headers=bob)
+    await assert_quota_problem(response, quota=1000, used=0, size=1001)
+    assert_nothing_stored(settings, hashlib.sha256(b"m" * 1001).hexdigest())
+    # A multipart body longer than the room left, whose file fits, is not refused early.
+    form = aiohttp.FormData()
+    form.add_field("comment", "c" * 2000)
+    form.add_field("file", b"m" * 1000, filename="fits.bin")
+    assert (await client.post("/files", data=form, headers=bob)).status == 201
+
+
+async def test_put_with_hash_past_quota_is_413_and_stores_nothing(
+    client: AppClient, make_user: MakeUser, settings: Settings
+) -> None:
+    bob = await make_user("bob")
+    await set_quota(client, "bob", 1000)
+    content = b"p" * 1001
+    digest = hashlib.sha256(content).hexdigest()
+    for body in (content, streamed(content)):  # refused early, and after streaming
+        response = await client.put(f"/files/{digest}", data=body, headers=bob)
+        await assert_quota_problem(response, quota=1000, used=0, size=1001)
+        assert_nothing_stored(settings, digest)
+
+
+async def test_a_refused_upload_of_content_another_user_holds_keeps_theirs(
+    client: AppClient, make_user: MakeUser, settings: Settings
+) -> None:
+    """The blob existed before the refused upload: it stays, for its holder."""
+    bob = await make_user("bob")
+    await set_quota(client, "bob", 10)
+    assert (await upload(client)).status == 201  # admin holds BODY
+    response = await client.post("/files", data=streamed(BODY), headers=bob)
+    await assert_quota_problem(response, quota=10, used=0, size=len(BODY))
+    assert os.path.exists(blob_path(settings, SHA))
+    assert await (await client.get(f"/files/{SHA}")).read() == BODY
+    assert (await me(client, bob))["files"] == 0
+    assert scratch_files(settings) == []
+
+
+async def test_reupload_at_quota_succeeds_every_way(client: AppClient, make_user: MakeUser) -> None:
+    """Content the user already holds costs nothing: at (and over) the quota, raw, streamed,
+    multipart, PUT with its hash and with 100-continue, it is 200, not 413."""
+    bob = await make_user("bob")
+    await set_quota(client, "bob", len(BODY))
+    assert (await upload(client, headers=bob)).status == 201
+    form = aiohttp.FormData()
+    form.add_field("file", BODY, filename="again.bin")
+    continued = {**bob, "Expect": "100-continue"}
+    for quota in (len(BODY), len(BODY) - 1, 0):
+        await set_quota(client, "bob", quota)
+        assert (await upload(client, headers=bob)).status == 200
+        assert (await client.put("/files", data=BODY, headers=bob)).status == 200
+        assert (await client.post("/files", data=streamed(BODY), headers=bob)).status == 200
+        assert (await client.post("/files", data=form, headers=bob)).status == 200
+        assert (await client.put(f"/files/{SHA}", data=BODY, headers=bob)).status == 200
+        assert (await client.put(f"/files/{SHA}", data=BODY, headers=continued)).status == 200
+        assert (await client.post("/files", data=BODY, headers=continued)).status == 200
+    assert (await me(client, bob))["bytes"] == len(BODY)
+
+
+async def test_new_content_of_a_held_size_passes_the_early_check_then_is_refused(
+    client: AppClient, make_user: MakeUser, settings: Settings
+) -> None:
+    """The early check cannot tell it from a re-upload; the check in the commit can."""
+    bob = await make_user("bob")
+    await set_quota(client, "bob", len(BODY))
+    assert (await upload(client, headers=bob)).status == 201
+    other = os.urandom(len(BODY))
+    response = await client.post("/files", data=other, headers=bob)
+    await assert_quota_problem(response, quota=len(BODY), used=len(BODY), size=len(BODY))
+    assert_nothing_stored(settings, hashlib.sha256(other).hexdigest())
+
+
+async def raw_request(client: AppClient, head: str) -> tuple[int, dict[str, object]]:
+    """Send only a request's head (no body) and read the answer: a server that waited for
+    the declared body would never answer, and the wait_for would fail the test."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(head.replace("\n", "\r\n").encode())
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+        status = int(raw.split()[1])
+        length = next(
+            int(line.split(b":")[1])
+            for line in raw.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        body = json.loads(await asyncio.wait_for(reader.readexactly(length), timeout=5))
+        assert isinstance(body, dict)
+        return status, body
+    finally:
+        writer.close()
+
+
+async def test_declared_length_past_quota_is_refused_before_the_body_is_read(
+    client: AppClient, make_user: MakeUser, settings: Settings
+) -> None:
+    bob = await make_user("bob")
+    await set_quota(client, "bob", 1 << 20)
+    assert (await upload(client, headers=bob)).status == 201  # 50,000 bytes used
+    auth = bob["Authorization"]
+    for path in ("/files", f"/files/{'a' * 64}"):
+        for method in ("POST", "PUT") if path == "/files" else ("PUT",):
+            status, problem = await raw_request(
+                client,
+                f"{method} {path} HTTP/1.1\nHost: x\nAuthorization: {auth}\n"
+                f"Content-Length: {1 << 20}\n\n",
+            )
+            assert status == 413
+            assert_problem(problem, 413, "quota-exceeded")
+            assert (problem["quota"], problem["used"], problem["size"]) == (
+                1 << 20,
+                len(BODY),
+                1 << 20,
+            )
+    # With Expect: 100-continue, refused before 100 Continue is sent.
+    status, problem = await raw_request(
+        client,
+        f"POST /files HTTP/1.1\nHost: x\nAuthorization: {auth}\nExpect: 100-continue\n"
+        f"Content-Length: {1 << 20}\n\n",
+    )
+    assert (status, problem["type"]) == (413, "https://filecask.dev/problems/quota-exceeded")
+    # What fits is not refused early: the server waits for (and stores) the body.
+    room = (1 << 20) - len(BODY)
+    response = await client.post("/files", data=io.BytesIO(os.urandom(room)), headers=bob)
+    assert response.status == 201
+    assert (await me(client, bob))["bytes"] == 1 << 20
+    assert scratch_files(settings) == []
+
+
+async def test_expect_continue_with_bad_credentials_is_still_401(client: AppClient) -> None:
+    """Signing in early (for the quota) does not change how a wrong password is answered."""
+    headers = {
+        "Authorization": aiohttp.encode_basic_auth("admin", "wrong-password"),
+        "Expect": "100-continue",
+    }
+    response = await client.post("/files", data=BODY, headers=headers)
+    assert response.status == 401
+    assert_problem(await response.json(content_type=None), 401, "unauthorized")
+
+
+async def test_space_freed_by_a_delete_can_be_used_again(
+    client: AppClient, make_user: MakeUser
+) -> None:
+    bob = await make_user("bob")
+    await set_quota(client, "bob", len(BODY) + 10)
+    assert (await upload(client, headers=bob)).status == 201
+    other = os.urandom(len(BODY))
+    assert (await upload(client, other, headers=bob)).status == 413
+    assert (await client.delete(f"/files/{SHA}", headers=bob)).status == 204
+    assert (await upload(client, other, headers=bob)).status == 201
+    assert (await me(client, bob))["bytes"] == len(BODY)
+
+
+async def test_concurrent_uploads_that_together_exceed_the_quota(
+    client: AppClient, make_user: MakeUser, settings: Settings
+) -> None:
+    """Ten uploads at once, each of which fits alone, under a quota that takes five of them:
+    exactly five are stored (the ones answered 201), the five others are 413 and leave no
+    trace. A check outside the inserting transaction would let all ten in."""
+    bob = await make_user("bob")
+    await set_quota(client, "bob", 5 * 1000 + 999)
+    contents = [bytes([i]) * 1000 for i in range(10)]
+    responses = await asyncio.gather(
+        *(client.post("/files", data=content, headers=bob) for content in contents)
+    )
+    statuses = [r.status for r in responses]
+    assert sorted(statuses) == [201] * 5 + [413] * 5, statuses
+    for response in responses:
+        if response.status == 413:
+            assert_problem(await response.json(content_type=None), 413, "quota-exceeded")
+    accepted = {
+        hashlib.sha256(c).hexdigest() for c, s in zip(contents, statuses, strict=True) if s == 201
+    }
+    listing = await (await client.get("/files", headers=bob)).json()
+    assert {f["hash"] for f in listing["files"]} == accepted
+    assert (await me(client, bob))["bytes"] == 5000
+    hashes = [hashlib.sha256(c).hexdigest() for c in contents]
+    assert {h for h in hashes if os.path.exists(blob_path(settings, h))} == accepted
+    assert scratch_files(settings) == []
+
+
+async def test_a_quota_set_by_another_process_binds_at_once(
+    client: AppClient, make_user: MakeUser, other_process: Services
+) -> None:
+    bob = await make_user("bob")
+    assert (await upload(client, b"x" * 100, headers=bob)).status == 201
+    assert (await me(client, bob))["quota"] is None
+    await other_process.meta.set_quota("bob", 150)
+    assert (await me(client, bob))["quota"] == 150
+    response = await upload(client, b"y" * 51, headers=bob)
+    await assert_quota_problem(response, quota=150, used=100, size=51)
+    await other_process.meta.set_quota("bob", None)
+    assert (await upload(client, b"y" * 51, headers=bob)).status == 201

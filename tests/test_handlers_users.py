@@ -53,16 +53,34 @@ async def users(client: AppClient) -> dict[str, dict[str, Any]]:
 
 async def test_me_counts_files_and_bytes(client: AppClient, make_user: MakeUser) -> None:
     bob = await make_user("bob")
-    assert await me(client, bob) == {"name": "bob", "is_admin": False, "files": 0, "bytes": 0}
+    assert await me(client, bob) == {
+        "name": "bob",
+        "is_admin": False,
+        "files": 0,
+        "bytes": 0,
+        "quota": None,
+    }
 
     await upload(client, bob, b"a" * 100)
     await upload(client, bob, b"b" * 250)
-    assert await me(client, bob) == {"name": "bob", "is_admin": False, "files": 2, "bytes": 350}
+    assert await me(client, bob) == {
+        "name": "bob",
+        "is_admin": False,
+        "files": 2,
+        "bytes": 350,
+        "quota": None,
+    }
 
     # The same content again, even under another name, is the same file.
     again = await client.post("/files?name=copy.bin", data=b"a" * 100, headers=bob)
     assert again.status == 200
-    assert await me(client, bob) == {"name": "bob", "is_admin": False, "files": 2, "bytes": 350}
+    assert await me(client, bob) == {
+        "name": "bob",
+        "is_admin": False,
+        "files": 2,
+        "bytes": 350,
+        "quota": None,
+    }
 
     # Another user holding the same content counts it for themselves only.
     carol = await make_user("carol")
@@ -72,7 +90,7 @@ async def test_me_counts_files_and_bytes(client: AppClient, make_user: MakeUser)
     assert (await me(client, bob))["files"] == 2
 
     admin = await me(client, ADMIN)
-    assert admin == {"name": "admin", "is_admin": True, "files": 0, "bytes": 0}
+    assert admin == {"name": "admin", "is_admin": True, "files": 0, "bytes": 0, "quota": None}
 
 
 async def test_me_requires_sign_in(client: AppClient) -> None:
@@ -87,7 +105,7 @@ async def test_admin_creates_a_user(client: AppClient) -> None:
         "/users", json={"name": "bob", "password": "bob-password"}, headers=ADMIN
     )
     assert response.status == 201, await response.text()
-    assert await response.json() == {"name": "bob", "is_admin": False}
+    assert await response.json() == {"name": "bob", "is_admin": False, "quota": None}
     location = response.headers["Location"]
     assert location == f"http://{response.url.host}:{response.url.port}/users/bob"
 
@@ -103,7 +121,7 @@ async def test_admin_creates_an_admin(client: AppClient) -> None:
         headers=ADMIN,
     )
     assert response.status == 201
-    assert await response.json() == {"name": "root2", "is_admin": True}
+    assert await response.json() == {"name": "root2", "is_admin": True, "quota": None}
     root2 = basic("root2", "root2-password")
     assert (await me(client, root2))["is_admin"] is True
     assert (await client.get("/users", headers=root2)).status == 200
@@ -300,6 +318,7 @@ async def test_delete_user_drops_their_files(
         "is_admin": False,
         "files": 1,
         "bytes": len(b"both have this"),
+        "quota": None,
     }
     assert set(await users(client)) == {"admin", "carol"}
     await problem(await client.get("/me", headers=bob), 401)
@@ -326,3 +345,122 @@ async def test_only_admins_delete_users(client: AppClient, make_user: MakeUser) 
     await problem(await client.delete("/users/bob", headers=bob), 403, "forbidden")
     await problem(await client.delete("/users/carol"), 401, "unauthorized")
     assert set(await users(client)) == {"admin", "bob", "carol"}
+
+
+# --- quotas -------------------------------------------------------------------------------
+
+
+async def patch_quota(client: AppClient, name: str, body: object, auth: Auth = ADMIN) -> Any:
+    return await client.patch(f"/users/{name}", json=body, headers=auth)
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [(1234, 1234), ("10G", 10 << 30), ("1.5M", 3 << 19), (0, 0), (None, None)],
+)
+async def test_admin_creates_a_user_with_a_quota(
+    client: AppClient, given: object, stored: int | None
+) -> None:
+    response = await client.post(
+        "/users", json={"name": "bob", "password": "bob-password", "quota": given}, headers=ADMIN
+    )
+    assert response.status == 201, await response.text()
+    assert await response.json() == {"name": "bob", "is_admin": False, "quota": stored}
+    assert (await users(client))["bob"]["quota"] == stored
+    assert (await me(client, basic("bob", "bob-password")))["quota"] == stored
+
+
+BAD_QUOTAS: dict[str, object] = {
+    "negative": -1,
+    "bool": True,
+    "float": 1.5,
+    "word": "lots",
+    "unit-only": "G",
+    "negative-size": "-5G",
+    "list": [10],
+    "object": {"bytes": 10},
+    "too-big": 1 << 63,
+    "too-big-size": "99999999999T",
+}
+
+
+async def test_bad_quotas_are_400_when_creating(client: AppClient) -> None:
+    cases: dict[str, bytes | dict[str, Any]] = {
+        case_id: {"name": "bob", "password": "good-password", "quota": quota}
+        for case_id, quota in BAD_QUOTAS.items()
+    }
+    assert await refused_with_400(client, cases) == []
+    assert set(await users(client)) == {"admin"}
+
+
+async def test_patch_sets_and_clears_a_quota(client: AppClient, make_user: MakeUser) -> None:
+    bob = await make_user("bob")
+    await upload(client, bob, b"12345")
+    response = await patch_quota(client, "bob", {"quota": "1K"})
+    assert response.status == 200, await response.text()
+    summary = await response.json()
+    assert summary == {**(await users(client))["bob"], "quota": 1024}
+    assert (summary["name"], summary["files"], summary["bytes"]) == ("bob", 1, 5)
+    assert (await me(client, bob))["quota"] == 1024
+
+    response = await patch_quota(client, "bob", {"quota": 2048})
+    assert (await response.json())["quota"] == 2048
+    assert (await users(client))["bob"]["quota"] == 2048
+
+    response = await patch_quota(client, "bob", {"quota": None})
+    assert response.status == 200
+    assert (await response.json())["quota"] is None
+    assert (await me(client, bob))["quota"] is None
+    assert (await users(client))["admin"]["quota"] is None
+
+
+async def test_patch_of_an_unknown_user_is_404(client: AppClient) -> None:
+    await problem(await patch_quota(client, "ghost", {"quota": 10}), 404, "not-found")
+
+
+async def test_patch_with_a_bad_body_is_400_and_changes_nothing(
+    client: AppClient, make_user: MakeUser
+) -> None:
+    bob = await make_user("bob")
+    assert (await patch_quota(client, "bob", {"quota": 500})).status == 200
+    bodies: dict[str, object] = {
+        **{case_id: {"quota": quota} for case_id, quota in BAD_QUOTAS.items()},
+        "no-quota": {},
+        "other-member": {"quota": 10, "is_admin": True},
+        "only-other-member": {"password": "new-password"},
+        "array": [{"quota": 10}],
+        "null": None,
+    }
+    wrong = []
+    for case_id, body in bodies.items():
+        response = await patch_quota(client, "bob", body)
+        if response.status != 400 or response.content_type != PROBLEM_JSON:
+            wrong.append(f"{case_id}: {response.status}")
+    assert wrong == []
+    assert await me(client, bob) == {
+        "name": "bob",
+        "is_admin": False,
+        "files": 0,
+        "bytes": 0,
+        "quota": 500,
+    }
+
+
+async def test_only_admins_set_quotas(client: AppClient, make_user: MakeUser) -> None:
+    bob = await make_user("bob")
+    await problem(await patch_quota(client, "bob", {"quota": None}, bob), 403, "forbidden")
+    response = await client.patch("/users/bob", json={"quota": None})
+    await problem(response, 401, "unauthorized")
+    assert (await me(client, bob))["quota"] is None
+
+
+async def test_list_users_shows_quotas(client: AppClient, make_user: MakeUser) -> None:
+    await make_user("bob")
+    await make_user("carol")
+    await patch_quota(client, "carol", {"quota": "5M"})
+    listed = await users(client)
+    assert {name: u["quota"] for name, u in listed.items()} == {
+        "admin": None,
+        "bob": None,
+        "carol": 5 << 20,
+    }

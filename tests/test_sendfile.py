@@ -31,7 +31,7 @@ import uvloop
 from aiohttp import web
 from yarl import URL
 
-from filecask.sendfile import send_file_range
+from filecask.sendfile import SEND_TIMEOUT, send_file_range
 
 SIZE = 20 << 20  # far beyond loopback socket buffers, so the EAGAIN path must run
 SHORT_SIZE = 1000
@@ -99,7 +99,7 @@ def app(files: dict[str, bytes], tmp_path: Path) -> web.Application:
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
-    """GET /{name}?offset=&count=[&chunked=1][&claim=N][&prefix=N&sndbuf=N].
+    """GET /{name}?offset=&count=[&chunked=1][&claim=N][&prefix=N&sndbuf=N][&send_timeout=S].
 
     ``claim`` lets a test ask for more than the file holds (a truncated blob).
     ``prefix`` writes that many bytes through response.write() first; with a small
@@ -113,6 +113,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     count = int(request.query.get("claim", path.stat().st_size - offset))
     count = int(request.query.get("count", count))
     prefix = int(request.query.get("prefix", 0))
+    if "send_timeout" in request.query:
+        request[SEND_TIMEOUT] = float(request.query["send_timeout"])
     if "sndbuf" in request.query and request.transport is not None:
         sock = request.transport.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, int(request.query["sndbuf"]))
@@ -191,11 +193,12 @@ def open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
-async def new_fds(baseline: set[str]) -> set[str]:
-    """fds opened since baseline, once teardown on the server side has settled."""
+async def new_fds(baseline: set[str], *, settle_to: int = 0) -> set[str]:
+    """fds opened since baseline, once teardown on the server side has settled (down to
+    ``settle_to`` of them, e.g. a client socket the test still holds)."""
     for _ in range(100):
         extra = open_fds() - baseline
-        if not extra:
+        if len(extra) <= settle_to:
             break
         await asyncio.sleep(0.02)
     return extra
@@ -456,3 +459,60 @@ def test_client_disconnect_mid_transfer(
     run(go())
     expected = {"ConnectionResetError"} | ({"CancelledError"} if handler_cancellation else set())
     assert app[RUNS][0].outcome in expected
+
+
+@pytest.mark.parametrize("path", ["sendfile", "copy"])
+def test_client_that_reads_nothing_is_dropped_after_send_timeout(
+    run: Run, app: web.Application, path: str
+) -> None:
+    """A peer that connects, asks and never reads: without a limit the handler would sit
+    on the fd and the socket for ever. The copying path (chunked here) goes through
+    write_within, the zero-copy one through the sendfile loop's own deadline."""
+    target = "/big?send_timeout=0.5" + ("&chunked=1" if path == "copy" else "")
+    elapsed: list[float] = []
+
+    async def go() -> None:
+        async with serve(app, handler_cancellation=True) as url:
+            baseline = open_fds()
+            started = asyncio.get_running_loop().time()
+            _reader, writer = await raw_get(url, target)
+            while not app[RUNS]:
+                await asyncio.sleep(0.01)
+            await asyncio.wait_for(app[RUNS][0].done.wait(), 5)
+            elapsed.append(asyncio.get_running_loop().time() - started)
+            # The server's socket (and the dup sendfile wrote to) are closed: only our
+            # client's own socket is left of the connection.
+            assert len(await new_fds(baseline, settle_to=1)) == 1
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    run(go())
+    assert app[RUNS][0].outcome == "SendTimeout"
+    assert 0.4 < elapsed[0] < 2.5
+
+
+def test_slow_reader_that_keeps_reading_outlives_send_timeout(
+    run: Run, app: web.Application, files: dict[str, bytes]
+) -> None:
+    """The limit is on a stall, not on the transfer: 1 MiB every 0.3 s for 4 MiB takes
+    over twice the timeout and completes."""
+    count = 4 << 20
+
+    async def go() -> None:
+        async with serve(app) as url:
+            reader, writer = await raw_get(url, f"/big?count={count}&send_timeout=0.5")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert content_length(head) == count
+            started = asyncio.get_running_loop().time()
+            body = bytearray()
+            while len(body) < count:
+                await asyncio.sleep(0.3)
+                body += await reader.readexactly(min(1 << 20, count - len(body)))
+            assert asyncio.get_running_loop().time() - started > 1.0
+            assert bytes(body) == files["big"][:count]
+            writer.close()
+            await writer.wait_closed()
+
+    run(go())
+    check_run(app[RUNS][0], count)

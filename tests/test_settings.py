@@ -191,6 +191,12 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "argon2_parallelism": ("1", 1),
     "workers": ("4", 4),
     "cache_size": ("0", 0),
+    "min_free_space": ("1G", 1 << 30),
+    "header_timeout": ("5", 5.0),
+    "body_timeout": ("2.5", 2.5),
+    "send_timeout": ("30", 30.0),
+    "keepalive_timeout": ("10", 10.0),
+    "max_header_size": ("16K", 16 << 10),
 }
 """For each setting: a text an operator might write, and the value it means."""
 

@@ -12,12 +12,12 @@ from aiohttp.abc import AbstractAccessLogger
 from filecask.app import SETTINGS
 from filecask.auth import client_address
 from filecask.handlers import USER
+from filecask.settings import IPNetwork
 
 
 class AccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        settings = request.app[SETTINGS] if isinstance(request, web.Request) else None
-        trusted = settings.trusted_proxies if settings is not None else ()
+        trusted = _trusted_proxies(request)
         address = client_address(request.remote, request.headers.get("X-Forwarded-For"), trusted)
         user = request.get(USER) or "-"
         self.logger.info(
@@ -33,3 +33,14 @@ class AccessLogger(AbstractAccessLogger):
             time,
             request.headers.get("User-Agent", "-"),
         )
+
+
+def _trusted_proxies(request: web.BaseRequest) -> tuple[IPNetwork, ...]:
+    """A request that failed before routing (a malformed request line, headers too large)
+    has no app to ask; none of its headers are believed then, which is the safe side."""
+    if not isinstance(request, web.Request):
+        return ()
+    try:
+        return request.app[SETTINGS].trusted_proxies
+    except (AssertionError, AttributeError):  # aiohttp: "match_info is not set"
+        return ()

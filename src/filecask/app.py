@@ -6,14 +6,18 @@ starts and closed when it stops, so tests and `serve` build the app the same way
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from filecask.archives import FolderPlans
 from filecask.auth import Authenticator, generate_password
@@ -63,7 +67,7 @@ SERVICES = web.AppKey("services", Services)
 
 def create_app(settings: Settings) -> web.Application:
     # The handlers import this module's keys, so they are imported here.
-    from filecask.handlers import archives, files, ops, users
+    from filecask.handlers import archives, docs, files, ops, users
 
     # Order matters: problem_middleware is outermost so every error, including those of
     # later middleware, leaves as application/problem+json.
@@ -71,6 +75,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_services)
     app.router.add_routes(ops.routes)
+    app.router.add_routes(docs.routes)
     app.router.add_routes(archives.archive_routes)
     if settings.file_api:
         app.router.add_routes(files.routes)
@@ -93,7 +98,7 @@ async def open_services(settings: Settings, *, reap: bool = True) -> Services:
         opened.push_async_callback(blobs.close)
         await locks.open()
         opened.push_async_callback(locks.close)
-        await meta.open()
+        await _open_metastore(meta, settings)
         opened.push_async_callback(meta.close)
         auth = Authenticator(meta, settings)
         opened.pop_all()
@@ -102,6 +107,51 @@ async def open_services(settings: Settings, *, reap: bool = True) -> Services:
     )
     files = FileStore(meta, blobs, locks, CrashPoints.from_environ(os.environ))
     return Services(settings, meta, blobs, files, auth, bodies, FolderPlans())
+
+
+class StartupError(RuntimeError):
+    """The database cannot be used as it is; the message says why and what to do."""
+
+
+async def _open_metastore(meta: SqlMetaStore, settings: Settings) -> None:
+    url = make_url(settings.effective_database_url)
+    shown = url.render_as_string(hide_password=True)
+    await asyncio.get_running_loop().run_in_executor(None, _refuse_a_lost_database, settings)
+    try:
+        await meta.open()
+    except DBAPIError as exc:
+        await meta.close()
+        raise StartupError(
+            f"cannot use the database {shown}: {exc.orig}. If it is damaged, stop every"
+            " filecask process and restore it from a backup."
+        ) from exc
+    except OSError as exc:
+        await meta.close()
+        raise StartupError(f"cannot reach the database {shown}: {exc}") from exc
+
+
+def _refuse_a_lost_database(settings: Settings) -> None:
+    """A SQLite file that is gone while the store still holds files: starting would create
+    an empty database, every stored file would become an orphan and the next `gc` or
+    `fsck --repair` would delete them all. Refuse instead."""
+    url = make_url(settings.effective_database_url)
+    path = url.database
+    if url.get_backend_name() != "sqlite" or not path or path == ":memory:":
+        return
+    if os.path.exists(path) or not _store_holds_files(settings.store_dir):
+        return
+    raise StartupError(
+        f"the database {path} is missing but {settings.store_dir} holds files. Restore the"
+        " database from a backup; starting with a new, empty one would orphan every file."
+    )
+
+
+def _store_holds_files(store: Path) -> bool:
+    try:
+        prefixes = list(os.scandir(store))
+    except FileNotFoundError:
+        return False
+    return any(not p.is_dir() or any(os.scandir(p.path)) for p in prefixes)
 
 
 async def close_services(services: Services) -> None:
@@ -115,6 +165,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     services = await open_services(app[SETTINGS])
     app[SERVICES] = services
     try:
+        await services.files.recover()
         await bootstrap_admin(services)
         yield
     finally:

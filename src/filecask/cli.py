@@ -3,11 +3,13 @@ delegate. Every `serve` flag comes from the settings table."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
 import os
 import re
+import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -19,10 +21,12 @@ from aiohttp import web
 
 from filecask import __version__
 from filecask.accesslog import AccessLogger
-from filecask.app import Services, close_services, create_app, open_services
+from filecask.app import Services, StartupError, close_services, create_app, open_services
 from filecask.auth import generate_password, validate_password, validate_user_name
-from filecask.errors import BadRequest, FilecaskError
+from filecask.connections import make_runner
+from filecask.errors import BadRequest, FilecaskError, QuotaExceeded
 from filecask.fsck import Report, fsck, gc
+from filecask.metastore import parse_quota
 from filecask.settings import SETTINGS, SETTINGS_BY_NAME, Settings, SettingsError, load_settings
 from filecask.workers import BACKLOG, Supervisor, bind_sockets, close_sockets
 
@@ -55,9 +59,7 @@ def build_settings(flags: dict[str, Any]) -> Settings:
         raise click.UsageError(str(exc)) from exc
 
 
-def run(
-    coro_fn: Callable[[Services], Awaitable[T]], settings: Settings, *, reap: bool = True
-) -> T:
+def run(coro_fn: Callable[[Services], Awaitable[T]], settings: Settings, *, reap: bool = True) -> T:
     """Open the stores, run one coroutine against them, close them; errors as messages."""
 
     async def main() -> T:
@@ -71,6 +73,8 @@ def run(
         return uvloop.run(main())
     except FilecaskError as exc:
         raise click.ClickException(exc.detail) from exc
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from exc
     except Exception as exc:  # startup problems: unreadable db, unwritable data dir
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
 
@@ -117,21 +121,47 @@ def serve(**flags: Any) -> None:
 def _run_server(
     settings: Settings, sockets: list[socket.socket] | None, *, print_banner: bool = False
 ) -> None:
-    """One server process: on its own address, or on sockets the master bound for it."""
-    web.run_app(
-        create_app(settings),
-        host=settings.host if sockets is None else None,
-        port=settings.port if sockets is None else None,
-        sock=sockets,
-        backlog=BACKLOG,
-        access_log=logging.getLogger("filecask.access") if settings.access_log else None,
-        access_log_class=AccessLogger,
-        # Stop a handler the moment its client goes away (streams, archives, uploads);
-        # the commit sections that must finish are shielded.
-        handler_cancellation=True,
-        loop=uvloop.new_event_loop(),
-        print=(lambda msg: click.echo(msg, err=True)) if print_banner else None,
-    )
+    """One server process: on its own address, or on sockets the master bound for it.
+
+    An AppRunner rather than `web.run_app`, which cannot be given our protocol
+    (`filecask.connections`: header and send timeouts, problem+json protocol errors).
+    SIGTERM and SIGINT stop it gracefully: listening stops, requests in flight get up to
+    aiohttp's shutdown timeout to finish, then the app's cleanup closes the stores."""
+
+    async def serve() -> None:
+        runner = make_runner(
+            create_app(settings),
+            settings,
+            access_log=logging.getLogger("filecask.access") if settings.access_log else None,
+            access_log_class=AccessLogger,
+            # Stop a handler the moment its client goes away (streams, archives, uploads);
+            # the commit sections that must finish are shielded.
+            handler_cancellation=True,
+        )
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await runner.setup()
+        try:
+            sites: list[web.BaseSite]
+            if sockets is None:
+                sites = [web.TCPSite(runner, settings.host, settings.port, backlog=BACKLOG)]
+            else:
+                sites = [web.SockSite(runner, sock, backlog=BACKLOG) for sock in sockets]
+            for site in sites:
+                await site.start()
+            if print_banner:
+                names = ", ".join(sorted(site.name for site in sites))
+                banner = f"======== Running on {names} ========\n(Press CTRL+C to quit)"
+                click.echo(banner, err=True)
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await runner.cleanup()
+
+    uvloop.run(serve())
 
 
 def _host_port(address: tuple[Any, ...]) -> str:
@@ -171,13 +201,16 @@ def user_add(name: str, admin: bool, password_stdin: bool, **flags: Any) -> None
 @user.command("list")
 @setting_options("data_dir", "database_url")
 def user_list(**flags: Any) -> None:
-    """List users with their file count and bytes used."""
+    """List users with their file count, bytes used and quota in bytes ('-': no limit)."""
     summaries = run(lambda s: s.meta.list_users(), build_settings(flags))
-    click.echo(f"{'NAME':<24} {'ADMIN':<6} {'FILES':>8} {'BYTES':>16}  CREATED")
+    click.echo(f"{'NAME':<24} {'ADMIN':<6} {'FILES':>8} {'BYTES':>16} {'QUOTA':>16}  CREATED")
     for s in summaries:
         admin = "yes" if s.is_admin else "no"
+        quota = "-" if s.quota is None else str(s.quota)
         created = s.created_at.isoformat(timespec="seconds")
-        click.echo(f"{s.name:<24} {admin:<6} {s.usage.files:>8} {s.usage.bytes:>16}  {created}")
+        click.echo(
+            f"{s.name:<24} {admin:<6} {s.usage.files:>8} {s.usage.bytes:>16} {quota:>16}  {created}"
+        )
 
 
 @user.command("passwd")
@@ -194,6 +227,27 @@ def user_passwd(name: str, password_stdin: bool, **flags: Any) -> None:
 
     run(passwd, settings)
     click.echo(f"password of {name!r} changed")
+
+
+NO_QUOTA = ("none", "unlimited")
+
+
+@user.command("quota")
+@click.argument("name")
+@click.argument("size", metavar="SIZE")
+@setting_options("data_dir", "database_url")
+def user_quota(name: str, size: str, **flags: Any) -> None:
+    """Limit the bytes NAME's files may take: SIZE is e.g. 10G or 512M (binary units), or
+    'none' (or 'unlimited') for no limit. Takes effect at once, also in a running server;
+    lowering it below what NAME stores deletes nothing, it refuses new uploads."""
+    settings = build_settings(flags)
+    quota = None if size.strip().lower() in NO_QUOTA else _checked(parse_quota, size)
+    run(lambda s: s.meta.set_quota(name, quota), settings)
+    if quota is None:
+        click.echo(f"quota of {name!r} removed (no limit)")
+    else:
+        human = QuotaExceeded.human_size(quota)
+        click.echo(f"quota of {name!r} set to {human} ({quota} bytes)")
 
 
 @user.command("remove")

@@ -12,8 +12,10 @@ members and response headers (``WWW-Authenticate``, ``Retry-After``, ``Content-R
     ├── Unauthorized                 401
     ├── Forbidden                    403
     ├── NotFound                     404
+    ├── RequestTimeout               408
     ├── Conflict                     409
     ├── PayloadTooLarge              413
+    │   └── QuotaExceeded            413
     ├── RangeNotSatisfiable          416
     ├── RateLimited                  429
     ├── InsufficientStorage          507
@@ -124,6 +126,15 @@ class PayloadTooLarge(FilecaskError):
     title = "Payload too large"
 
 
+class RequestTimeout(FilecaskError):
+    """The client stalled sending its request (headers or body) for longer than allowed;
+    the connection is closed after this answer (RFC 9110 §15.5.9)."""
+
+    status = 408
+    slug = "request-timeout"
+    title = "Request timeout"
+
+
 class RangeNotSatisfiable(FilecaskError):
     status = 416
     slug = "range-not-satisfiable"
@@ -157,3 +168,35 @@ class ServiceUnavailable(FilecaskError):
     status = 503
     slug = "service-unavailable"
     title = "Service unavailable"
+
+
+class QuotaExceeded(PayloadTooLarge):
+    """An upload that would take the user past their quota (`filecask user quota`).
+
+    A 413 like any oversized upload (the request is too large *for this user*), with its own
+    slug so clients can tell "ask an administrator for more room" from "split the file"."""
+
+    slug = "quota-exceeded"
+    title = "Quota exceeded"
+
+    def __init__(self, *, quota: int, used: int, size: int) -> None:
+        human = self.human_size
+        super().__init__(
+            f"The upload of {human(size)} would exceed your quota of {human(quota)}"
+            f" ({human(used)} used).",
+            quota=quota,
+            used=used,
+            size=size,
+        )
+
+    @staticmethod
+    def human_size(size: int) -> str:
+        """`12.0 MiB`: binary units, as quotas are given (`10G` is 10 GiB)."""
+        if size < 1024:
+            return f"{size} bytes"
+        value = float(size)
+        for unit in ("KiB", "MiB", "GiB", "TiB"):
+            value /= 1024
+            if value < 1024 or unit == "TiB":
+                break
+        return f"{value:.1f} {unit}"

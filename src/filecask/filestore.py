@@ -4,9 +4,11 @@ The rules that keep the disk and the database in agreement, whatever runs concur
 wherever a process dies:
 - Upload: stream to scratch and hash (no lock), then under the hash's lock make the blob
   visible on disk *before* committing the reference. A crash in between leaves a blob with
-  no row, never a row with no blob; `fsck`/`gc` remove such orphans.
+  no row, never a row with no blob; the blob store keeps a record of the commit until the
+  row is in, so the next start (`recover`) removes such a blob.
 - Delete: under the hash's lock commit the reference's removal, then remove the bytes if
-  it was the last reference. A crash in between again leaves only an orphan blob.
+  it was the last reference. A crash in between leaves an orphan blob; `fsck --repair` and
+  `gc` remove it.
 - The locked sections are shielded from cancellation (a client hanging up mid-commit), so
   they always finish both steps or undo the first.
 """
@@ -78,8 +80,25 @@ class FileStore:
                 if created_blob:
                     await self.blobs.delete(staged.hash)
                 raise
+            finally:
+                await self.blobs.settle(staged)
             self.crash.reached("upload.ref-committed")
             return result
+
+    async def recover(self, *, undo: bool = True) -> list[str]:
+        """Resolve commits cut by a crash: a blob that made it to the store but not its row
+        is removed (it was never acknowledged). Returns the hashes undone (or, with
+        `undo=False`, that would be). Runs at start, so a crash leaves no orphan behind."""
+        undone = []
+        for hex_hash in await self.blobs.interrupted_commits():
+            async with self.locks.hold(hex_hash):
+                if await self.meta.get_blob(hex_hash) is None:
+                    undone.append(hex_hash)
+                    if undo:
+                        await self.blobs.delete(hex_hash)
+                if undo:
+                    await self.blobs.forget_commit(hex_hash)
+        return undone
 
     async def delete(self, user: User, hex_hash: str) -> None:
         outcome = await asyncio.shield(self._delete(user, hex_hash))

@@ -11,6 +11,8 @@ hash's lock, which every upload and delete holds across its disk and database st
 commit or delete in flight is never mistaken for damage.
 
 What repair does, and what it cannot do:
+- an interrupted commit (bytes stored by an upload that died before its reference was
+  committed; a server's start resolves these too): the bytes are removed.
 - an orphan blob (bytes with no row, left by a crash before its reference was committed):
   removed; it was never acknowledged to anyone.
 - a row nothing references (the invariant forbids it; kept for safety): dropped with its
@@ -42,7 +44,7 @@ Progress = Callable[[int], None]
 @dataclass(frozen=True)
 class Finding:
     kind: str
-    """corrupt, missing, orphan, unreferenced, leftover or stray."""
+    """corrupt, missing, orphan, interrupted, unreferenced, leftover or stray."""
     key: str
     detail: str
     size: int = 0
@@ -72,13 +74,16 @@ _MOVED = frozenset({"corrupt", "stray"})
 async def fsck(services: Services, *, repair: bool, progress: Progress | None = None) -> Report:
     """Re-hash every blob and compare the store with the database (see the module doc)."""
     report = Report()
+    interrupted = await _interrupted_commits(services, report, repair=repair)
     await _unreferenced_rows(services, report, repair=repair)
     rows = await services.meta.blob_sizes()
-    seen: set[str] = set()
+    seen: set[str] = set(interrupted)
     async for entry in services.blobs.iter_blobs():
         hex_hash = entry.hash
         if not (entry.regular and _HASH.fullmatch(hex_hash) and entry.key == fanout(hex_hash)):
             await _stray(services, report, entry.key, entry.size, repair=repair)
+            continue
+        if hex_hash in seen:
             continue
         seen.add(hex_hash)
         if hex_hash in rows:
@@ -99,6 +104,7 @@ async def gc(services: Services, *, grace: float, dry_run: bool = False) -> Repo
     """Remove what nothing references and is older than `grace` seconds: orphan blobs,
     unreferenced rows and dead uploads' scratch files. No re-hashing: cheap to run often."""
     report = Report()
+    await _interrupted_commits(services, report, repair=not dry_run)
     await _unreferenced_rows(services, report, repair=not dry_run)
     rows = await services.meta.all_blob_hashes()
     cutoff = time.time() - grace
@@ -109,6 +115,14 @@ async def gc(services: Services, *, grace: float, dry_run: bool = False) -> Repo
             await _orphan(services, report, hex_hash, entry.size, repair=not dry_run)
     await _leftovers(services, report, older_than=cutoff, repair=not dry_run)
     return report
+
+
+async def _interrupted_commits(services: Services, report: Report, *, repair: bool) -> set[str]:
+    undone = await services.files.recover(undo=repair)
+    for hex_hash in undone:
+        detail = "stored by an upload that died before its reference was committed"
+        report.findings.append(Finding("interrupted", hex_hash, detail, 0, repair, "removed"))
+    return set(undone)
 
 
 async def _verify(

@@ -182,8 +182,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "archive_root",
         parse_optional_path,
-        "Directory whose sub-folders are served as ZIPs at /archive/<folder>/"
-        " (default: <data-dir>/archives).",
+        "Directory whose subfolders are served as ZIPs at /archive/<folder>/"
+        " (default: archives/ in the data directory).",
         "DIR",
         aliases=("BASE_ARCHIVE_PATH",),
     ),

@@ -4,7 +4,9 @@ The contract every implementation keeps:
 - `stage` streams a body to private scratch space while hashing it, and makes it durable;
   nothing staged is visible under a hash until `commit`.
 - `commit` makes a staged blob visible under its hash atomically; if the hash is already
-  stored the staged copy is dropped (same hash, same bytes). `discard` drops a staged blob.
+  stored the staged copy is dropped (same hash, same bytes). It keeps a record of the commit
+  until `settle`, so a commit cut by a crash can be found and undone (`interrupted_commits`).
+  `discard` drops a staged blob.
 - `delete` removes a blob; deleting a missing blob is not an error.
 - The caller (`filestore.FileStore`) serialises commit/delete of one hash with a lock and
   keeps the metadata store in step; the blob store itself knows nothing of references.
@@ -79,7 +81,16 @@ class BlobStore(Protocol):
     async def commit(self, staged: StagedBlob) -> bool:
         """Make `staged` visible under its hash; True if this call created the blob."""
 
+    async def settle(self, staged: StagedBlob) -> None:
+        """End a commit: its reference is stored, or the blob was deleted again."""
+
     async def discard(self, staged: StagedBlob) -> None: ...
+
+    async def interrupted_commits(self) -> list[str]:
+        """Hashes whose commit was cut by a dead process: the blob may lack its row."""
+
+    async def forget_commit(self, hex_hash: str) -> None:
+        """Drop the record of an interrupted commit once it has been resolved."""
 
     async def delete(self, hex_hash: str) -> None: ...
 

@@ -29,6 +29,7 @@ from typing import TypeVar
 from filecask.blobstore import Leftover, OpenBlob, StagedBlob, StoredBlob
 from filecask.errors import InsufficientStorage, NotFound, PayloadTooLarge
 from filecask.hashes import StreamHasher, fanout
+from filecask.offload import run_owned
 
 T = TypeVar("T")
 
@@ -37,8 +38,11 @@ READ_CHUNK = 1 << 20
 """Bytes gathered before one executor write: few hops, bounded memory (two chunks live)."""
 HEAD_BYTES = 8192
 SCRATCH_PREFIX = "upload-"
+INTENT_PREFIX = "commit-"
+NAMED_SCRATCH_PREFIX = SCRATCH_PREFIX + "m-"
+"""Scratch made by mkstemp, which has an instant with a name but no lock."""
 SCRATCH_GRACE = 5.0
-"""Seconds an empty, unlocked scratch file is spared: see `_create_scratch`."""
+"""Seconds an empty, unlocked mkstemp scratch file is spared: see `_create_scratch`."""
 _NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT})
 
 
@@ -50,6 +54,7 @@ class DiskBlobStore:
         self.tmp_dir = data_dir / "tmp"
         self.quarantine_dir = data_dir / "quarantine"
         self._staged: dict[str, int] = {}
+        self._cleanups: set[asyncio.Task[None]] = set()
         """Scratch name -> its open, locked fd, for every staged blob not yet committed."""
 
     async def open(self) -> None:
@@ -64,12 +69,14 @@ class DiskBlobStore:
     async def stage(
         self, chunks: AsyncIterator[bytes], *, max_size: int, reserve: int = 0
     ) -> StagedBlob:
-        fd, name = await _run(self._create_scratch)
+        fd, name = await run_owned(self._create_scratch, release=_close_and_unlink_pair)
+        inflight: list[asyncio.Future[None]] = []
         try:
-            hasher, head = await self._absorb_stream(fd, chunks, max_size, reserve)
-            await _run(_fsync, fd)
+            hasher, head = await self._absorb_stream(fd, chunks, max_size, reserve, inflight)
+            inflight.append(_spawn(_fsync, fd))
+            await inflight[-1]
         except BaseException:
-            await _run(_close_and_unlink, fd, name)
+            await _after_threads(self._cleanups, inflight, _close_and_unlink, fd, name)
             raise
         # The fd (and its lock) stays open until commit or discard: unlocked, the staged
         # file would look abandoned to a reaper in another process.
@@ -77,28 +84,58 @@ class DiskBlobStore:
         return StagedBlob(hasher.hexdigest, hasher.size, hasher.crc32, head, Path(name))
 
     async def commit(self, staged: StagedBlob) -> bool:
-        """Consumes `staged`: afterwards its scratch is gone, whether this succeeded or not."""
-        fd = self._staged.pop(str(staged.scratch), -1)
+        """Link the blob into the store and keep its scratch, renamed `commit-<hash>`, as
+        the record of a commit in progress until `settle`. If this process dies before
+        then, the record is found (its lock is free) and `FileStore.recover` undoes a blob
+        whose reference never made it to the database: a crash leaves no orphan."""
         try:
             return await _run(_full_disk_is_507, self._commit, staged)
         except BaseException:
-            await _run(_unlink_quietly, staged.scratch)
+            await self.discard(staged)
             raise
-        finally:
-            if fd >= 0:
-                os.close(fd)
+
+    async def settle(self, staged: StagedBlob) -> None:
+        """The commit is over (reference stored, or the blob removed again)."""
+        await self.discard(staged)
 
     async def discard(self, staged: StagedBlob) -> None:
         fd = self._staged.pop(str(staged.scratch), -1)
-        await _run(_unlink_quietly, staged.scratch)
         if fd >= 0:
+            await _run(self._drop_scratch, fd, staged)
+
+    def _drop_scratch(self, fd: int, staged: StagedBlob) -> None:
+        """Unlink our scratch under whichever name it has now, and never another upload's
+        commit record of the same content (hence the inode check)."""
+        try:
+            ours = os.fstat(fd).st_ino
+            for path in (staged.scratch, self._intent_path(staged.hash)):
+                with contextlib.suppress(FileNotFoundError):
+                    if path.stat().st_ino == ours:
+                        path.unlink()
+        finally:
             os.close(fd)
+
+    async def interrupted_commits(self) -> list[str]:
+        return await _run(self._interrupted_commits)
+
+    async def forget_commit(self, hex_hash: str) -> None:
+        await _run(_remove_if_abandoned, self._intent_path(hex_hash))
+
+    def _intent_path(self, hex_hash: str) -> Path:
+        return self.tmp_dir / f"{INTENT_PREFIX}{hex_hash}"
+
+    def _interrupted_commits(self) -> list[str]:
+        return sorted(
+            entry.name.removeprefix(INTENT_PREFIX)
+            for entry in self.tmp_dir.iterdir()
+            if entry.name.startswith(INTENT_PREFIX) and _is_abandoned(entry)
+        )
 
     async def delete(self, hex_hash: str) -> None:
         await _run(self._delete, hex_hash)
 
     async def open_blob(self, hex_hash: str) -> OpenBlob:
-        return await _run(self._open_blob, hex_hash)
+        return await run_owned(self._open_blob, hex_hash, release=_close_blob)
 
     async def read_blob(self, hex_hash: str) -> bytes:
         return await _run(self._read_blob, hex_hash)
@@ -121,9 +158,16 @@ class DiskBlobStore:
                 yield entry
 
     async def _absorb_stream(
-        self, fd: int, chunks: AsyncIterator[bytes], max_size: int, reserve: int
+        self,
+        fd: int,
+        chunks: AsyncIterator[bytes],
+        max_size: int,
+        reserve: int,
+        inflight: list[asyncio.Future[None]],
     ) -> tuple[StreamHasher, bytes]:
-        """Hash and write while the next chunk arrives; at most two buffers alive."""
+        """Hash and write while the next chunk arrives; at most two buffers alive. Every
+        thread hop on `fd` is added to `inflight`, so a failure can wait for them before
+        closing it."""
         hasher = StreamHasher()
         head = b""
         buffer = bytearray()
@@ -142,11 +186,13 @@ class DiskBlobStore:
                 if pending is not None:
                     await pending
                 pending = _spawn(self._write, fd, hasher, bytes(buffer), reserve)
+                inflight.append(pending)
                 buffer.clear()
         if pending is not None:
             await pending
         if buffer:
-            await _run(self._write, fd, hasher, bytes(buffer), reserve)
+            inflight.append(_spawn(self._write, fd, hasher, bytes(buffer), reserve))
+            await inflight[-1]
         return hasher, head
 
     def _prepare(self) -> None:
@@ -239,7 +285,7 @@ class DiskBlobStore:
         raise FileExistsError("no free scratch name")
 
     def _create_named_scratch(self) -> tuple[int, str]:
-        fd, name = tempfile.mkstemp(prefix=SCRATCH_PREFIX, dir=self.tmp_dir)
+        fd, name = tempfile.mkstemp(prefix=NAMED_SCRATCH_PREFIX, dir=self.tmp_dir)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return fd, name
 
@@ -256,14 +302,20 @@ class DiskBlobStore:
     def _commit(self, staged: StagedBlob) -> bool:
         final = self.path_of(staged.hash)
         if final.exists():
-            _unlink_quietly(staged.scratch)
             return False
+        intent = self._intent_path(staged.hash)
+        os.rename(staged.scratch, intent)
         created_dir = not final.parent.exists()
         final.parent.mkdir(exist_ok=True)
-        os.rename(staged.scratch, final)
-        _fsync_dir(final.parent)
-        if created_dir:
-            _fsync_dir(self.store_dir)
+        os.link(intent, final)
+        try:
+            _fsync_dir(self.tmp_dir)
+            _fsync_dir(final.parent)
+            if created_dir:
+                _fsync_dir(self.store_dir)
+        except BaseException:
+            _unlink_quietly(final)
+            raise
         return True
 
     def _delete(self, hex_hash: str) -> None:
@@ -295,6 +347,29 @@ class DiskBlobStore:
 
 async def _run(func: Callable[..., T], *args: object) -> T:
     return await asyncio.get_running_loop().run_in_executor(None, func, *args)
+
+
+async def _after_threads(
+    keep: set[asyncio.Task[None]],
+    inflight: list[asyncio.Future[None]],
+    cleanup: Callable[..., None],
+    *args: object,
+) -> None:
+    """Run `cleanup` in a thread once every thread hop still using its fd has returned
+    (closing an fd under a running write could let the number be reused mid-write), and see
+    it through even if the caller is cancelled again meanwhile."""
+
+    async def settle() -> None:
+        for future in inflight:
+            with contextlib.suppress(BaseException):
+                await future
+        await _run(cleanup, *args)
+
+    task = asyncio.ensure_future(settle())
+    keep.add(task)  # the loop holds tasks weakly
+    task.add_done_callback(keep.discard)
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.shield(task)
 
 
 def _spawn(func: Callable[..., T], *args: object) -> asyncio.Future[T]:
@@ -339,7 +414,7 @@ def _is_abandoned(path: Path) -> bool:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
-    if _is_young_and_empty(fd):
+    if _is_young_and_empty(path, fd):
         os.close(fd)
         return False
     try:
@@ -351,8 +426,10 @@ def _is_abandoned(path: Path) -> bool:
     return True
 
 
-def _is_young_and_empty(fd: int) -> bool:
+def _is_young_and_empty(path: Path, fd: int) -> bool:
     """Possibly a mkstemp scratch file in the instant before its creator locks it."""
+    if not path.name.startswith(NAMED_SCRATCH_PREFIX):
+        return False
     stat = os.fstat(fd)
     return stat.st_size == 0 and stat.st_mtime > time.time() - SCRATCH_GRACE
 
@@ -363,7 +440,7 @@ def _remove_if_abandoned(path: Path) -> bool:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
-    if _is_young_and_empty(fd):
+    if _is_young_and_empty(path, fd):
         os.close(fd)
         return False
     try:
@@ -386,6 +463,14 @@ def _sha256_of(path: Path) -> tuple[str, int]:
             sha.update(chunk)
             size += len(chunk)
     return sha.hexdigest(), size
+
+
+def _close_and_unlink_pair(created: tuple[int, str]) -> None:
+    _close_and_unlink(*created)
+
+
+def _close_blob(blob: OpenBlob) -> None:
+    os.close(blob.fd)
 
 
 def _close_and_unlink(fd: int, name: str) -> None:

@@ -7,8 +7,9 @@ from typing import Any
 
 from aiohttp import web
 
-from filecask.app import SERVICES
+from filecask.app import SERVICES, SETTINGS
 from filecask.auth import client_address
+from filecask.connections import receive
 from filecask.errors import BadRequest, Forbidden
 from filecask.metastore import User
 
@@ -43,8 +44,11 @@ def base_url(request: web.Request) -> str:
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
+    # A JSON body is small (at most JSON_BODY_MAX) but may be trickled: the same stall
+    # limit as an upload's applies to reading all of it.
+    raw = await receive(request.read(), request.app[SETTINGS].body_timeout)
     try:
-        body = await request.json(loads=json.loads)
+        body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"The body is not valid JSON: {exc}.") from None
     if not isinstance(body, dict):

@@ -31,8 +31,9 @@ from filecask.handlers.bodies import send_body
 from filecask.handlers.files import content_disposition
 from filecask.hashes import parse_hash
 from filecask.metastore import BundleSummary
+from filecask.offload import run_owned
 from filecask.ranges import if_none_match_matches
-from filecask.sendfile import send_file_range
+from filecask.sendfile import send_file_range, write_within
 from filecask.zipwriter import DataSlice, HeaderBytes, ZipPlan
 
 archive_routes = web.RouteTableDef()
@@ -150,7 +151,9 @@ class _ZipRangeWriter:
             data = await asyncio.get_running_loop().run_in_executor(None, _gather, pending)
         else:
             data = b"".join(p.data for p in pending if isinstance(p, HeaderBytes))
-        await response.write(data)
+        # Bounded by --send-timeout: a client that stops reading is dropped, and with it
+        # the batch this write holds.
+        await write_within(self._request, response, data)
         await self._pause()
         return len(data)
 
@@ -165,8 +168,7 @@ class _ZipRangeWriter:
     async def _open(self, piece: DataSlice) -> int:
         source = piece.member.source
         if isinstance(source, DirectoryFile):
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(None, open_directory_file, source)
+            return await run_owned(open_directory_file, source, release=os.close)
         assert isinstance(source, str)
         opened = await self._services.blobs.open_blob(source)
         return opened.fd

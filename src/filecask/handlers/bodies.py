@@ -4,6 +4,11 @@ and ZIP archives alike, with one implementation of Range, If-Range and HEAD.
 The writer is asked for exactly the bytes of each range and must produce exactly that
 many; the count is checked, and a short or long body aborts the connection instead of
 ending a response whose length is a lie.
+
+Every body sent from here is bounded by `--send-timeout`: `send_body` puts it on the
+request (`SEND_TIMEOUT`) before the response starts, and every write of it, ours, the
+range writer's `write_within` and `send_file_range`, drops a client that takes nothing
+for that long, so a non-reading client cannot pin fds and buffers.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
+from filecask.app import SERVICES
 from filecask.problem import STREAMING
 from filecask.ranges import ByteRange, if_range_matches, parse_range, plan_multipart
+from filecask.sendfile import SEND_TIMEOUT, write_within
 
 RangeWriter = Callable[[web.StreamResponse, int, int], Awaitable[int]]
 """Writes body[start:end] onto the response and returns how many bytes it wrote."""
@@ -55,15 +62,16 @@ async def send_body(
         response.content_length = plan.content_length
         parts, trailer = plan.parts, plan.trailer
     request[STREAMING] = True
+    request[SEND_TIMEOUT] = request.app[SERVICES].settings.send_timeout
     await response.prepare(request)
     if request.method != hdrs.METH_HEAD:
         for part_header, byte_range in parts:
             if part_header:
-                await response.write(part_header)
+                await write_within(request, response, part_header)
             written = await write(response, byte_range.start, byte_range.end + 1)
             if written != byte_range.length:
                 raise BodyLengthError(f"wrote {written} bytes for a range of {byte_range.length}")
         if trailer:
-            await response.write(trailer)
+            await write_within(request, response, trailer)
     await response.write_eof()
     return response

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -11,12 +12,20 @@ from aiohttp import BodyPartReader, hdrs, web
 
 from filecask.app import SERVICES, CachedBody, Services
 from filecask.blobstore import OpenBlob
-from filecask.errors import BadRequest, FilecaskError, NotFound, PayloadTooLarge, Unauthorized
+from filecask.connections import receive
+from filecask.errors import (
+    BadRequest,
+    FilecaskError,
+    NotFound,
+    PayloadTooLarge,
+    QuotaExceeded,
+    Unauthorized,
+)
 from filecask.handlers import base_url, require_user
 from filecask.handlers.bodies import send_body
 from filecask.hashes import parse_hash
 from filecask.mediatypes import is_active
-from filecask.metastore import FileRecord
+from filecask.metastore import FileRecord, User
 from filecask.names import validate_file_name
 from filecask.problem import from_error
 from filecask.ranges import if_none_match_matches
@@ -39,7 +48,7 @@ async def _expect_continue(request: web.Request) -> web.StreamResponse | None:
     if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
         return from_error(BadRequest("Only 'Expect: 100-continue' is understood."), request)
     try:
-        _check_declared_length(request)
+        await _check_declared_length(request)
         if hdrs.AUTHORIZATION not in request.headers:
             raise Unauthorized("Sign in with HTTP Basic authentication.")
     except FilecaskError as error:
@@ -50,13 +59,56 @@ async def _expect_continue(request: web.Request) -> web.StreamResponse | None:
     return None
 
 
-def _check_declared_length(request: web.Request) -> None:
+async def _check_declared_length(request: web.Request, user: User | None = None) -> None:
+    """Refuse, before a byte of the body is read, an upload whose declared `Content-Length`
+    is over `--max-upload-size`, or over what the user's quota has left.
+
+    The quota check must never refuse an upload that would succeed, and a re-upload of
+    content the user already holds succeeds at any usage (it costs nothing). So it refuses
+    early only when the declared length is exactly what the upload would cost and that cost
+    is certain to be new:
+    - raw bodies only, without `Content-Encoding`: a multipart body's length counts the
+      framing and other fields (the file may be far smaller), and a compressed body's
+      length is not the stored size;
+    - for `PUT /files/{hash}`, only if the user does not hold that hash (if the content
+      turns out not to match it, the upload fails anyway);
+    - without a hash, only if the user holds no file of exactly the declared size: a
+      re-upload has the size of something they hold, and a new file of such a size is
+      still refused, after streaming, by `add_ref` (the authoritative, atomic check; this
+      one reads cached usage and only spares the client a useless transfer).
+    In the `Expect: 100-continue` handler there is no user yet: with credentials present,
+    this signs in (the same cached check the handler repeats) to refuse before `100
+    Continue`, so `curl -T` does not even send the body."""
     limit = request.app[SERVICES].settings.max_upload_size
-    if request.content_length is not None and request.content_length > limit:
+    declared = request.content_length
+    if declared is None:
+        return
+    if declared > limit:
         raise PayloadTooLarge(
-            f"The upload of {request.content_length} bytes exceeds the limit of {limit} bytes.",
+            f"The upload of {declared} bytes exceeds the limit of {limit} bytes.",
             limit=limit,
         )
+    if request.content_type == "multipart/form-data" or request.headers.get(
+        hdrs.CONTENT_ENCODING, "identity"
+    ).lower() not in ("", "identity"):
+        return
+    if user is None:
+        if hdrs.AUTHORIZATION not in request.headers:
+            return  # anonymous: the caller answers 401
+        user = await require_user(request)
+    if user.quota is None:
+        return
+    meta = request.app[SERVICES].meta
+    used = (await meta.usage(user.id)).bytes
+    if used + declared <= user.quota:
+        return
+    raw_hash = request.match_info.get("hash")
+    if raw_hash is not None:
+        held = await meta.holds_ref(user.id, hex_hash=parse_hash(raw_hash))
+    else:
+        held = await meta.holds_ref(user.id, size=declared)
+    if not held:
+        raise QuotaExceeded(quota=user.quota, used=used, size=declared)
 
 
 @routes.post("/files", expect_handler=_expect_continue)
@@ -76,7 +128,7 @@ async def upload_with_hash(request: web.Request) -> web.Response:
 async def _store(request: web.Request, *, expected_hash: str | None) -> web.Response:
     services = request.app[SERVICES]
     user = await require_user(request)
-    _check_declared_length(request)
+    await _check_declared_length(request, user)
     name, chunks = await _body_source(request)
     record, created = await services.files.upload(
         user,
@@ -93,23 +145,34 @@ async def _store(request: web.Request, *, expected_hash: str | None) -> web.Resp
 
 
 async def _body_source(request: web.Request) -> tuple[str | None, AsyncIterator[bytes]]:
+    """The upload's name and chunks. Every read is bounded by --body-timeout (`receive`):
+    a client that stalls gets 408 and, since the chunks feed the staging file, nothing is
+    stored; a body aiohttp cannot parse is a 400."""
     name = request.query.get("name")
+    stall = request.app[SERVICES].settings.body_timeout
     if request.content_type != "multipart/form-data":
-        return name, request.content.iter_chunked(RECEIVE_CHUNK)
+        return name, _raw_chunks(request, stall)
     try:
         reader = await request.multipart()
-        while (part := await reader.next()) is not None:
+        while (part := await receive(reader.next(), stall)) is not None:
             if isinstance(part, BodyPartReader) and part.name == "file":
-                return name or part.filename, _part_chunks(part)
-            if isinstance(part, BodyPartReader):
-                await part.release()
+                return name or part.filename, _part_chunks(part, stall)
+            if isinstance(part, BodyPartReader):  # skip another field, read for read
+                while await receive(part.read_chunk(RECEIVE_CHUNK), stall):
+                    pass
     except ValueError as exc:
         raise BadRequest(f"Malformed multipart body: {exc}") from None
     raise BadRequest("A multipart upload needs a form field named 'file'.")
 
 
-async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
-    while chunk := await part.read_chunk(RECEIVE_CHUNK):
+async def _part_chunks(part: BodyPartReader, stall: float) -> AsyncIterator[bytes]:
+    while chunk := await receive(part.read_chunk(RECEIVE_CHUNK), stall):
+        yield chunk
+
+
+async def _raw_chunks(request: web.Request, stall: float) -> AsyncIterator[bytes]:
+    """A raw body as it arrives, in pieces of at most RECEIVE_CHUNK."""
+    while chunk := await receive(request.content.read(RECEIVE_CHUNK), stall):
         yield chunk
 
 
@@ -239,15 +302,20 @@ async def list_files(request: web.Request) -> web.Response:
     return web.json_response(body, headers=headers)
 
 
+_DIGITS = re.compile(r"[0-9]{1,19}")
+INT64_MAX = (1 << 63) - 1
+
+
 def _int_param(
     request: web.Request, key: str, default: int | None, low: int, high: int | None
 ) -> Any:
     raw = request.query.get(key)
     if raw is None:
         return default
-    if not raw.isdigit() or int(raw) < low or (high is not None and int(raw) > high):
-        bounds = f"{low}..{high}" if high is not None else f">= {low}"
-        raise BadRequest(f"?{key}= must be an integer in {bounds}.", parameter=key)
+    # ASCII digits only (str.isdigit() accepts "²"), and within a 64-bit database integer.
+    high = INT64_MAX if high is None else high
+    if not _DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
+        raise BadRequest(f"?{key}= must be an integer in {low}..{high}.", parameter=key)
     return int(raw)
 
 

@@ -1,4 +1,8 @@
-"""/me for every signed-in user; /users for administrators (no self-registration)."""
+"""/me for every signed-in user; /users for administrators (no self-registration).
+
+Quotas are set by administrators only (`POST /users` with `"quota"`, `PATCH /users/{name}`,
+or `filecask user quota`), and shown to the user in /me so a client can tell how much room
+is left before an upload is refused with 413 `quota-exceeded`."""
 
 from __future__ import annotations
 
@@ -9,9 +13,9 @@ from aiohttp import web
 
 from filecask.app import SERVICES
 from filecask.auth import generate_password, validate_password, validate_user_name
-from filecask.errors import BadRequest
+from filecask.errors import BadRequest, NotFound
 from filecask.handlers import base_url, read_json_object, require_admin, require_user
-from filecask.metastore import UserSummary
+from filecask.metastore import UserSummary, parse_quota
 
 routes = web.RouteTableDef()
 
@@ -22,7 +26,13 @@ async def me(request: web.Request) -> web.Response:
     user = await require_user(request)
     usage = await services.meta.usage(user.id)
     return web.json_response(
-        {"name": user.name, "is_admin": user.is_admin, "files": usage.files, "bytes": usage.bytes}
+        {
+            "name": user.name,
+            "is_admin": user.is_admin,
+            "files": usage.files,
+            "bytes": usage.bytes,
+            "quota": user.quota,
+        }
     )
 
 
@@ -35,22 +45,50 @@ async def list_users(request: web.Request) -> web.Response:
 
 @routes.post("/users")
 async def create_user(request: web.Request) -> web.Response:
-    """`{"name": "bob", "password": "...", "is_admin": false}`; without a password one is
-    generated and returned once in the response."""
+    """`{"name": "bob", "password": "...", "is_admin": false, "quota": "10G"}`; without a
+    password one is generated and returned once in the response. `quota` is optional (bytes,
+    a size string, or null for no limit) and is checked before the costly password hash."""
     services = request.app[SERVICES]
     await require_admin(request)
     body = await read_json_object(request)
     name = validate_user_name(_field(body, "name", str, None))
     given = _field(body, "password", str, "")
     is_admin = _field(body, "is_admin", bool, False)
+    quota = parse_quota(body.get("quota"))
     password = validate_password(given) if given else generate_password()
     password_hash = await services.auth.hash_password_async(password)
-    await services.meta.create_user(name, password_hash, is_admin=is_admin)
-    created: dict[str, Any] = {"name": name, "is_admin": is_admin}
+    await services.meta.create_user(name, password_hash, is_admin=is_admin, quota=quota)
+    created: dict[str, Any] = {"name": name, "is_admin": is_admin, "quota": quota}
     if not given:
         created["password"] = password
     location = f"{base_url(request)}/users/{quote(name, safe='')}"
     return web.json_response(created, status=201, headers={"Location": location})
+
+
+@routes.patch("/users/{name}")
+async def update_user(request: web.Request) -> web.Response:
+    """`{"quota": "10G"}` (or bytes, or null for no limit): the one thing changed here;
+    any other member is refused rather than silently ignored, so nobody believes they
+    changed a role or a password this way. Answers the user's summary as `GET /users` shows
+    it. Lowering a quota below what the user stores deletes nothing: it refuses new uploads
+    until they are back under it."""
+    services = request.app[SERVICES]
+    await require_admin(request)
+    name = request.match_info["name"]
+    body = await read_json_object(request)
+    unknown = sorted(set(body) - {"quota"})
+    if unknown:
+        raise BadRequest(f"Only 'quota' can be changed, not {unknown[0]!r}.", field=unknown[0])
+    if "quota" not in body:
+        raise BadRequest("The body needs a 'quota' member (bytes, e.g. '10G', or null).")
+    quota = parse_quota(body["quota"])
+    await services.meta.set_quota(name, quota)
+    user = await services.meta.get_user(name)
+    if user is None:  # removed between the two steps
+        raise NotFound(f"No user named {name!r}.", user=name)
+    usage = await services.meta.usage(user.id)
+    summary = UserSummary(user.name, user.is_admin, user.created_at, usage, user.quota)
+    return web.json_response(_summary_json(summary))
 
 
 @routes.delete("/users/{name}")
@@ -77,4 +115,5 @@ def _summary_json(summary: UserSummary) -> dict[str, Any]:
         "created_at": summary.created_at.isoformat(),
         "files": summary.usage.files,
         "bytes": summary.usage.bytes,
+        "quota": summary.quota,
     }

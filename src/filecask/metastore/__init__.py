@@ -8,6 +8,9 @@ The contract:
   after their owners delete their own references, until the bundle is deleted.
 - Users are unique by name; removing one removes their references (the caller first drops
   them one by one through the file store, so blobs leave the disk too).
+- A user's quota bounds `usage(user).bytes` (their own references; bundles do not count).
+  `add_ref` checks it in the transaction that inserts the reference, so concurrent uploads,
+  from any process, can never together take a user past it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from filecask.errors import BadRequest
+from filecask.settings import parse_size
+
+QUOTA_MAX = (1 << 63) - 1
+"""The largest quota a BIGINT column holds (about 8 EiB: no limit in practice)."""
+
 
 @dataclass(frozen=True, slots=True)
 class User:
@@ -25,6 +34,29 @@ class User:
     password_hash: str
     is_admin: bool
     created_at: datetime
+    quota: int | None = None
+    """Most bytes the user's references may add up to; None: no limit."""
+
+
+def parse_quota(value: object) -> int | None:
+    """A quota as an administrator gives it (API or CLI): bytes as an integer, a size with
+    binary units (`"10G"`, `"512M"`, as `--max-upload-size` takes), or None for no limit.
+    BadRequest (naming the field) otherwise; negative and out-of-range values too, so a
+    typo can never become a quota the database cannot hold."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = parse_size(value)
+        except ValueError as exc:
+            raise BadRequest(f"Invalid quota: {exc}.", field="quota") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(
+            "A quota is a number of bytes, a size such as '10G', or null.", field="quota"
+        )
+    if not 0 <= value <= QUOTA_MAX:
+        raise BadRequest(f"A quota is between 0 and {QUOTA_MAX} bytes.", field="quota")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +71,7 @@ class UserSummary:
     is_admin: bool
     created_at: datetime
     usage: Usage
+    quota: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +144,9 @@ class MetaStore(Protocol):
 
     async def ping(self) -> None: ...
 
-    async def create_user(self, name: str, password_hash: str, *, is_admin: bool) -> User:
+    async def create_user(
+        self, name: str, password_hash: str, *, is_admin: bool, quota: int | None = None
+    ) -> User:
         """Conflict if the name is taken."""
 
     async def get_user(self, name: str) -> User | None: ...
@@ -123,11 +158,23 @@ class MetaStore(Protocol):
     async def set_password(self, name: str, password_hash: str) -> None:
         """NotFound if there is no such user."""
 
+    async def set_quota(self, name: str, quota: int | None) -> None:
+        """Bytes (None: no limit); NotFound if there is no such user. Lowering it below what
+        the user stores already removes nothing: it only refuses their new uploads."""
+
     async def delete_user(self, name: str) -> None:
         """NotFound if there is no such user; references left are removed with it."""
 
     async def add_ref(self, user_id: int, blob: BlobInfo, name: str) -> tuple[FileRecord, bool]:
-        """Reference `blob` for the user (creating the blob row if needed); True if new."""
+        """Reference `blob` for the user (creating the blob row if needed); True if new.
+        QuotaExceeded (and nothing changed) if the reference is new and would take the
+        user's usage past their quota; one they already hold costs nothing."""
+
+    async def holds_ref(
+        self, user_id: int, *, hex_hash: str | None = None, size: int | None = None
+    ) -> bool:
+        """Whether the user references this hash, or any blob of exactly this size (an
+        upload's early quota check: a re-upload of something held costs nothing)."""
 
     async def remove_ref(self, user_id: int, hex_hash: str) -> RemoveOutcome: ...
 

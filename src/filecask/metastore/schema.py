@@ -21,6 +21,9 @@ users = sa.Table(
     sa.Column("password_hash", sa.String(255), nullable=False),
     sa.Column("is_admin", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # Most bytes the user's own references may add up to (bundles do not count); NULL:
+    # no limit. Enforced in `SqlMetaStore.add_ref`, in the transaction that adds the ref.
+    sa.Column("quota", sa.BigInteger, nullable=True),
 )
 
 blobs = sa.Table(

@@ -24,10 +24,11 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from filecask.changes import ChangeStamps, StampedCache, Topic
-from filecask.errors import Conflict, NotFound
+from filecask.errors import Conflict, InsufficientStorage, NotFound, QuotaExceeded
 from filecask.metastore import (
     BlobInfo,
     Bundle,
@@ -108,19 +109,25 @@ class SqlMetaStore:
 
     # users
 
-    async def create_user(self, name: str, password_hash: str, *, is_admin: bool) -> User:
+    async def create_user(
+        self, name: str, password_hash: str, *, is_admin: bool, quota: int | None = None
+    ) -> User:
         async with self._write({Topic.USERS}) as conn:
             if await _user_row(conn, name) is not None:
                 raise Conflict(f"A user named {name!r} already exists.", user=name)
             created_at = _now()
             result = await conn.execute(
                 users.insert().values(
-                    name=name, password_hash=password_hash, is_admin=is_admin, created_at=created_at
+                    name=name,
+                    password_hash=password_hash,
+                    is_admin=is_admin,
+                    created_at=created_at,
+                    quota=quota,
                 )
             )
             key = result.inserted_primary_key
             assert key is not None  # an INSERT of one row always has a key
-            return User(int(key[0]), name, password_hash, is_admin, created_at)
+            return User(int(key[0]), name, password_hash, is_admin, created_at, quota)
 
     async def get_user(self, name: str) -> User | None:
         return await self._users.fetch(name, partial(self._load_user, name))
@@ -138,6 +145,7 @@ class SqlMetaStore:
                 users.c.created_at,
                 sa.func.count(refs.c.id),
                 sa.func.coalesce(sa.func.sum(blobs.c.size), 0),
+                users.c.quota,
             )
             .select_from(users.outerjoin(refs).outerjoin(blobs))
             .group_by(users.c.id)
@@ -145,7 +153,9 @@ class SqlMetaStore:
         )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [UserSummary(r[0], r[1], _utc(r[2]), Usage(r[3], int(r[4]))) for r in rows]
+        return [
+            UserSummary(r[0], r[1], _utc(r[2]), Usage(r[3], int(r[4])), _quota(r[5])) for r in rows
+        ]
 
     async def count_users(self) -> int:
         async with self.engine.connect() as conn:
@@ -153,6 +163,12 @@ class SqlMetaStore:
 
     async def set_password(self, name: str, password_hash: str) -> None:
         await self._update_user(name, password_hash=password_hash)
+
+    async def set_quota(self, name: str, quota: int | None) -> None:
+        """Moves the USERS stamp (through `_update_user`): every process's cached `User`,
+        which carries the quota, is dropped, so /me and the early upload check see the new
+        value at once. `add_ref` never trusts a cache: it reads the row it locks."""
+        await self._update_user(name, quota=quota)
 
     async def delete_user(self, name: str) -> None:
         async with self._write({Topic.USERS, Topic.REFS}) as conn:
@@ -173,6 +189,7 @@ class SqlMetaStore:
         insert = self._insert()
         changed = {Topic.REFS}
         async with self._write(changed) as conn:
+            await _check_quota(conn, user_id, blob)
             stored = await conn.execute(
                 insert(blobs)
                 .values(
@@ -198,6 +215,17 @@ class SqlMetaStore:
                 )
             ).one()
         return _record(row), created
+
+    async def holds_ref(
+        self, user_id: int, *, hex_hash: str | None = None, size: int | None = None
+    ) -> bool:
+        query = sa.select(refs.c.id).where(refs.c.user_id == user_id)
+        if hex_hash is not None:
+            query = query.where(refs.c.hash == hex_hash)
+        if size is not None:
+            query = query.join(blobs, blobs.c.hash == refs.c.hash).where(blobs.c.size == size)
+        async with self.engine.connect() as conn:
+            return await conn.scalar(query.limit(1)) is not None
 
     async def remove_ref(self, user_id: int, hex_hash: str) -> RemoveOutcome:
         changed = {Topic.REFS}
@@ -463,8 +491,18 @@ class SqlMetaStore:
                 conn = await conn.execution_options(**{_WRITE: True})
                 async with conn.begin():
                     yield conn
+        except OperationalError as exc:
+            if _is_disk_full(exc):
+                raise InsufficientStorage("The database's disk is full.") from exc
+            raise
         finally:
             self.stamps.bump(*(changed or ()))
+
+
+def _is_disk_full(exc: OperationalError) -> bool:
+    """SQLite's SQLITE_FULL, PostgreSQL's disk_full (53100): a 507, not a 500."""
+    text = str(exc.orig).lower()
+    return "database or disk is full" in text or getattr(exc.orig, "sqlstate", "") == "53100"
 
 
 def _async_url(url: str) -> str:
@@ -504,6 +542,40 @@ async def _user_row(conn: AsyncConnection, name: str) -> sa.Row[Any] | None:
     return (await conn.execute(sa.select(users).where(users.c.name == name))).first()
 
 
+async def _check_quota(conn: AsyncConnection, user_id: int, blob: BlobInfo) -> None:
+    """QuotaExceeded if a new reference to `blob` would take the user past their quota.
+
+    Runs first in `add_ref`'s write transaction, so the check and the insert are one atomic
+    step: on SQLite, BEGIN IMMEDIATE already makes every writer of every process wait for
+    the one before it; on PostgreSQL the user's row is locked (FOR UPDATE, which SQLite's
+    compiler leaves out), so a second upload by the same user waits here and then, at READ
+    COMMITTED, sums a usage that includes the first. Usage is summed from the tables, never
+    from a cache. The lock is taken whether or not a quota is set: a quota set concurrently
+    (an UPDATE of the same row) is then seen too."""
+    quota = await conn.scalar(_quota_for_update(user_id))
+    if quota is None:
+        return
+    held = sa.select(refs.c.id).where(refs.c.user_id == user_id, refs.c.hash == blob.hash)
+    if await conn.scalar(held) is not None:
+        return  # a re-upload of content the user holds costs nothing
+    used = int(
+        await conn.scalar(
+            sa.select(sa.func.coalesce(sa.func.sum(blobs.c.size), 0))
+            .select_from(refs.join(blobs))
+            .where(refs.c.user_id == user_id)
+        )
+        or 0
+    )
+    if used + blob.size > quota:
+        raise QuotaExceeded(quota=int(quota), used=used, size=blob.size)
+
+
+def _quota_for_update(user_id: int) -> sa.Select[Any]:
+    """The user's quota, locking their row until the transaction ends (FOR UPDATE on
+    PostgreSQL; SQLite's compiler drops the clause, BEGIN IMMEDIATE serialises instead)."""
+    return sa.select(users.c.quota).where(users.c.id == user_id).with_for_update()
+
+
 async def _is_referenced(conn: AsyncConnection, hex_hash: str) -> bool:
     """A user's reference or a bundle entry keeps a blob."""
     by_ref = sa.select(refs.c.id).where(refs.c.hash == hex_hash).limit(1)
@@ -530,7 +602,13 @@ def _ref_query() -> sa.Select[Any]:
 
 
 def _user(row: sa.Row[Any]) -> User:
-    return User(row.id, row.name, row.password_hash, row.is_admin, _utc(row.created_at))
+    return User(
+        row.id, row.name, row.password_hash, row.is_admin, _utc(row.created_at), _quota(row.quota)
+    )
+
+
+def _quota(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _record(row: sa.Row[Any]) -> FileRecord:

@@ -1,0 +1,352 @@
+"""Connection-level defences against hostile and broken clients, on aiohttp's protocol.
+
+aiohttp guards an idle keep-alive connection and the size of a request head, but not the
+time a client may take to send that head, nor a response the client never reads:
+
+- **Slowloris** (`--header-timeout`): a client trickling its request head, or sending
+  nothing at all, ties up a connection for ever. Like nginx's `client_header_timeout`,
+  the clock starts when the connection opens or, on a kept-alive connection, with the
+  first byte of the next request (until then `--keepalive-timeout` governs the idle
+  connection, as in nginx). When it runs out the client gets a 408 (if it sent anything
+  and the connection can take it) and the connection is closed.
+- **Non-reading clients** (`--send-timeout`): a response whose client takes nothing would
+  hold its buffers and fds for ever. Streamed bodies enforce it themselves
+  (`filecask.sendfile`); this protocol is the backstop for everything else written through
+  the transport (a cached body, a long JSON list): when the transport's buffer is over
+  its high-water mark and has not shrunk for that long, the connection is aborted.
+- **Protocol errors** (bad request line, bad chunked encoding, an over-long header...)
+  are answered `application/problem+json` like every other error, not aiohttp's text
+  page; an over-long request line or header field is 431.
+- **408 answers** (here or from an upload whose body stalled, `--body-timeout`) close
+  the connection at once instead of lingering to read the rest of a stalled body.
+
+`make_runner` builds the aiohttp runner that uses this protocol, with the keep-alive and
+header size settings; `filecask serve` and the tests that start a real server use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, TypeVar
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+
+from filecask.errors import PROBLEM_BASE, BadRequest, FilecaskError, RequestTimeout
+from filecask.problem import PROBLEM_TYPE, problem_response
+from filecask.settings import Settings
+
+__all__ = [
+    "ConnectionLimits",
+    "FilecaskAppRunner",
+    "FilecaskRequestHandler",
+    "FilecaskServer",
+    "handler_args",
+    "make_runner",
+    "receive",
+]
+
+log = logging.getLogger("filecask.connections")
+
+T = TypeVar("T")
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """The timeouts this protocol enforces itself; 0 (or less) switches one off."""
+
+    header_timeout: float
+    send_timeout: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ConnectionLimits:
+        return cls(header_timeout=settings.header_timeout, send_timeout=settings.send_timeout)
+
+
+def handler_args(settings: Settings) -> dict[str, Any]:
+    """The limits aiohttp's own protocol enforces, from our settings."""
+    return {
+        "keepalive_timeout": settings.keepalive_timeout,
+        "max_line_size": settings.max_header_size,
+        "max_field_size": settings.max_header_size,
+    }
+
+
+async def receive(step: Awaitable[T], stall_limit: float) -> T:
+    """One read of a request body: a client that sends nothing for `stall_limit` seconds
+    (`--body-timeout`; 0: no limit) is a 408, and a body aiohttp's parser rejects (a bad
+    chunk size, an over-long multipart header) is a 400 instead of a server error.
+
+    The limit is per read, like nginx's `client_body_timeout`: a slow upload that keeps
+    sending is never cut, and time the server spends writing what it received is not
+    counted against the client."""
+    try:
+        async with asyncio.timeout(stall_limit if stall_limit > 0 else None):
+            return await step
+    except TimeoutError:
+        raise RequestTimeout(
+            f"The request body stalled for more than {stall_limit:g} s; nothing was stored."
+        ) from None
+    except web.RequestPayloadError as exc:
+        raise BadRequest(f"Malformed request body: {exc}") from None
+    except HttpProcessingError as exc:
+        raise BadRequest(f"Malformed request body: {exc.message}") from None
+
+
+def _phrase_problem(status: int, detail: str) -> dict[str, Any]:
+    """A problem for a bare status, shaped like `problem.from_http_exception`'s."""
+    phrase = HTTPStatus(status).phrase
+    return {
+        "type": PROBLEM_BASE + phrase.lower().replace(" ", "-"),
+        "title": phrase,
+        "status": status,
+        "detail": detail,
+    }
+
+
+def _raw_problem(error: FilecaskError) -> bytes:
+    """A complete HTTP/1.1 response, for when there is no request object to answer."""
+    body = json.dumps(error.to_problem(), ensure_ascii=False).encode()
+    head = (
+        f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\n"
+        f"Content-Type: {PROBLEM_TYPE}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+class FilecaskRequestHandler(RequestHandler):
+    """aiohttp's HTTP/1.1 protocol plus the header and send timeouts and problem+json
+    protocol errors (see the module docstring)."""
+
+    __slots__ = (
+        "_bytes_seen",
+        "_header_timer",
+        "_in_request",
+        "_limits",
+        "_send_backlog",
+        "_send_timer",
+    )
+
+    def __init__(self, manager: web.Server, *, limits: ConnectionLimits, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._limits = limits
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._bytes_seen = False
+        """Whether any byte of the request head now awaited has arrived."""
+        self._in_request = False
+        """A request head has been parsed and its response is not finished yet."""
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._send_backlog = 0
+
+    # -- the header timeout ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if data and not self._in_request:
+            self._bytes_seen = True
+            if self._header_timer is None:  # first byte of a request on a kept-alive line
+                self._arm_header_timer()
+        super().data_received(data)
+        if self._messages:  # a complete head (or a parse error, answered at once)
+            self._in_request = True
+            self._cancel_header_timer()
+
+    def _arm_header_timer(self) -> None:
+        if self._limits.header_timeout > 0 and self.transport is not None:
+            self._header_timer = self._loop.call_later(
+                self._limits.header_timeout, self._header_timeout
+            )
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        transport = self.transport
+        if transport is None or self._force_close or self._messages:
+            return
+        if self._waiter is None or self._waiter.done():
+            # Still busy with the previous request (lingering over its unread body):
+            # the head of the next one cannot be late yet; look again later.
+            self._arm_header_timer()
+            return
+        log.info("closing %s: no complete request head within the header timeout", self.peername)
+        # A client that sent nothing (a browser's speculative connection) is closed
+        # silently; one that started a request is told why.
+        if self._bytes_seen and not transport.get_write_buffer_size():
+            error = RequestTimeout(
+                f"The request head did not arrive within {self._limits.header_timeout:g} s."
+            )
+            transport.write(_raw_problem(error))
+        self.force_close()
+        self._abort_if_stuck(transport)
+
+    def _abort_if_stuck(self, transport: asyncio.Transport) -> None:
+        """close() waits to flush the transport's buffer; a client that reads nothing
+        would keep it for ever, so abort after the send timeout (at once if none)."""
+        if transport.is_closing() and transport.get_write_buffer_size():
+            self._loop.call_later(max(self._limits.send_timeout, 0), transport.abort)
+
+    # -- the send timeout backstop -----------------------------------------------------
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._limits.send_timeout > 0 and self.transport is not None:
+            self._send_backlog = self.transport.get_write_buffer_size()
+            self._arm_send_timer()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._cancel_send_timer()
+
+    def _arm_send_timer(self) -> None:
+        self._cancel_send_timer()
+        self._send_timer = self._loop.call_later(self._limits.send_timeout, self._send_stalled)
+
+    def _cancel_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_stalled(self) -> None:
+        self._send_timer = None
+        transport = self.transport
+        if transport is None or not self.writing_paused:
+            return
+        backlog = transport.get_write_buffer_size()
+        if backlog < self._send_backlog:  # the client took some: it is slow, not gone
+            self._send_backlog = backlog
+            self._arm_send_timer()
+            return
+        log.info(
+            "dropped %s: read nothing of the response for %g s",
+            self.peername,
+            self._limits.send_timeout,
+        )
+        transport.abort()  # frees the buffer now; close() would wait to flush it
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel_header_timer()
+        self._cancel_send_timer()
+        super().connection_lost(exc)
+
+    # -- responses ---------------------------------------------------------------------
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        # A 408 means the client stalled: say the connection ends (RFC 9110 §15.5.9) and
+        # end it, rather than linger up to 10 s reading the rest of a stalled body.
+        timed_out = isinstance(resp, web.StreamResponse) and resp.status == 408
+        if timed_out and not resp.prepared:
+            resp.force_close()
+        result = await super().finish_response(request, resp, start_time)
+        self._in_request = bool(self._messages)
+        if not self._in_request:
+            self._bytes_seen = False
+        if timed_out and self.transport is not None:
+            transport = self.transport
+            self.force_close()
+            self._abort_if_stuck(transport)
+        return result
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """Protocol errors and handler failures aiohttp answers itself, as problem+json.
+
+        Client errors are logged at debug level (anything on the internet sends
+        garbage to an open port); server errors with their traceback."""
+        if isinstance(exc, ConnectionResetError):  # gone, or dropped for not reading
+            self.log_debug("client went away from %s", request.remote, exc_info=exc)
+            raise ConnectionError("the client is gone; no error response can be sent")
+        if isinstance(exc, LineTooLong):
+            status = 431
+        if status >= 500:
+            self.log_exception("Error handling request from %s", request.remote, exc_info=exc)
+        else:
+            self.logger.debug("Bad request from %s: %r", request.remote, exc)
+        if request.writer.output_size > 0:
+            # Mid-response: an error body would corrupt it; aiohttp drops the connection.
+            raise ConnectionError("Response is sent already, cannot send an error response")
+        if status == 431:
+            limit = max(self.max_line_size, self.max_field_size)
+            body = _phrase_problem(
+                431, f"The request line or a header field is longer than {limit} bytes."
+            )
+        elif status == 500:
+            body = FilecaskError().to_problem()
+        elif status == 400:
+            detail = exc.message if isinstance(exc, HttpProcessingError) else message
+            body = BadRequest(f"Malformed request: {detail or 'unparsable'}").to_problem()
+        else:
+            body = _phrase_problem(status, message or HTTPStatus(status).description)
+        resp = problem_response(status, body)
+        resp.force_close()
+        return resp
+
+
+class FilecaskServer(web.Server):
+    """aiohttp's low-level server, making a FilecaskRequestHandler per connection."""
+
+    def __init__(self, handler: Handler, *, limits: ConnectionLimits, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._limits = limits
+
+    def __call__(self) -> RequestHandler:
+        return FilecaskRequestHandler(self, loop=self._loop, limits=self._limits, **self._kwargs)
+
+
+class FilecaskAppRunner(web.AppRunner):
+    """An AppRunner whose server speaks FilecaskRequestHandler.
+
+    `web.run_app` and `Application` cannot be told which protocol to use (the class is
+    fixed in `web.Server.__call__`, and Application may not be subclassed), so the
+    server aiohttp builds for the app is rebuilt as a FilecaskServer with the same
+    handler, request factory and options."""
+
+    __slots__ = ("_limits",)
+
+    def __init__(self, app: web.Application, *, limits: ConnectionLimits, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._limits = limits
+
+    async def _make_server(self) -> web.Server:
+        standard = await super()._make_server()  # runs the app's startup, freezes it
+        return FilecaskServer(
+            standard.request_handler,
+            request_factory=standard.request_factory,
+            handler_cancellation=standard.handler_cancellation,
+            loop=standard._loop,
+            limits=self._limits,
+            **standard._kwargs,
+        )
+
+
+def make_runner(app: web.Application, settings: Settings, **kwargs: Any) -> FilecaskAppRunner:
+    """The runner `filecask serve` uses: our protocol with the settings' limits; `kwargs`
+    are further AppRunner options (access log, handler cancellation...)."""
+    return FilecaskAppRunner(
+        app,
+        limits=ConnectionLimits.from_settings(settings),
+        **handler_args(settings),
+        **kwargs,
+    )

@@ -1,0 +1,897 @@
+"""The OpenAPI 3.1 description of filecask's HTTP API, written by hand.
+
+Why by hand: the handlers are plain aiohttp functions whose contracts (streamed uploads,
+byte ranges, problem+json errors, HEAD everywhere a GET is) no framework would infer
+correctly, and a generated document drifts silently. This one is kept true by tests
+instead: `tests/test_openapi.py` checks that it names exactly the routes the app serves and
+that real responses validate against it, and the schemathesis e2e test fuzzes a running
+server with it. Change a handler, change this document in the same commit.
+
+The document is built by a function (not a constant) because what is served depends on
+`--file-api`: with the file API off only the archive and operations routes exist.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from filecask.bundles import MAX_ENTRIES, PATH_MAX_BYTES
+from filecask.errors import PROBLEM_BASE
+from filecask.metastore import QUOTA_MAX
+from filecask.names import NAME_MAX_BYTES
+
+Json = dict[str, Any]
+
+OPENAPI_VERSION = "3.1.0"
+PROBLEM_JSON = "application/problem+json"
+
+HASH_PATTERN = "^[0-9a-f]{64}$"
+"""A SHA-256 id as the server writes it: always lower case."""
+HASH_INPUT_PATTERN = "^[0-9a-fA-F]{64}$"
+"""A SHA-256 id as the server reads it: upper case is accepted and normalised."""
+USER_NAME_MAX = 64
+LIST_MAX = 1000
+
+
+def _ref(kind: str, name: str) -> Json:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _schema(name: str) -> Json:
+    return _ref("schemas", name)
+
+
+def _json(schema: Json) -> Json:
+    return {"application/json": {"schema": schema}}
+
+
+# --------------------------------------------------------------------------- schemas
+
+
+def _schemas() -> Json:
+    timestamp = {
+        "type": "string",
+        "description": "ISO 8601 timestamp of the metadata store (`datetime.isoformat()`).",
+    }
+    quota = {
+        "type": ["integer", "null"],
+        "minimum": 0,
+        "maximum": QUOTA_MAX,
+        "description": "Most bytes the user may store, or null for no limit.",
+    }
+    return {
+        "Hash": {
+            "type": "string",
+            "pattern": HASH_PATTERN,
+            "description": "The 64 lower-case hexadecimal characters of a SHA-256.",
+        },
+        "Problem": {
+            "type": "object",
+            "description": (
+                "An RFC 9457 problem. `type` is a URI under "
+                f"{PROBLEM_BASE} naming the kind of error (e.g. `invalid-hash`, "
+                "`hash-mismatch`, `quota-exceeded`); members beyond the five standard ones "
+                "are extensions that identify what was wrong."
+            ),
+            "required": ["type", "title", "status", "detail"],
+            "properties": {
+                "type": {"type": "string", "format": "uri"},
+                "title": {"type": "string"},
+                "status": {"type": "integer", "minimum": 400, "maximum": 599},
+                "detail": {"type": "string"},
+                "instance": {"type": "string", "description": "The request's path."},
+                "hash": {"type": "string", "description": "The offending hash (first 100 chars)."},
+                "expected": {"type": "string"},
+                "actual": {"type": "string"},
+                "limit": {"type": "integer", "description": "The size limit, in bytes."},
+                "retry_after": {"type": "integer", "description": "Seconds until retrying."},
+                "field": {"type": "string", "description": "The JSON member that is wrong."},
+                "parameter": {"type": "string", "description": "The query parameter."},
+                "entry": {"type": "integer", "description": "Index of the bad bundle entry."},
+                "path": {"type": "string"},
+                "id": {"type": "string"},
+                "user": {"type": "string"},
+                "quota": {"type": "integer", "description": "The user's quota, in bytes."},
+                "used": {"type": "integer", "description": "Bytes the user stores now."},
+                "size": {"type": "integer", "description": "Bytes of the refused upload."},
+            },
+            "additionalProperties": True,
+        },
+        "FileInfo": {
+            "type": "object",
+            "required": ["hash", "size", "name", "content_type", "uploaded_at", "url"],
+            "properties": {
+                "hash": _schema("Hash"),
+                "size": {"type": "integer", "minimum": 0},
+                "name": {"type": "string", "description": "The caller's name for the file."},
+                "content_type": {"type": "string"},
+                "uploaded_at": timestamp,
+                "url": {"type": "string", "format": "uri"},
+            },
+            "additionalProperties": False,
+        },
+        "FileList": {
+            "type": "object",
+            "required": ["files", "next_cursor"],
+            "properties": {
+                "files": {"type": "array", "items": _schema("FileInfo")},
+                "next_cursor": {
+                    "type": ["string", "null"],
+                    "pattern": "^[0-9]+$",
+                    "description": "Pass as `?cursor=` for the next page; null on the last.",
+                },
+            },
+            "additionalProperties": False,
+        },
+        "Me": {
+            "type": "object",
+            "required": ["name", "is_admin", "files", "bytes", "quota"],
+            "properties": {
+                "name": {"type": "string"},
+                "is_admin": {"type": "boolean"},
+                "files": {"type": "integer", "minimum": 0},
+                "bytes": {"type": "integer", "minimum": 0},
+                "quota": quota,
+            },
+            "additionalProperties": False,
+        },
+        "UserSummary": {
+            "type": "object",
+            "required": ["name", "is_admin", "created_at", "files", "bytes", "quota"],
+            "properties": {
+                "name": {"type": "string"},
+                "is_admin": {"type": "boolean"},
+                "created_at": timestamp,
+                "files": {"type": "integer", "minimum": 0},
+                "bytes": {"type": "integer", "minimum": 0},
+                "quota": quota,
+            },
+            "additionalProperties": False,
+        },
+        "UserList": {
+            "type": "object",
+            "required": ["users"],
+            "properties": {"users": {"type": "array", "items": _schema("UserSummary")}},
+            "additionalProperties": False,
+        },
+        "QuotaInput": {
+            "description": (
+                "Bytes as an integer, a size string with binary units (`512M`, `10G`, "
+                "`1.5GiB`), or null for no limit. Out of range or malformed: 400."
+            ),
+            "oneOf": [
+                {"type": "integer", "minimum": 0, "maximum": QUOTA_MAX},
+                {
+                    "type": "string",
+                    "pattern": "^\\s*[0-9]{1,20}(\\.[0-9]{1,9})?\\s*[KMGTkmgt]?([iI]?[bB])?\\s*$",
+                },
+                {"type": "null"},
+            ],
+        },
+        "NewUser": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": USER_NAME_MAX,
+                    "description": (
+                        "Letters, digits, '.', '_' or '-', starting with a letter or digit."
+                    ),
+                },
+                "password": {
+                    "type": "string",
+                    "minLength": 8,
+                    "description": "At least 8 characters, at most 1024 bytes; omit (or "
+                    "send an empty string) to have one generated.",
+                },
+                "is_admin": {"type": "boolean", "default": False},
+                "quota": _schema("QuotaInput"),
+            },
+        },
+        "CreatedUser": {
+            "type": "object",
+            "required": ["name", "is_admin", "quota"],
+            "properties": {
+                "name": {"type": "string"},
+                "is_admin": {"type": "boolean"},
+                "password": {
+                    "type": "string",
+                    "description": "The generated password, only when none was given.",
+                },
+                "quota": quota,
+            },
+            "additionalProperties": False,
+        },
+        "UserUpdate": {
+            "type": "object",
+            "required": ["quota"],
+            "properties": {"quota": _schema("QuotaInput")},
+            "additionalProperties": False,
+            "description": "Only the quota can be changed; any other member is a 400.",
+        },
+        "Manifest": {
+            "type": "object",
+            "required": ["files"],
+            "properties": {
+                "name": {
+                    "type": "string",
+                    "default": "archive.zip",
+                    "description": f"The ZIP's file name: one segment, at most "
+                    f"{NAME_MAX_BYTES} bytes, no '/', '\\\\' or control characters.",
+                },
+                "files": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": MAX_ENTRIES,
+                    "items": {
+                        "type": "object",
+                        "required": ["hash", "path"],
+                        "properties": {
+                            "hash": {"type": "string", "pattern": HASH_INPUT_PATTERN},
+                            "path": {
+                                "type": "string",
+                                "description": f"Relative, '/'-separated, at most "
+                                f"{PATH_MAX_BYTES} bytes, no empty, '.' or '..' component.",
+                            },
+                        },
+                    },
+                },
+            },
+        },
+        "BundleCreated": {
+            "type": "object",
+            "required": ["id", "name", "url"],
+            "properties": {
+                "id": _schema("Hash"),
+                "name": {"type": "string"},
+                "url": {"type": "string", "format": "uri"},
+            },
+            "additionalProperties": False,
+        },
+        "BundleList": {
+            "type": "object",
+            "required": ["archives"],
+            "properties": {
+                "archives": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "name", "files", "bytes", "created_at", "url"],
+                        "properties": {
+                            "id": _schema("Hash"),
+                            "name": {"type": "string"},
+                            "files": {"type": "integer", "minimum": 1},
+                            "bytes": {"type": "integer", "minimum": 0},
+                            "created_at": timestamp,
+                            "url": {"type": "string", "format": "uri"},
+                        },
+                        "additionalProperties": False,
+                    },
+                }
+            },
+            "additionalProperties": False,
+        },
+        "Status": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"type": "string", "enum": ["ok", "ready"]}},
+            "additionalProperties": False,
+        },
+    }
+
+
+# --------------------------------------------------------------------------- responses
+
+_PROBLEMS: dict[str, tuple[int, str]] = {
+    "BadRequest": (400, "The request is malformed: a bad hash, name, parameter or body."),
+    "Unauthorized": (401, "No, malformed or wrong Basic credentials."),
+    "Forbidden": (403, "Signed in, but not allowed (not an administrator, not the holder)."),
+    "NotFound": (404, "No such file, bundle, folder or user (or no such route)."),
+    "RequestTimeout": (408, "The request body stalled longer than `--body-timeout`."),
+    "Conflict": (409, "The name is taken, or the last administrator would be removed."),
+    "PayloadTooLarge": (
+        413,
+        "Larger than `--max-upload-size` (`payload-too-large`, with `limit`), beyond the "
+        "user's quota (`quota-exceeded`), or a JSON body over 1 MiB.",
+    ),
+    "RangeNotSatisfiable": (416, "No requested range overlaps the body."),
+    "TooManyRequests": (429, "Too many failed sign-ins for this user name or address."),
+    "ServiceUnavailable": (503, "The database or the store is unusable."),
+    "InsufficientStorage": (507, "The store's disk is full (or would dip into its reserve)."),
+}
+
+_PROBLEM_HEADERS: dict[str, Json] = {
+    "Unauthorized": {
+        "WWW-Authenticate": {
+            "required": True,
+            "description": 'Always `Basic realm="filecask", charset="UTF-8"`.',
+            "schema": {"type": "string"},
+        }
+    },
+    "TooManyRequests": {
+        "Retry-After": {
+            "required": True,
+            "description": "Seconds to wait before the next attempt.",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        }
+    },
+    "RangeNotSatisfiable": {
+        "Content-Range": {
+            "required": True,
+            "description": "`bytes */<size>` (RFC 9110 §15.5.17).",
+            "schema": {"type": "string", "pattern": "^bytes \\*/[0-9]+$"},
+        }
+    },
+}
+
+
+def _problem_response(status: int, description: str) -> Json:
+    return {
+        "description": description
+        + " A client whose Accept names text/html gets a short HTML page instead.",
+        "content": {
+            PROBLEM_JSON: {
+                "schema": {
+                    "allOf": [
+                        _schema("Problem"),
+                        {"type": "object", "properties": {"status": {"const": status}}},
+                    ]
+                }
+            },
+            "text/html": {"schema": {"type": "string"}},
+        },
+    }
+
+
+def _responses() -> Json:
+    responses: Json = {}
+    for name, (status, description) in _PROBLEMS.items():
+        response = _problem_response(status, description)
+        if name in _PROBLEM_HEADERS:
+            response["headers"] = _PROBLEM_HEADERS[name]
+        responses[name] = response
+    return responses
+
+
+def _problems(*names: str) -> Json:
+    return {str(_PROBLEMS[name][0]): _ref("responses", name) for name in names}
+
+
+SIGNED_IN = ("Unauthorized", "TooManyRequests")
+"""What any operation that needs Basic credentials can answer."""
+
+# --------------------------------------------------------------------------- parameters
+
+
+def _parameters() -> Json:
+    return {
+        "hash": {
+            "name": "hash",
+            "in": "path",
+            "required": True,
+            "description": "A file's SHA-256, 64 hex digits (upper case is accepted and "
+            "normalised; anything else is 400).",
+            "schema": {"type": "string", "pattern": HASH_INPUT_PATTERN},
+        },
+        "bundleId": {
+            "name": "id",
+            "in": "path",
+            "required": True,
+            "description": "A bundle's id: the SHA-256 of its canonical manifest.",
+            "schema": {"type": "string", "pattern": HASH_INPUT_PATTERN},
+        },
+        "archiveId": {
+            "name": "id",
+            "in": "path",
+            "required": True,
+            "description": (
+                "A bundle id (64 hex digits, if such a bundle exists) or the name of a "
+                "sub-folder of the archive root: one plain path segment of at most 255 "
+                "bytes, not starting with '.', without '/', '\\\\' or control characters "
+                "(else 400)."
+            ),
+            "schema": {"type": "string", "minLength": 1},
+        },
+        "userName": {
+            "name": "name",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "minLength": 1},
+        },
+        "uploadName": {
+            "name": "name",
+            "in": "query",
+            "required": False,
+            "description": f"The caller's name for the file: one path segment of at most "
+            f"{NAME_MAX_BYTES} bytes of UTF-8, without '/', '\\\\' or control characters. "
+            "A multipart upload falls back to the part's filename.",
+            "schema": {"type": "string"},
+        },
+        "downloadName": {
+            "name": "name",
+            "in": "query",
+            "required": False,
+            "description": "The file name for Content-Disposition (same rules as upload "
+            "names); without it the name is the hash.",
+            "schema": {"type": "string"},
+        },
+        "Range": {
+            "name": "Range",
+            "in": "header",
+            "required": False,
+            "description": "`bytes=` ranges, single or several (RFC 9110 §14.2); a "
+            "malformed one is ignored (200).",
+            "schema": {"type": "string"},
+        },
+        "If-Range": {
+            "name": "If-Range",
+            "in": "header",
+            "required": False,
+            "description": "Honour Range only if this is the current ETag.",
+            "schema": {"type": "string"},
+        },
+        "If-None-Match": {
+            "name": "If-None-Match",
+            "in": "header",
+            "required": False,
+            "description": "304 when it names the current ETag (or is `*`).",
+            "schema": {"type": "string"},
+        },
+    }
+
+
+def _param(name: str) -> Json:
+    return _ref("parameters", name)
+
+
+# --------------------------------------------------------------------------- headers
+
+
+def _header(description: str, pattern: str | None = None, *, required: bool = True) -> Json:
+    schema: Json = {"type": "string"}
+    if pattern is not None:
+        schema["pattern"] = pattern
+    return {"required": required, "description": description, "schema": schema}
+
+
+_LOCATION = _header("The URL of the stored file or bundle.")
+_ETAG = _header('A strong entity tag: `"<hex>"`.', '^"[0-9a-f]{64}"$')
+_CONTENT_RANGE = _header("`bytes <first>-<last>/<size>`.", "^bytes [0-9]+-[0-9]+/[0-9]+$")
+_CONTENT_DISPOSITION = _header(
+    "`inline` or `attachment` with `filename` and, for non-ASCII names, RFC 5987 `filename*`."
+)
+
+
+def _download_headers(*, ranged: bool, archive: bool) -> Json:
+    headers: Json = {
+        "ETag": _ETAG,
+        "Accept-Ranges": _header("Always `bytes`.", "^bytes$"),
+        "Cache-Control": _header(
+            "`no-cache` (a folder can change under its URL)"
+            if archive
+            else "`public, max-age=31536000, immutable`: content never changes under a hash."
+        ),
+        "Content-Disposition": _CONTENT_DISPOSITION,
+        "X-Content-Type-Options": _header("Always `nosniff`.", "^nosniff$"),
+    }
+    if archive:
+        headers["Last-Modified"] = _header("The newest member's modification time.", required=False)
+    else:
+        headers["Content-Security-Policy"] = _header("Always `sandbox`.", "^sandbox$")
+    if ranged:
+        headers["Content-Range"] = _header(
+            "Present for a single range; several ranges come as multipart/byteranges.",
+            "^bytes [0-9]+-[0-9]+/[0-9]+$",
+            required=False,
+        )
+    return headers
+
+
+# --------------------------------------------------------------------------- operations
+
+BASIC: list[Json] = [{"basicAuth": []}]
+ANONYMOUS: list[Json] = []
+
+
+def _upload_body() -> Json:
+    return {
+        "required": True,
+        "description": "The file's bytes as the raw body (any Content-Type but "
+        "multipart/form-data; the stored type is decided from the name and the content), "
+        "or a multipart form whose field `file` holds them. The body is streamed, never "
+        "buffered.",
+        "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                },
+                "encoding": {"file": {"contentType": "application/octet-stream"}},
+            },
+        },
+    }
+
+
+def _upload_operation(operation_id: str, summary: str, *, with_hash: bool) -> Json:
+    stored = {
+        "description": "Stored; the body describes the caller's reference.",
+        "headers": {"Location": _LOCATION},
+        "content": _json(_schema("FileInfo")),
+    }
+    description = (
+        "Upload a file. 413 is answered before the body is read when Content-Length "
+        "exceeds the limit (and before `100 Continue`)."
+    )
+    if with_hash:
+        description += (
+            " The server verifies the content against the hash in the URL: a mismatch is "
+            "400 `hash-mismatch` and nothing is stored."
+        )
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "description": description,
+        "tags": ["files"],
+        "security": BASIC,
+        "parameters": [_param("uploadName")],
+        "requestBody": _upload_body(),
+        "responses": {
+            "200": {**stored, "description": "The caller already held this content."},
+            "201": stored,
+            **_problems(
+                "BadRequest",
+                *SIGNED_IN,
+                "RequestTimeout",
+                "PayloadTooLarge",
+                "InsufficientStorage",
+            ),
+        },
+    }
+
+
+def _download_operation(
+    operation_id: str, summary: str, *, archive: bool, parameters: list[Json]
+) -> Json:
+    content_type = "application/zip" if archive else "*/*"
+    body_schema: Json = {"type": "string", "format": "binary"}
+    not_found = "NotFound"
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "tags": ["archives" if archive else "files"],
+        "security": ANONYMOUS,
+        "parameters": [
+            *parameters,
+            _param("Range"),
+            _param("If-Range"),
+            _param("If-None-Match"),
+        ],
+        "responses": {
+            "200": {
+                "description": "The whole body"
+                + (" (a ZIP streamed as it is sent)." if archive else "."),
+                "headers": _download_headers(ranged=False, archive=archive),
+                "content": {content_type: {"schema": body_schema}},
+            },
+            "206": {
+                "description": "The requested range, or several as multipart/byteranges.",
+                "headers": _download_headers(ranged=True, archive=archive),
+                "content": {
+                    content_type: {"schema": body_schema},
+                    "multipart/byteranges": {"schema": body_schema},
+                },
+            },
+            "304": {
+                "description": "If-None-Match named the current ETag.",
+                "headers": {"ETag": _ETAG},
+            },
+            **_problems("BadRequest", not_found, "RangeNotSatisfiable"),
+        },
+    }
+
+
+def _head_of(get: Json) -> Json:
+    """HEAD answers what GET would, headers only: aiohttp adds it to every GET route."""
+    head = copy.deepcopy(get)
+    head["operationId"] = get["operationId"] + "Head"
+    head["summary"] = "Headers of: " + get["summary"][0].lower() + get["summary"][1:]
+    head.pop("description", None)
+    for response in head["responses"].values():
+        response.pop("content", None)
+    return head
+
+
+def _get_and_head(get: Json) -> Json:
+    return {"get": get, "head": _head_of(get)}
+
+
+def _ops_paths() -> Json:
+    def probe(operation_id: str, summary: str, statuses: Json) -> Json:
+        return {
+            "operationId": operation_id,
+            "summary": summary,
+            "tags": ["operations"],
+            "security": ANONYMOUS,
+            "responses": statuses,
+        }
+
+    ok = {"description": "Up.", "content": _json(_schema("Status"))}
+    return {
+        "/healthz": _get_and_head(probe("healthz", "Liveness: the process answers.", {"200": ok})),
+        "/readyz": _get_and_head(
+            probe(
+                "readyz",
+                "Readiness: the database and the store are usable.",
+                {
+                    "200": {"description": "Ready.", "content": _json(_schema("Status"))},
+                    **_problems("ServiceUnavailable"),
+                },
+            )
+        ),
+        "/openapi.json": _get_and_head(
+            probe(
+                "openapi",
+                "This document.",
+                {
+                    "200": {
+                        "description": "The OpenAPI 3.1 description of this server's API.",
+                        "content": _json({"type": "object", "required": ["openapi", "paths"]}),
+                    }
+                },
+            )
+        ),
+    }
+
+
+def _archive_paths(*, file_api: bool) -> Json:
+    summary = "A folder of the archive root" + (
+        " or a saved bundle, as a streamed ZIP." if file_api else ", as a streamed ZIP."
+    )
+    paths: Json = {}
+    for path, suffix in (("/archive/{id}/", ""), ("/archive/{id}", "NoSlash")):
+        get = _download_operation(
+            "downloadArchive" + suffix,
+            summary,
+            archive=True,
+            parameters=[_param("archiveId")],
+        )
+        paths[path] = _get_and_head(get)
+    return paths
+
+
+def _file_api_paths() -> Json:
+    signed_in = _problems(*SIGNED_IN)
+    admin = _problems(*SIGNED_IN, "Forbidden")
+    list_files = {
+        "operationId": "listFiles",
+        "summary": "The caller's files, newest first, a page at a time.",
+        "tags": ["files"],
+        "security": BASIC,
+        "parameters": [
+            {
+                "name": "limit",
+                "in": "query",
+                "required": False,
+                "description": f"Page size, 1 to {LIST_MAX} (default 100); else 400.",
+                "schema": {"type": "integer", "minimum": 1, "maximum": LIST_MAX},
+            },
+            {
+                "name": "cursor",
+                "in": "query",
+                "required": False,
+                "description": "`next_cursor` of the previous page (a positive integer).",
+                "schema": {"type": "string", "pattern": "^[0-9]*[1-9][0-9]*$"},
+            },
+        ],
+        "responses": {
+            "200": {
+                "description": "One page.",
+                "headers": {
+                    "Link": _header(
+                        '`<url>; rel="next"` when there is a next page.', required=False
+                    )
+                },
+                "content": _json(_schema("FileList")),
+            },
+            **_problems("BadRequest"),
+            **signed_in,
+        },
+    }
+    me = {
+        "operationId": "me",
+        "summary": "Who the caller is and how much they store.",
+        "tags": ["users"],
+        "security": BASIC,
+        "responses": {"200": {"description": "You.", "content": _json(_schema("Me"))}, **signed_in},
+    }
+    list_users = {
+        "operationId": "listUsers",
+        "summary": "Every user with their file count and bytes (administrators).",
+        "tags": ["users"],
+        "security": BASIC,
+        "responses": {
+            "200": {"description": "The users.", "content": _json(_schema("UserList"))},
+            **admin,
+        },
+    }
+    list_bundles = {
+        "operationId": "listBundles",
+        "summary": "The caller's bundles.",
+        "tags": ["archives"],
+        "security": BASIC,
+        "responses": {
+            "200": {"description": "The bundles.", "content": _json(_schema("BundleList"))},
+            **signed_in,
+        },
+    }
+    return {
+        "/files": {
+            "post": _upload_operation("uploadFile", "Upload a file.", with_hash=False),
+            "put": _upload_operation("putFile", "Upload a file (as PUT).", with_hash=False),
+            **_get_and_head(list_files),
+        },
+        "/files/{hash}": {
+            "parameters": [_param("hash")],
+            "put": _upload_operation(
+                "putFileWithHash", "Upload a file whose hash is known.", with_hash=True
+            ),
+            **_get_and_head(
+                _download_operation(
+                    "downloadFile",
+                    "Download a file (anyone with the hash).",
+                    archive=False,
+                    parameters=[_param("downloadName")],
+                )
+            ),
+            "delete": {
+                "operationId": "deleteFile",
+                "summary": "Drop the caller's reference to a file.",
+                "description": "The hash is checked before the credentials.",
+                "tags": ["files"],
+                "security": BASIC,
+                "responses": {
+                    "204": {"description": "Dropped; the bytes go when nothing names them."},
+                    **_problems("BadRequest", *SIGNED_IN, "Forbidden", "NotFound"),
+                },
+            },
+        },
+        "/me": _get_and_head(me),
+        "/users": {
+            **_get_and_head(list_users),
+            "post": {
+                "operationId": "createUser",
+                "summary": "Create a user (administrators).",
+                "tags": ["users"],
+                "security": BASIC,
+                "requestBody": {"required": True, "content": _json(_schema("NewUser"))},
+                "responses": {
+                    "201": {
+                        "description": "Created; the password is returned if it was generated.",
+                        "headers": {"Location": _header("The user's URL.")},
+                        "content": _json(_schema("CreatedUser")),
+                    },
+                    **_problems("BadRequest", "PayloadTooLarge", "Conflict"),
+                    **admin,
+                },
+            },
+        },
+        "/users/{name}": {
+            "parameters": [_param("userName")],
+            "patch": {
+                "operationId": "updateUser",
+                "summary": "Set a user's quota (administrators).",
+                "tags": ["users"],
+                "security": BASIC,
+                "requestBody": {"required": True, "content": _json(_schema("UserUpdate"))},
+                "responses": {
+                    "200": {
+                        "description": "Updated; the user as `GET /users` shows them.",
+                        "content": _json(_schema("UserSummary")),
+                    },
+                    **_problems("BadRequest", "NotFound", "PayloadTooLarge"),
+                    **admin,
+                },
+            },
+            "delete": {
+                "operationId": "deleteUser",
+                "summary": "Remove a user and every reference they hold (administrators).",
+                "tags": ["users"],
+                "security": BASIC,
+                "responses": {
+                    "204": {"description": "Removed."},
+                    **_problems("NotFound", "Conflict"),
+                    **admin,
+                },
+            },
+        },
+        "/archives": {
+            "post": {
+                "operationId": "createBundle",
+                "summary": "Save a bundle of stored files, served at /archive/{id}/.",
+                "tags": ["archives"],
+                "security": BASIC,
+                "requestBody": {"required": True, "content": _json(_schema("Manifest"))},
+                "responses": {
+                    "200": {
+                        "description": "The caller already held this bundle.",
+                        "headers": {"Location": _LOCATION},
+                        "content": _json(_schema("BundleCreated")),
+                    },
+                    "201": {
+                        "description": "Saved.",
+                        "headers": {"Location": _LOCATION},
+                        "content": _json(_schema("BundleCreated")),
+                    },
+                    **_problems("BadRequest", "PayloadTooLarge"),
+                    **signed_in,
+                },
+            },
+            **_get_and_head(list_bundles),
+        },
+        "/archives/{id}": {
+            "parameters": [_param("bundleId")],
+            "delete": {
+                "operationId": "deleteBundle",
+                "summary": "Drop the caller's bundle.",
+                "description": "The id is checked before the credentials.",
+                "tags": ["archives"],
+                "security": BASIC,
+                "responses": {
+                    "204": {"description": "Dropped."},
+                    **_problems("BadRequest", *SIGNED_IN, "Forbidden", "NotFound"),
+                },
+            },
+        },
+    }
+
+
+def openapi_document(*, file_api: bool = True) -> Json:
+    """The OpenAPI 3.1 document of a server started with `--file-api` as given.
+
+    A fresh dict each call, so a caller may change it (e.g. add `servers`) freely."""
+    paths = {**_ops_paths(), **_archive_paths(file_api=file_api)}
+    if file_api:
+        paths.update(_file_api_paths())
+    responses = _responses()
+    document: Json = {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "filecask",
+            "version": "0.1.0",
+            "summary": "A self-hosted, content-addressed HTTP file store with streaming ZIPs.",
+            "description": (
+                "Files are stored once under the SHA-256 of their content. Downloads are "
+                "public to anyone with the hash; uploads and listings need HTTP Basic "
+                "credentials of a user an administrator created. Every error is an RFC "
+                "9457 `application/problem+json` body."
+            ),
+            "license": {"name": "MIT", "identifier": "MIT"},
+        },
+        "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
+        "tags": [
+            {"name": "files", "description": "Upload, download, list and delete files."},
+            {"name": "archives", "description": "Folders and bundles as streamed ZIPs."},
+            {"name": "users", "description": "The caller, and user administration."},
+            {"name": "operations", "description": "Health, readiness, this document."},
+        ],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "basicAuth": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "UTF-8 user:password (RFC 7617). Repeated failures are "
+                    "slowed down and answered 429 with Retry-After.",
+                }
+            },
+            "schemas": _schemas(),
+            "responses": responses,
+            "parameters": _parameters(),
+        },
+    }
+    return document

@@ -1,0 +1,356 @@
+"""The connection defences of `filecask.connections`, over real sockets.
+
+The app runs in-process behind `make_runner` (our protocol, exactly as `filecask serve`
+uses it) on 127.0.0.1; the clients are hand-rolled on raw sockets, because the point is
+what a misbehaving client does: trickle, stall, send garbage, stop reading. Timeouts are
+a fraction of a second so the suite stays fast; each assertion also bounds *when* the
+server acted, so a missing timeout fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from filecask.app import create_app
+from filecask.connections import FilecaskAppRunner, make_runner
+from filecask.settings import Settings
+from tests.conftest import ADMIN, MakeSettings, assert_problem
+
+HOST = "127.0.0.1"
+AUTH = f"Authorization: {ADMIN['Authorization']}\r\n".encode()
+
+
+@contextlib.asynccontextmanager
+async def running(app: web.Application, settings: Settings) -> AsyncIterator[FilecaskAppRunner]:
+    """`app` served on a free port through the runner `filecask serve` uses."""
+    runner = make_runner(app, settings, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, HOST, 0)
+    await site.start()
+    try:
+        yield runner
+    finally:
+        await runner.cleanup()
+
+
+def port_of(runner: FilecaskAppRunner) -> int:
+    port: int = runner.addresses[0][1]
+    return port
+
+
+async def connect(
+    port: int, *, rcvbuf: int | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    sock = socket.socket()
+    if rcvbuf is not None:  # before connect, so the advertised window stays small
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (HOST, port))
+    return await asyncio.open_connection(sock=sock, limit=1 << 20)
+
+
+async def read_to_eof(reader: asyncio.StreamReader, within: float) -> bytes:
+    """Everything until the server closes; fails if it has not closed within `within`."""
+    return await asyncio.wait_for(reader.read(), within)
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    body = await asyncio.wait_for(reader.readexactly(int(headers.get("content-length", 0))), 5)
+    return status, headers, body
+
+
+def parse_response(raw: bytes) -> tuple[int, dict[str, str], Any]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), headers, json.loads(body) if body else None
+
+
+async def close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+
+
+def stored_files(settings: Settings) -> list[Path]:
+    """Every file under the store and the staging directory."""
+    return [p for d in (settings.store_dir, settings.tmp_dir) for p in d.rglob("*") if p.is_file()]
+
+
+# -- header timeout -------------------------------------------------------------------
+
+
+async def test_a_connection_that_sends_nothing_is_closed_silently_after_header_timeout(
+    make_settings: MakeSettings,
+) -> None:
+    settings = make_settings(header_timeout=0.5)
+    async with running(create_app(settings), settings) as runner:
+        reader, writer = await connect(port_of(runner))
+        started = time.monotonic()
+        assert await read_to_eof(reader, 3) == b""
+        assert 0.4 < time.monotonic() - started < 2
+        await close(writer)
+
+
+async def test_a_trickled_request_head_gets_408_problem_and_is_closed(
+    make_settings: MakeSettings,
+) -> None:
+    """Slowloris: each header line arrives well within any per-read timeout, but the head
+    as a whole never completes. The clock counts from the connection's start, not from
+    the last byte: the trickle runs until just before the timeout, and a server timing
+    the silence after it would close much later than this test allows."""
+    settings = make_settings(header_timeout=0.8)
+    async with running(create_app(settings), settings) as runner:
+        reader, writer = await connect(port_of(runner))
+        started = time.monotonic()
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        for n in range(6):
+            await asyncio.sleep(0.1)
+            writer.write(f"X-Slow-{n}: drip\r\n".encode())
+        raw = await read_to_eof(reader, 3)
+        elapsed = time.monotonic() - started
+        assert 0.75 < elapsed < 1.3
+        status, headers, body = parse_response(raw)
+        assert status == 408
+        assert headers["content-type"] == "application/problem+json"
+        assert headers["connection"] == "close"
+        assert_problem(body, 408, "request-timeout")
+        await close(writer)
+
+
+async def test_on_a_kept_alive_connection_the_header_clock_starts_with_the_next_request(
+    make_settings: MakeSettings,
+) -> None:
+    """Idle between requests is the keep-alive timeout's business (as in nginx); once the
+    next request starts, its head must arrive within header_timeout."""
+    settings = make_settings(header_timeout=0.5, keepalive_timeout=5)
+    async with running(create_app(settings), settings) as runner:
+        reader, writer = await connect(port_of(runner))
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await read_response(reader))[0] == 200
+        await asyncio.sleep(1.0)  # idle for twice the header timeout: still open
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await read_response(reader))[0] == 200
+        writer.write(b"GET /healthz HTTP/1.1\r\n")  # then a head that never ends
+        started = time.monotonic()
+        status, _, body = parse_response(await read_to_eof(reader, 3))
+        assert status == 408
+        assert_problem(body, 408, "request-timeout")
+        assert 0.4 < time.monotonic() - started < 2
+        await close(writer)
+
+
+async def test_keepalive_timeout_closes_an_idle_connection(make_settings: MakeSettings) -> None:
+    settings = make_settings(keepalive_timeout=0.5, header_timeout=30)
+    async with running(create_app(settings), settings) as runner:
+        reader, writer = await connect(port_of(runner))
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await read_response(reader))[0] == 200
+        started = time.monotonic()
+        assert await read_to_eof(reader, 3) == b""
+        assert 0.3 < time.monotonic() - started < 2
+        await close(writer)
+
+
+# -- protocol errors as problem+json --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /healthz HTTP/1.1\r\nX-Long: " + b"a" * 2000 + b"\r\n\r\n", 431),
+        (b"GET /healthz HTTP/1.1\r\nX-" + b"n" * 2000 + b": v\r\n\r\n", 431),
+        (b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\n\r\n", 431),
+        (b"BL\x01AH / HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nBad Header Name: x\r\n\r\n", 400),
+        (b"POST /files HTTP/1.1\r\n" + AUTH + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+    ],
+    ids=["long-header-value", "long-header-name", "long-request-line", "bad-method",
+         "bad-header", "bad-chunk-size"],
+)  # fmt: skip
+async def test_protocol_errors_are_problem_json(
+    make_settings: MakeSettings, request_bytes: bytes, status: int
+) -> None:
+    settings = make_settings(max_header_size=1024)
+    async with running(create_app(settings), settings) as runner:
+        reader, writer = await connect(port_of(runner))
+        writer.write(request_bytes)
+        got, headers, body = parse_response(await read_to_eof(reader, 5))
+        assert got == status
+        assert headers["content-type"] == "application/problem+json"
+        assert_problem(body, status)
+        await close(writer)
+
+
+async def test_header_of_max_header_size_is_accepted(make_settings: MakeSettings) -> None:
+    settings = make_settings(max_header_size=1024)
+    async with running(create_app(settings), settings) as runner:
+        reader, writer = await connect(port_of(runner))
+        value = b"a" * (1024 - len("X-Long") - 2)  # aiohttp counts the name and value
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: " + value + b"\r\n\r\n")
+        assert (await read_response(reader))[0] == 200
+        await close(writer)
+
+
+# -- body timeout ---------------------------------------------------------------------
+
+MULTIPART_HEAD = (
+    b"--XyZ\r\n"
+    b'Content-Disposition: form-data; name="file"; filename="slow.bin"\r\n'
+    b"Content-Type: application/octet-stream\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("headers", "first_bytes"),
+    [
+        (b"Content-Length: 100000\r\n", b"x" * 5000),
+        (b"Transfer-Encoding: chunked\r\n", b"1388\r\n" + b"x" * 5000 + b"\r\n"),
+        (
+            b"Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 100000\r\n",
+            MULTIPART_HEAD + b"x" * 5000,
+        ),
+        (b"Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 100000\r\n", b"--X"),
+    ],
+    ids=["raw", "chunked", "multipart-data", "multipart-preamble"],
+)
+async def test_a_stalled_upload_is_408_and_stores_nothing(
+    make_settings: MakeSettings, headers: bytes, first_bytes: bytes
+) -> None:
+    settings = make_settings(body_timeout=0.5)
+    async with running(create_app(settings), settings) as runner:
+        reader, writer = await connect(port_of(runner))
+        writer.write(b"POST /files?name=slow.bin HTTP/1.1\r\nHost: x\r\n" + AUTH + headers)
+        writer.write(b"\r\n" + first_bytes)
+        started = time.monotonic()
+        # Closed right after the answer: no lingering to read the rest of a stalled body.
+        status, headers_got, body = parse_response(await read_to_eof(reader, 3))
+        assert 0.4 < time.monotonic() - started < 2
+        assert status == 408
+        assert headers_got["connection"] == "close"
+        assert_problem(body, 408, "request-timeout")
+        await close(writer)
+        assert stored_files(settings) == []
+
+
+@pytest.mark.parametrize("path", ["/archives", "/users"])
+async def test_a_trickled_json_body_is_408(make_settings: MakeSettings, path: str) -> None:
+    """JSON bodies are small, but a client that stops sending one must not hold the
+    request open for ever either."""
+    settings = make_settings(body_timeout=0.5)
+    async with running(create_app(settings), settings) as runner:
+        reader, writer = await connect(port_of(runner))
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\n".encode() + AUTH)
+        writer.write(b"Content-Type: application/json\r\nContent-Length: 500\r\n\r\n{")
+        started = time.monotonic()
+        status, _, body = parse_response(await read_to_eof(reader, 3))
+        assert 0.4 < time.monotonic() - started < 2
+        assert status == 408
+        assert_problem(body, 408, "request-timeout")
+        await close(writer)
+
+
+async def test_a_slow_upload_that_keeps_sending_is_not_cut(make_settings: MakeSettings) -> None:
+    """The body timeout is per read: 10 pieces 0.2 s apart take far longer than it."""
+    settings = make_settings(body_timeout=0.5)
+    async with running(create_app(settings), settings) as runner:
+        reader, writer = await connect(port_of(runner))
+        writer.write(
+            b"POST /files HTTP/1.1\r\nHost: x\r\n" + AUTH + b"Content-Length: 10000\r\n\r\n"
+        )
+        for _ in range(10):
+            await asyncio.sleep(0.2)
+            writer.write(b"y" * 1000)
+        status, _, body = await read_response(reader)
+        assert status == 201, body
+        assert json.loads(body)["size"] == 10000
+        await close(writer)
+
+
+# -- send timeout backstop ------------------------------------------------------------
+
+BIG = 8 << 20
+
+
+async def big_response(request: web.Request) -> web.Response:
+    """A body aiohttp writes itself after the handler returns (as for cached files or
+    long JSON lists): only the protocol can bound it. A small, fixed send buffer keeps
+    almost all of it in the transport, whatever the kernel's autotuning would do."""
+    assert request.transport is not None
+    sock = request.transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
+    return web.Response(body=b"z" * BIG)
+
+
+async def test_a_client_that_reads_nothing_is_dropped_after_send_timeout(
+    make_settings: MakeSettings,
+) -> None:
+    settings = make_settings(send_timeout=0.5)
+    app = web.Application()
+    app.router.add_get("/big", big_response)
+    async with running(app, settings) as runner:
+        reader, writer = await connect(port_of(runner), rcvbuf=64 << 10)
+        writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert runner.server is not None
+        started = time.monotonic()
+        await asyncio.sleep(0.2)
+        assert len(runner.server.connections) == 1
+        while runner.server.connections and time.monotonic() < started + 5:
+            await asyncio.sleep(0.05)
+        assert runner.server.connections == [], "the non-reading client was never dropped"
+        assert 0.4 < time.monotonic() - started < 2
+        # What reaches the client is a cut response: it never sees all of it.
+        received = await asyncio.wait_for(_drain(reader), 10)
+        assert received < BIG
+        await close(writer)
+
+
+async def test_a_slow_reader_that_keeps_reading_is_not_dropped(
+    make_settings: MakeSettings,
+) -> None:
+    """1 MiB every 0.25 s: each stretch is shorter than the send timeout, the whole
+    transfer several times longer, and it completes."""
+    settings = make_settings(send_timeout=0.5)
+    app = web.Application()
+    app.router.add_get("/big", big_response)
+    async with running(app, settings) as runner:
+        reader, writer = await connect(port_of(runner), rcvbuf=64 << 10)
+        writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        started = time.monotonic()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        total = 0
+        while total < BIG:
+            await asyncio.sleep(0.25)
+            total += len(await asyncio.wait_for(reader.readexactly(min(1 << 20, BIG - total)), 5))
+        assert time.monotonic() - started > 1.5
+        await close(writer)
+
+
+async def _drain(reader: asyncio.StreamReader) -> int:
+    total = 0
+    with contextlib.suppress(ConnectionError):
+        while chunk := await reader.read(1 << 20):
+            total += len(chunk)
+    return total
