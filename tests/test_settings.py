@@ -192,6 +192,8 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "workers": ("4", 4),
     "cache_size": ("0", 0),
     "min_free_space": ("1G", 1 << 30),
+    "log_format": ("JSON", "json"),
+    "upload_expiry": ("2h", 7200.0),
     "header_timeout": ("5", 5.0),
     "body_timeout": ("2.5", 2.5),
     "send_timeout": ("30", 30.0),

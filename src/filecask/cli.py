@@ -8,7 +8,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import sys
@@ -24,10 +23,17 @@ from filecask.accesslog import AccessLogger
 from filecask.app import Services, StartupError, close_services, create_app, open_services
 from filecask.auth import generate_password, validate_password, validate_user_name
 from filecask.connections import make_runner
-from filecask.errors import BadRequest, FilecaskError, QuotaExceeded
+from filecask.errors import FilecaskError, QuotaExceeded
 from filecask.fsck import Report, fsck, gc
 from filecask.metastore import parse_quota
-from filecask.settings import SETTINGS, SETTINGS_BY_NAME, Settings, SettingsError, load_settings
+from filecask.settings import (
+    SETTINGS,
+    SETTINGS_BY_NAME,
+    Settings,
+    SettingsError,
+    load_settings,
+    parse_duration,
+)
 from filecask.workers import BACKLOG, Supervisor, bind_sockets, close_sockets
 
 T = TypeVar("T")
@@ -324,7 +330,10 @@ def fsck_command(repair: bool, as_json: bool, **flags: Any) -> None:
 def gc_command(grace: str, dry_run: bool, as_json: bool, **flags: Any) -> None:
     """Remove blobs nothing references, and dead uploads' scratch files, older than the
     grace period. Safe while serving."""
-    seconds = _checked(parse_duration, grace)
+    try:
+        seconds = parse_duration(grace)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--grace") from exc
     settings = build_settings(flags)
     report = run(lambda s: gc(s, grace=seconds, dry_run=dry_run), settings, reap=False)
     _print_report(report, as_json, verb="would remove" if dry_run else "removed")
@@ -354,15 +363,6 @@ def _print_report(report: Report, as_json: bool, *, verb: str) -> None:
         click.echo(f"{len(report.unresolved)} problem(s) remain")
     else:
         click.echo("the store is consistent")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from `90`, `30s`, `15m`, `1h` or `7d`."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text.lower())
-    if not match:
-        raise BadRequest(f"not a duration: {text!r} (use e.g. 30m, 1h, 0)")
-    scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-    return float(match.group(1)) * scale
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -84,6 +84,21 @@ def parse_positive_float(text: str) -> float:
     return value
 
 
+def parse_duration(text: str) -> float:
+    """Seconds from `90`, `30s`, `15m`, `1h` or `7d`."""
+    match = re.fullmatch(r"\s*(\d{1,9}(?:\.\d{1,9})?)\s*([smhd]?)\s*", text.lower())
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 1h, 7d, 0)")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def parse_log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("text", "json"):
+        raise ValueError(f"not a log format: {text!r} (use text or json)")
+    return value
+
+
 def parse_optional(text: str) -> str | None:
     return text or None
 
@@ -180,6 +195,12 @@ SETTINGS: tuple[Setting, ...] = (
         aliases=("ACTIVATE_LOGS",),
     ),
     Setting(
+        "log_format",
+        parse_log_format,
+        "Log lines as plain text or as one JSON object each (text, json).",
+        "FORMAT",
+    ),
+    Setting(
         "archive_root",
         parse_optional_path,
         "Directory whose subfolders are served as ZIPs at /archive/<folder>/"
@@ -199,6 +220,12 @@ SETTINGS: tuple[Setting, ...] = (
         parse_bool,
         "Serve the file API (/files, /me, /users, /archives); off leaves archives only.",
         "BOOL",
+    ),
+    Setting(
+        "upload_expiry",
+        parse_duration,
+        "How long an unfinished resumable (tus) upload is kept before its space is reclaimed.",
+        "DURATION",
     ),
     Setting(
         "cache_size",
@@ -266,9 +293,11 @@ class Settings:
     auth_max_failures: int = 5
     auth_max_delay: float = 60.0
     access_log: bool = True
+    log_format: str = "text"
     archive_root: Path | None = None
     archive_delay: float = 0.0
     file_api: bool = True
+    upload_expiry: float = 24 * 3600.0
     cache_size: int = 64 << 20
     # nginx's client_header_timeout, client_body_timeout, send_timeout, keepalive_timeout.
     header_timeout: float = 60.0
