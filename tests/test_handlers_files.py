@@ -488,7 +488,20 @@ async def test_list_paginates_with_cursor_and_link(client: AppClient) -> None:
     assert seen == hashes[::-1]
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=x", "cursor=-1", "cursor=a"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=0",
+        "limit=1001",
+        "limit=x",
+        "cursor=-1",
+        "cursor=a",
+        "limit=%C2%B2",  # '²': str.isdigit() says yes, int() says no (found by schemathesis)
+        "cursor=%D9%A3",  # an Arabic-Indic digit
+        "cursor=9223372036854775808",  # one past a 64-bit database integer
+        "cursor=" + "9" * 5000,
+    ],
+)
 async def test_list_with_bad_paging_is_400(client: AppClient, query: str) -> None:
     response = await client.get(f"/files?{query}", headers=ADMIN)
     assert response.status == 400
