@@ -161,6 +161,42 @@ async def test_on_a_kept_alive_connection_the_header_clock_starts_with_the_next_
         await close(writer)
 
 
+async def test_body_bytes_after_an_early_answer_do_not_start_a_header_clock(
+    make_settings: MakeSettings,
+) -> None:
+    """A 401 sent before the body was read, then the body arrives: those bytes are no new
+    request head, so the idle connection gets no unsolicited 408 (found in review)."""
+    settings = make_settings(header_timeout=0.5, keepalive_timeout=30)
+    async with running(create_app(settings), settings) as runner:
+        reader, writer = await connect(port_of(runner))
+        writer.write(b"POST /files HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+        status, _, _ = await read_response(reader)
+        assert status == 401
+        await asyncio.sleep(0.1)
+        writer.write(b"0123456789")
+        with pytest.raises(TimeoutError):  # nothing: no 408, no close
+            await asyncio.wait_for(reader.read(1), 1.5)
+        await close(writer)
+
+
+async def test_a_head_arriving_when_keepalive_runs_out_is_not_cut(
+    make_settings: MakeSettings,
+) -> None:
+    """Once the next request has begun, the header timeout governs, not the keep-alive
+    timeout (found in review)."""
+    settings = make_settings(header_timeout=5, keepalive_timeout=1)
+    async with running(create_app(settings), settings) as runner:
+        reader, writer = await connect(port_of(runner))
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await read_response(reader))[0] == 200
+        await asyncio.sleep(0.8)
+        writer.write(b"GET /healthz HTTP/1.1\r\n")  # begun before keep-alive runs out
+        await asyncio.sleep(0.6)  # and finished after
+        writer.write(b"Host: x\r\n\r\n")
+        assert (await read_response(reader))[0] == 200
+        await close(writer)
+
+
 async def test_keepalive_timeout_closes_an_idle_connection(make_settings: MakeSettings) -> None:
     settings = make_settings(keepalive_timeout=0.5, header_timeout=30)
     async with running(create_app(settings), settings) as runner:
@@ -268,6 +304,26 @@ async def test_a_trickled_json_body_is_408(make_settings: MakeSettings, path: st
         assert 0.4 < time.monotonic() - started < 2
         assert status == 408
         assert_problem(body, 408, "request-timeout")
+        await close(writer)
+
+
+async def test_a_json_body_trickled_steadily_is_not_cut(make_settings: MakeSettings) -> None:
+    """As for uploads, the limit is on a stall, not on the whole body."""
+    settings = make_settings(body_timeout=0.5)
+    body = json.dumps({"name": "trickle", "password": "p" * 300}).encode()
+    async with running(create_app(settings), settings) as runner:
+        reader, writer = await connect(port_of(runner))
+        writer.write(b"POST /users HTTP/1.1\r\nHost: x\r\n" + AUTH)
+        writer.write(
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        )
+        started = time.monotonic()
+        for start in range(0, len(body), 40):
+            await asyncio.sleep(0.2)
+            writer.write(body[start : start + 40])
+        status, _, answer = await read_response(reader)
+        assert time.monotonic() - started > 1.0  # far longer than the stall limit
+        assert status == 201, answer
         await close(writer)
 
 

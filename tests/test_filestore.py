@@ -172,3 +172,25 @@ async def test_remove_user_drops_only_what_nobody_else_holds(services: Services)
 
 async def _user(services: Services, name: str) -> User:
     return await services.meta.create_user(name, "not-a-real-hash", is_admin=False)
+
+
+async def test_a_step_outlives_its_cancelled_caller_and_drain_waits_for_it(
+    services: Services,
+) -> None:
+    """A client hanging up mid-commit cancels its handler, not the commit; at shutdown the
+    stores are only closed once such steps are over (they hold locks and connections)."""
+    finished: list[str] = []
+
+    async def step() -> str:
+        await asyncio.sleep(0.2)
+        finished.append("step")
+        return "done"
+
+    caller = asyncio.create_task(services.files.finish(step()))
+    await asyncio.sleep(0.05)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert finished == []
+    await services.files.drain(limit=5)
+    assert finished == ["step"]

@@ -249,3 +249,16 @@ async def test_fsck_and_gc_running_beside_uploads_and_deletes_remove_nothing_ack
             assert await (await client.get(f"/files/{hex_hash}")).read() == contents[index]
     assert (await fsck(services, repair=False)).findings == []
     await assert_consistent(services)
+
+
+async def test_quarantine_never_replaces_an_earlier_find(
+    client: AppClient, services: Services
+) -> None:
+    store = services.settings.store_dir
+    for round_ in range(2):
+        (store / "README").write_bytes(f"stray {round_}".encode())
+        repaired = await fsck(services, repair=True)
+        assert kinds(repaired) == [("stray", "README", True)]
+    quarantine = services.settings.data_dir / "quarantine"
+    kept = sorted(p.read_bytes() for p in quarantine.iterdir())
+    assert kept == [b"stray 0", b"stray 1"]

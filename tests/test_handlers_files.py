@@ -702,7 +702,9 @@ async def test_a_refused_upload_of_content_another_user_holds_keeps_theirs(
     await set_quota(client, "bob", 10)
     assert (await upload(client)).status == 201  # admin holds BODY
     response = await client.post("/files", data=streamed(BODY), headers=bob)
-    await assert_quota_problem(response, quota=10, used=0, size=len(BODY))
+    # A stream of unknown length is cut once it passes the quota: `size` is where.
+    await assert_quota_problem(response, quota=10, used=0, size=11)
+    assert "at least 11 bytes" in (await response.json(content_type=None))["detail"]
     assert os.path.exists(blob_path(settings, SHA))
     assert await (await client.get(f"/files/{SHA}")).read() == BODY
     assert (await me(client, bob))["files"] == 0
@@ -864,3 +866,24 @@ async def test_a_quota_set_by_another_process_binds_at_once(
     await assert_quota_problem(response, quota=150, used=100, size=51)
     await other_process.meta.set_quota("bob", None)
     assert (await upload(client, b"y" * 51, headers=bob)).status == 201
+
+
+async def test_a_stream_over_quota_is_cut_as_soon_as_it_passes_it(
+    client: AppClient, make_user: MakeUser, settings: Settings
+) -> None:
+    """A chunked upload cannot fill the disk's scratch space on its way to the refusal:
+    it is cut once it passes what the user may still store."""
+    bob = await make_user("bob")
+    await set_quota(client, "bob", 100_000)
+    sent: list[int] = []
+    piece = b"q" * (64 << 10)
+
+    async def endless() -> AsyncIterator[bytes]:
+        for _ in range(400):  # 25 MiB if read to the end
+            sent.append(len(piece))
+            yield piece
+
+    response = await client.post("/files", data=endless(), headers=bob)
+    await assert_quota_problem(response, quota=100_000, used=0, size=100_001)
+    assert sum(sent) < 8 << 20  # far from all of it (socket buffers hold some)
+    assert_nothing_stored(settings)

@@ -23,7 +23,7 @@ from filecask.settings import Settings
 from tests.conftest import ADMIN, AppClient, MakeSettings, MakeUser
 
 Json = dict[str, Any]
-METHODS = ("get", "head", "post", "put", "patch", "delete")
+METHODS = ("get", "head", "post", "put", "patch", "delete", "options")
 
 
 def router_operations(settings: Settings) -> set[tuple[str, str]]:

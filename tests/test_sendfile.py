@@ -31,7 +31,7 @@ import uvloop
 from aiohttp import web
 from yarl import URL
 
-from filecask.sendfile import SEND_TIMEOUT, send_file_range
+from filecask.sendfile import SEND_TIMEOUT, send_file_range, write_within
 
 SIZE = 20 << 20  # far beyond loopback socket buffers, so the EAGAIN path must run
 SHORT_SIZE = 1000
@@ -516,3 +516,46 @@ def test_slow_reader_that_keeps_reading_outlives_send_timeout(
 
     run(go())
     check_run(app[RUNS][0], count)
+
+
+async def write_one_piece(request: web.Request) -> web.StreamResponse:
+    """One big response.write() through write_within, as archive batches go out."""
+    request[SEND_TIMEOUT] = 0.5
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 << 10)
+    response = web.StreamResponse()
+    response.content_length = PIECE
+    await response.prepare(request)
+    await write_within(request, response, prefix_bytes(PIECE))
+    await response.write_eof()
+    return response
+
+
+PIECE = 2 << 20
+
+
+def test_one_big_write_to_a_slow_but_steady_reader_is_not_cut(run: Run) -> None:
+    """The send timeout is on progress: a piece that takes the reader three times the
+    timeout to take, bit by bit, still goes out whole."""
+    application = web.Application()
+    application.router.add_get("/piece", write_one_piece)
+
+    async def go() -> None:
+        async with serve(application) as url:
+            reader, writer = await raw_get(url, "/piece")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert content_length(head) == PIECE
+            started = asyncio.get_running_loop().time()
+            body = bytearray()
+            while len(body) < PIECE:
+                await asyncio.sleep(0.05)
+                piece = await reader.read(48 << 10)
+                assert piece, f"cut by the server after {len(body)} bytes"
+                body += piece
+            assert asyncio.get_running_loop().time() - started > 1.5
+            assert bytes(body) == prefix_bytes(PIECE)
+            writer.close()
+            await writer.wait_closed()
+
+    run(go())

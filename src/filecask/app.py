@@ -27,7 +27,7 @@ from filecask.errors import Conflict
 from filecask.faults import CrashPoints
 from filecask.filestore import FileStore
 from filecask.locks import HashLocks
-from filecask.metastore.sql import SqlMetaStore
+from filecask.metastore.sql import EmptyDatabase, SqlMetaStore
 from filecask.problem import problem_middleware
 from filecask.settings import Settings
 
@@ -67,20 +67,30 @@ SERVICES = web.AppKey("services", Services)
 
 def create_app(settings: Settings) -> web.Application:
     # The handlers import this module's keys, so they are imported here.
-    from filecask.handlers import archives, docs, files, ops, users
+    from filecask.handlers import archives, docs, files, ops, uploads, users
+    from filecask.handlers.pages import docs_routes, page_routes
+    from filecask.metrics import install_metrics, metrics_middleware
 
-    # Order matters: problem_middleware is outermost so every error, including those of
-    # later middleware, leaves as application/problem+json.
-    app = web.Application(middlewares=[problem_middleware], client_max_size=JSON_BODY_MAX)
+    # Order matters: problem_middleware is outermost but for metrics_middleware (which
+    # raises nothing and must see the status the client gets), so every error, including
+    # those of later middleware, leaves as application/problem+json.
+    app = web.Application(
+        middlewares=[metrics_middleware, problem_middleware], client_max_size=JSON_BODY_MAX
+    )
     app[SETTINGS] = settings
+    install_metrics(app)
     app.cleanup_ctx.append(_services)
     app.router.add_routes(ops.routes)
     app.router.add_routes(docs.routes)
+    app.router.add_routes(docs_routes)
     app.router.add_routes(archives.archive_routes)
     if settings.file_api:
         app.router.add_routes(files.routes)
         app.router.add_routes(users.routes)
         app.router.add_routes(archives.bundle_routes)
+        app.router.add_routes(uploads.routes)
+        app.cleanup_ctx.append(uploads.sweeper)
+        app.router.add_routes(page_routes)
     return app
 
 
@@ -116,9 +126,21 @@ class StartupError(RuntimeError):
 async def _open_metastore(meta: SqlMetaStore, settings: Settings) -> None:
     url = make_url(settings.effective_database_url)
     shown = url.render_as_string(hide_password=True)
-    await asyncio.get_running_loop().run_in_executor(None, _refuse_a_lost_database, settings)
+    loop = asyncio.get_running_loop()
+    holds_files = await loop.run_in_executor(None, _store_holds_files, settings.store_dir)
+    if holds_files:
+        await loop.run_in_executor(None, _refuse_a_lost_database, settings)
     try:
-        await meta.open()
+        # A store with files and a database never set up (emptied, replaced, a fresh
+        # PostgreSQL database): initialising it would make every file an orphan for the
+        # next gc to delete.
+        await meta.open(create=not holds_files)
+    except EmptyDatabase as exc:
+        await meta.close()
+        raise StartupError(
+            f"the database {shown} is empty but {settings.store_dir} holds files. Restore"
+            " the database from a backup; starting with an empty one would orphan every file."
+        ) from exc
     except DBAPIError as exc:
         await meta.close()
         raise StartupError(
@@ -131,14 +153,13 @@ async def _open_metastore(meta: SqlMetaStore, settings: Settings) -> None:
 
 
 def _refuse_a_lost_database(settings: Settings) -> None:
-    """A SQLite file that is gone while the store still holds files: starting would create
-    an empty database, every stored file would become an orphan and the next `gc` or
-    `fsck --repair` would delete them all. Refuse instead."""
+    """Called when the store holds files: a SQLite file that is gone is refused before
+    connecting, so not even an empty file is created in its place."""
     url = make_url(settings.effective_database_url)
     path = url.database
     if url.get_backend_name() != "sqlite" or not path or path == ":memory:":
         return
-    if os.path.exists(path) or not _store_holds_files(settings.store_dir):
+    if os.path.exists(path):
         return
     raise StartupError(
         f"the database {path} is missing but {settings.store_dir} holds files. Restore the"
@@ -148,10 +169,16 @@ def _refuse_a_lost_database(settings: Settings) -> None:
 
 def _store_holds_files(store: Path) -> bool:
     try:
-        prefixes = list(os.scandir(store))
+        with os.scandir(store) as entries:
+            prefixes = list(entries)
     except FileNotFoundError:
         return False
-    return any(not p.is_dir() or any(os.scandir(p.path)) for p in prefixes)
+    return any(not p.is_dir() or _is_nonempty_dir(p.path) for p in prefixes)
+
+
+def _is_nonempty_dir(path: str) -> bool:
+    with os.scandir(path) as entries:
+        return any(True for _ in entries)
 
 
 async def close_services(services: Services) -> None:
@@ -169,6 +196,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         await bootstrap_admin(services)
         yield
     finally:
+        await services.files.drain()
         await close_services(services)
 
 

@@ -25,7 +25,9 @@ from filecask.auth import generate_password, validate_password, validate_user_na
 from filecask.connections import make_runner
 from filecask.errors import FilecaskError, QuotaExceeded
 from filecask.fsck import Report, fsck, gc
+from filecask.logs import announce, configure_logging
 from filecask.metastore import parse_quota
+from filecask.metrics import use_multiprocess_dir
 from filecask.settings import (
     SETTINGS,
     SETTINGS_BY_NAME,
@@ -101,7 +103,7 @@ SECRET_HELP = "\n\n".join(
 def serve(**flags: Any) -> None:
     """Run the HTTP server."""
     settings = build_settings(flags)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings.log_format)
     run(_preflight, settings)
     if settings.workers == 1:
         _run_server(settings, None, print_banner=True)
@@ -113,10 +115,11 @@ def serve(**flags: Any) -> None:
         raise click.ClickException(msg) from exc
     try:
         address = sockets[0][0].getsockname()
-        click.echo(
+        # Once the port is ours, so a second filecask refused above cannot wipe the files.
+        use_multiprocess_dir(settings.data_dir / "metrics")
+        announce(
             f"======== Running on http://{_host_port(address)} with {settings.workers} workers"
-            " ========\n(Press CTRL+C to quit)",
-            err=True,
+            " ========\n(Press CTRL+C to quit)"
         )
         status = Supervisor(sockets, lambda _, socks: _run_server(settings, socks)).run()
     finally:
@@ -160,7 +163,7 @@ def _run_server(
             if print_banner:
                 names = ", ".join(sorted(site.name for site in sites))
                 banner = f"======== Running on {names} ========\n(Press CTRL+C to quit)"
-                click.echo(banner, err=True)
+                announce(banner)
             await stop.wait()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -363,6 +366,17 @@ def _print_report(report: Report, as_json: bool, *, verb: str) -> None:
         click.echo(f"{len(report.unresolved)} problem(s) remain")
     else:
         click.echo("the store is consistent")
+
+
+def _add_client_commands() -> None:
+    """upload, download, rm, ls, archive: the HTTP client (`filecask.clientcli`)."""
+    from filecask.clientcli import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_add_client_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -154,14 +154,26 @@ class FilecaskRequestHandler(RequestHandler):
         self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:
-        if data and not self._in_request:
+        if data and not self._in_request and self._awaiting_head():
             self._bytes_seen = True
             if self._header_timer is None:  # first byte of a request on a kept-alive line
                 self._arm_header_timer()
+            # From here the header timeout governs, not the idle keep-alive timeout:
+            # aiohttp's keep-alive timer would cut a head that is arriving.
+            if self._keepalive_handle is not None:
+                self._keepalive_handle.cancel()
+                self._keepalive_handle = None
         super().data_received(data)
         if self._messages:  # a complete head (or a parse error, answered at once)
             self._in_request = True
             self._cancel_header_timer()
+
+    def _awaiting_head(self) -> bool:
+        """Idle, waiting for the next request (not still taking in the body of the last
+        one, which may go on arriving after its answer: that is no new head)."""
+        return self._header_timer is not None or (
+            self._waiter is not None and not self._waiter.done()
+        )
 
     def _arm_header_timer(self) -> None:
         if self._limits.header_timeout > 0 and self.transport is not None:
@@ -258,6 +270,8 @@ class FilecaskRequestHandler(RequestHandler):
         self._in_request = bool(self._messages)
         if not self._in_request:
             self._bytes_seen = False
+            # The next head's clock starts with its first byte, not with a stale timer.
+            self._cancel_header_timer()
         if timed_out and self.transport is not None:
             transport = self.transport
             self.force_close()

@@ -14,10 +14,15 @@ members and response headers (``WWW-Authenticate``, ``Retry-After``, ``Content-R
     ├── NotFound                     404
     ├── RequestTimeout               408
     ├── Conflict                     409
+    ├── Gone                         410
+    ├── PreconditionFailed           412
     ├── PayloadTooLarge              413
     │   └── QuotaExceeded            413
+    ├── UnsupportedMediaType         415
     ├── RangeNotSatisfiable          416
+    ├── Locked                       423
     ├── RateLimited                  429
+    ├── ChecksumMismatch             460
     ├── InsufficientStorage          507
     └── ServiceUnavailable           503
 """
@@ -179,10 +184,12 @@ class QuotaExceeded(PayloadTooLarge):
     slug = "quota-exceeded"
     title = "Quota exceeded"
 
-    def __init__(self, *, quota: int, used: int, size: int) -> None:
+    def __init__(self, *, quota: int, used: int, size: int, cut: bool = False) -> None:
+        """`cut`: the stream was stopped at `size` bytes, the upload was at least that."""
         human = self.human_size
+        amount = f"at least {human(size)}" if cut else human(size)
         super().__init__(
-            f"The upload of {human(size)} would exceed your quota of {human(quota)}"
+            f"The upload of {amount} would exceed your quota of {human(quota)}"
             f" ({human(used)} used).",
             quota=quota,
             used=used,
@@ -200,3 +207,42 @@ class QuotaExceeded(PayloadTooLarge):
             if value < 1024 or unit == "TiB":
                 break
         return f"{value:.1f} {unit}"
+
+
+class Gone(FilecaskError):
+    """A resumable upload that expired (or whose data was lost): start a new one."""
+
+    status = 410
+    slug = "gone"
+    title = "Gone"
+
+
+class PreconditionFailed(FilecaskError):
+    """A tus request for a protocol version we do not speak (tus 1.0 §Tus-Resumable)."""
+
+    status = 412
+    slug = "precondition-failed"
+    title = "Precondition failed"
+
+
+class UnsupportedMediaType(FilecaskError):
+    status = 415
+    slug = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
+class Locked(FilecaskError):
+    """Another request is writing to the same resumable upload right now."""
+
+    status = 423
+    slug = "locked"
+    title = "Locked"
+
+
+class ChecksumMismatch(FilecaskError):
+    """tus checksum extension: the PATCH body does not match `Upload-Checksum`; its bytes
+    were discarded and the offset is unchanged."""
+
+    status = 460
+    slug = "checksum-mismatch"
+    title = "Checksum mismatch"

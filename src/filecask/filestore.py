@@ -16,8 +16,8 @@ wherever a process dies:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
 
 from filecask.blobstore import BlobStore, StagedBlob
 from filecask.bundles import Manifest
@@ -27,6 +27,8 @@ from filecask.locks import HashLocks
 from filecask.mediatypes import guess_type
 from filecask.metastore import BlobInfo, FileRecord, MetaStore, RemoveOutcome, User
 from filecask.names import validate_file_name
+
+T = TypeVar("T")
 
 
 class FileStore:
@@ -41,6 +43,22 @@ class FileStore:
         self.blobs = blobs
         self.locks = locks
         self.crash = crash or CrashPoints()
+        self._unfinished: set[asyncio.Task[Any]] = set()
+
+    async def finish(self, step: Coroutine[Any, Any, T]) -> T:
+        """Run a disk-and-database step to its end even if the caller is cancelled (a
+        client hanging up mid-commit), and keep track of it, so that a shutdown can wait
+        for it (`drain`) before the stores are closed under it."""
+        task = asyncio.ensure_future(step)
+        self._unfinished.add(task)
+        task.add_done_callback(self._unfinished.discard)
+        return await asyncio.shield(task)
+
+    async def drain(self, limit: float = 30.0) -> None:
+        """Wait for the steps still running (at shutdown, after the server stopped taking
+        requests); their locks and connections must outlive them."""
+        if self._unfinished:
+            await asyncio.wait(set(self._unfinished), timeout=limit)
 
     async def upload(
         self,
@@ -65,7 +83,14 @@ class FileStore:
                 expected=expected_hash,
                 actual=staged.hash,
             )
-        return await asyncio.shield(self._commit(user, staged, name))
+        return await self.finish(self._commit(user, staged, name))
+
+    async def store_staged(
+        self, user: User, staged: StagedBlob, *, name: str | None
+    ) -> tuple[FileRecord, bool]:
+        """Commit a blob staged outside `upload` (a finished resumable upload) with the same
+        hash lock, dedup, reference and quota as an upload; the staged copy is gone after."""
+        return await self.finish(self._commit(user, staged, name))
 
     async def _commit(
         self, user: User, staged: StagedBlob, name: str | None
@@ -101,7 +126,7 @@ class FileStore:
         return undone
 
     async def delete(self, user: User, hex_hash: str) -> None:
-        outcome = await asyncio.shield(self._delete(user, hex_hash))
+        outcome = await self.finish(self._delete(user, hex_hash))
         _check_removal(outcome, "file", hash=hex_hash)
 
     async def _delete(self, user: User, hex_hash: str) -> RemoveOutcome:
@@ -125,7 +150,7 @@ class FileStore:
         return await self.meta.add_bundle(user.id, manifest.id, manifest.name, manifest.entries)
 
     async def delete_bundle(self, user: User, bundle_id: str) -> None:
-        outcome = await asyncio.shield(self._release_bundle(user, bundle_id))
+        outcome = await self.finish(self._release_bundle(user, bundle_id))
         _check_removal(outcome, "bundle", id=bundle_id)
 
     async def _release_bundle(self, user: User, bundle_id: str) -> RemoveOutcome:
@@ -148,9 +173,9 @@ class FileStore:
             raise Conflict("The last administrator cannot be removed.", user=name)
         hashes = await self.meta.user_hashes(user.id)
         for hex_hash in hashes:
-            await asyncio.shield(self._delete(user, hex_hash))
+            await self.finish(self._delete(user, hex_hash))
         for bundle_id in await self.meta.user_bundle_ids(user.id):
-            await asyncio.shield(self._release_bundle(user, bundle_id))
+            await self.finish(self._release_bundle(user, bundle_id))
         await self.meta.delete_user(name)
         return len(hashes)
 

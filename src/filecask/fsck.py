@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from filecask.app import Services
 from filecask.changes import Topic
 from filecask.hashes import fanout
+from filecask.resumable import TusFiles, sweep
 
 _HASH = re.compile(r"[0-9a-f]{64}")
 
@@ -44,7 +45,7 @@ Progress = Callable[[int], None]
 @dataclass(frozen=True)
 class Finding:
     kind: str
-    """corrupt, missing, orphan, interrupted, unreferenced, leftover or stray."""
+    """corrupt, unreadable, missing, orphan, interrupted, unreferenced, leftover or stray."""
     key: str
     detail: str
     size: int = 0
@@ -114,6 +115,7 @@ async def gc(services: Services, *, grace: float, dry_run: bool = False) -> Repo
         if is_blob and hex_hash not in rows and entry.mtime <= cutoff:
             await _orphan(services, report, hex_hash, entry.size, repair=not dry_run)
     await _leftovers(services, report, older_than=cutoff, repair=not dry_run)
+    await _expired_uploads(services, report, grace=grace, repair=not dry_run)
     return report
 
 
@@ -128,15 +130,18 @@ async def _interrupted_commits(services: Services, report: Report, *, repair: bo
 async def _verify(
     services: Services, report: Report, hex_hash: str, size: int, *, repair: bool
 ) -> None:
-    try:
-        actual, on_disk = await services.blobs.digest(fanout(hex_hash))
-    except FileNotFoundError:  # deleted (last reference gone) while we looked
-        return
-    if actual == hex_hash and on_disk == size:
+    if await _looks_intact(services, report, hex_hash, size) is not False:
         return
     async with services.files.locks.hold(hex_hash):
+        # Again, under the lock: the blob may have been deleted and uploaded afresh since.
         if await services.meta.get_blob(hex_hash) is None:
-            return  # deleted meanwhile: nothing to report
+            return
+        try:
+            actual, on_disk = await services.blobs.digest(fanout(hex_hash))
+        except FileNotFoundError:
+            return
+        if actual == hex_hash and on_disk == size:
+            return
         refs = await services.meta.references_to(hex_hash)
         detail = (
             f"{on_disk} bytes hashing to {actual}, recorded as {size} bytes;"
@@ -150,6 +155,22 @@ async def _verify(
     services.meta.stamps.bump(Topic.BLOBS)
     action = f"moved to {where}; the content cannot be restored: re-upload it"
     report.findings.append(Finding("corrupt", hex_hash, detail, on_disk, False, action))
+
+
+async def _looks_intact(
+    services: Services, report: Report, hex_hash: str, size: int
+) -> bool | None:
+    """True if the content matches; False if not; None if it is gone or cannot be read
+    (reported here: a failing disk must not stop the check of every other blob)."""
+    try:
+        actual, on_disk = await services.blobs.digest(fanout(hex_hash))
+    except FileNotFoundError:  # deleted (last reference gone) while we looked
+        return None
+    except OSError as exc:
+        detail = f"cannot be read: {exc}; its content may be lost"
+        report.findings.append(Finding("unreadable", hex_hash, detail, size))
+        return None
+    return actual == hex_hash and on_disk == size
 
 
 async def _orphan(
@@ -204,6 +225,19 @@ async def _leftovers(
         fixed = repair and await services.blobs.remove_leftover(leftover)
         finding = Finding("leftover", leftover.name, detail, leftover.size, fixed, "removed")
         report.findings.append(finding)
+
+
+async def _expired_uploads(
+    services: Services, report: Report, *, grace: float, repair: bool
+) -> None:
+    """Expired resumable uploads (row and bytes), and tus files with no row (stray)."""
+    files = TusFiles(services.blobs.tmp_dir)
+    for item in await sweep(services.meta, files, stray_grace=grace, dry_run=not repair):
+        kind, why = ("expired", "an unfinished resumable upload past its expiry")
+        if not item.expired:
+            kind, why = ("leftover", "bytes of a resumable upload that no longer exists")
+        detail = f"{item.size} bytes of {why}" if item.size else why
+        report.findings.append(Finding(kind, item.name, detail, item.size, repair, "removed"))
 
 
 async def _stray(services: Services, report: Report, key: str, size: int, *, repair: bool) -> None:

@@ -645,6 +645,22 @@ def _ops_paths() -> Json:
                 },
             )
         ),
+        "/metrics": _get_and_head(
+            probe(
+                "metrics",
+                "Prometheus metrics: requests, latency, bytes, work in flight, store size.",
+                {
+                    "200": {
+                        "description": "The Prometheus text format (OpenMetrics if the"
+                        " Accept header asks for it), totals over every worker.",
+                        "content": {
+                            media: {"schema": {"type": "string"}}
+                            for media in ("text/plain", "application/openmetrics-text")
+                        },
+                    }
+                },
+            )
+        ),
     }
 
 
@@ -850,6 +866,279 @@ def _file_api_paths() -> Json:
     }
 
 
+def _web_paths(*, file_api: bool) -> Json:
+    """The pages for people (`filecask.handlers.pages`): Swagger UI at /docs always, the web
+    page at / only with the file API, which it uses. Their assets are fixed lists of files,
+    so each asset route takes exactly the names listed (anything else is 404)."""
+    # Imported here: the handlers import the app, which the document does not need.
+    import filecask.handlers.pages as pages
+
+    etag = _header(
+        'A strong entity tag: `"<hex>"`, `-gzip` for the gzipped form.', '^"[0-9a-f]{32}(-gzip)?"$'
+    )
+    cache = _header("`no-cache` for filecask's own files, a day for Swagger UI's.")
+    nosniff = _header("Always `nosniff`.", "^nosniff$")
+
+    def operation(
+        operation_id: str, summary: str, sources: list[pages.Source], parameters: list[Json]
+    ) -> Json:
+        headers: Json = {"ETag": etag, "Cache-Control": cache, "X-Content-Type-Options": nosniff}
+        if any(source.csp for source in sources):
+            headers["Content-Security-Policy"] = _header(
+                "Scripts from this origin only, never inline."
+            )
+        types = sorted({source.content_type for source in sources})
+        string = (
+            {"type": "string"} if types == ["text/html"] else {"type": "string", "format": "binary"}
+        )
+        responses: Json = {
+            "200": {
+                "description": "The file (gzipped when Accept-Encoding allows).",
+                "headers": headers,
+                "content": {media: {"schema": string} for media in types},
+            },
+            "304": {
+                "description": "If-None-Match named the current ETag.",
+                "headers": {"ETag": etag},
+            },
+        }
+        if parameters:
+            responses.update(_problems("NotFound"))
+        return {
+            "operationId": operation_id,
+            "summary": summary,
+            "tags": ["pages"],
+            "security": ANONYMOUS,
+            "parameters": [*parameters, _param("If-None-Match")],
+            "responses": responses,
+        }
+
+    def asset(table: dict[str, pages.Source], prefix: str) -> Json:
+        return {
+            "name": "asset",
+            "in": "path",
+            "required": True,
+            "description": f"One of the files served under {prefix}.",
+            "schema": {"type": "string", "enum": sorted(table)},
+        }
+
+    paths: Json = {
+        "/docs": _get_and_head(
+            operation(
+                "docsPage",
+                "Swagger UI for this document (served locally, no CDN).",
+                [pages.DOCS_INDEX],
+                [],
+            )
+        ),
+        "/docs/{asset}": _get_and_head(
+            operation(
+                "docsAsset",
+                "A file of the Swagger UI page.",
+                list(pages.DOCS_ASSETS.values()),
+                [asset(pages.DOCS_ASSETS, "/docs/")],
+            )
+        ),
+    }
+    if file_api:
+        paths["/"] = _get_and_head(
+            operation(
+                "webPage", "The web page: sign in, upload, list, bundle files.", [pages.INDEX], []
+            )
+        )
+        paths["/web/{asset}"] = _get_and_head(
+            operation(
+                "webAsset",
+                "A file of the web page (script, style sheet, icon).",
+                list(pages.PAGE_ASSETS.values()),
+                [asset(pages.PAGE_ASSETS, "/web/")],
+            )
+        )
+    return paths
+
+
+def _upload_paths() -> Json:
+    """/uploads/: tus 1.0 resumable uploads (core, creation, termination, checksum,
+    expiration). Every response, errors included, carries `Tus-Resumable: 1.0.0`."""
+    tus = {"Tus-Resumable": _header("Always `1.0.0`.", "^1\\.0\\.0$")}
+    version = {
+        "name": "Tus-Resumable",
+        "in": "header",
+        "required": True,
+        "description": "Must be `1.0.0` (else 412 with `Tus-Version`).",
+        "schema": {"type": "string", "const": "1.0.0"},
+    }
+    upload_id = {
+        "name": "id",
+        "in": "path",
+        "required": True,
+        "description": "The upload's id, from the creation's `Location`.",
+        "schema": {"type": "string"},
+    }
+    file_headers = {
+        "Filecask-Hash": _header("The stored file's SHA-256, once complete.", required=False),
+        "Filecask-File": _header("The stored file's URL, once complete.", required=False),
+    }
+    expires = _header("RFC 9110 HTTP-date after which the upload is gone.")
+
+    def problems(*statuses: tuple[int, str]) -> Json:
+        found = {}
+        for status, description in statuses:
+            response = _problem_response(status, description)
+            response["headers"] = tus
+            found[str(status)] = response
+        return found
+
+    common = ((400, "A malformed tus header."), (401, "Sign in."), (412, "Not tus 1.0.0."))
+    owned = (*common, (403, "Not your upload."), (404, "No such upload."), (410, "Expired."))
+    return {
+        "/uploads/": {
+            "options": {
+                "operationId": "tusDiscover",
+                "summary": "tus discovery: version, extensions, maximum size, checksums",
+                "tags": ["files"],
+                "security": ANONYMOUS,
+                "responses": {
+                    "204": {
+                        "description": "What the server speaks.",
+                        "headers": {
+                            **tus,
+                            "Tus-Version": _header("`1.0.0`."),
+                            "Tus-Extension": _header("`creation,termination,checksum,expiration`."),
+                            "Tus-Max-Size": _header("`--max-upload-size`, in bytes."),
+                            "Tus-Checksum-Algorithm": _header("`sha1,sha256`."),
+                        },
+                    }
+                },
+            },
+            "post": {
+                "operationId": "tusCreate",
+                "summary": "Create a resumable upload of Upload-Length bytes",
+                "description": "`Upload-Metadata` may carry `filename` (base64), the stored "
+                "file's name. 413 when Upload-Length exceeds `--max-upload-size` or alone "
+                "the user's quota. Upload-Length 0 completes at once.",
+                "tags": ["files"],
+                "security": BASIC,
+                "parameters": [
+                    version,
+                    {
+                        "name": "Upload-Length",
+                        "in": "header",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+                    },
+                    {
+                        "name": "Upload-Metadata",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "201": {
+                        "description": "Created; `Location` is the upload's URL.",
+                        "headers": {
+                            **tus,
+                            "Location": _header("The upload's URL."),
+                            "Upload-Expires": expires,
+                            **file_headers,
+                        },
+                    },
+                    **problems(*common, (413, "Too large, or over quota.")),
+                },
+            },
+        },
+        "/uploads/{id}": {
+            "parameters": [upload_id],
+            "head": {
+                "operationId": "tusStatus",
+                "summary": "The durable offset (and, once complete, the stored file)",
+                "tags": ["files"],
+                "security": BASIC,
+                "parameters": [version],
+                "responses": {
+                    "200": {
+                        "description": "Upload-Offset bytes are stored durably.",
+                        "headers": {
+                            **tus,
+                            "Upload-Offset": _header("Bytes received.", "^[0-9]+$"),
+                            "Upload-Length": _header("Bytes announced.", "^[0-9]+$"),
+                            "Upload-Expires": expires,
+                            **file_headers,
+                        },
+                    },
+                    **problems(*owned),
+                },
+            },
+            "patch": {
+                "operationId": "tusAppend",
+                "summary": "Append bytes at Upload-Offset",
+                "description": "The final byte stores the file like `POST /files` (hash, "
+                "dedup, quota) and the answer carries `Filecask-Hash` and `Filecask-File`. "
+                "A cut body keeps what arrived unless `Upload-Checksum` was given.",
+                "tags": ["files"],
+                "security": BASIC,
+                "parameters": [
+                    version,
+                    {
+                        "name": "Upload-Offset",
+                        "in": "header",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+                    },
+                    {
+                        "name": "Upload-Checksum",
+                        "in": "header",
+                        "required": False,
+                        "description": "`sha1 <base64>` or `sha256 <base64>` of the body.",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/offset+octet-stream": {
+                            "schema": {"type": "string", "format": "binary"}
+                        }
+                    },
+                },
+                "responses": {
+                    "204": {
+                        "description": "Stored durably up to the new Upload-Offset.",
+                        "headers": {
+                            **tus,
+                            "Upload-Offset": _header("The new offset.", "^[0-9]+$"),
+                            "Upload-Expires": expires,
+                            **file_headers,
+                        },
+                    },
+                    **problems(
+                        *owned,
+                        (408, "The body stalled; what arrived is kept."),
+                        (409, "Upload-Offset is not the upload's offset."),
+                        (413, "Past Upload-Length, or over quota on completion."),
+                        (415, "Not application/offset+octet-stream."),
+                        (423, "Another PATCH is writing to this upload."),
+                        (460, "The body does not match Upload-Checksum; discarded."),
+                        (507, "The disk is full."),
+                    ),
+                },
+            },
+            "delete": {
+                "operationId": "tusTerminate",
+                "summary": "Remove the upload and its bytes",
+                "tags": ["files"],
+                "security": BASIC,
+                "parameters": [version],
+                "responses": {
+                    "204": {"description": "Removed.", "headers": tus},
+                    **problems(*owned, (423, "A PATCH is writing to this upload.")),
+                },
+            },
+        },
+    }
+
+
 def openapi_document(*, file_api: bool = True) -> Json:
     """The OpenAPI 3.1 document of a server started with `--file-api` as given.
 
@@ -857,6 +1146,8 @@ def openapi_document(*, file_api: bool = True) -> Json:
     paths = {**_ops_paths(), **_archive_paths(file_api=file_api)}
     if file_api:
         paths.update(_file_api_paths())
+        paths.update(_upload_paths())
+    paths.update(_web_paths(file_api=file_api))
     responses = _responses()
     document: Json = {
         "openapi": OPENAPI_VERSION,
@@ -878,6 +1169,7 @@ def openapi_document(*, file_api: bool = True) -> Json:
             {"name": "archives", "description": "Folders and bundles as streamed ZIPs."},
             {"name": "users", "description": "The caller, and user administration."},
             {"name": "operations", "description": "Health, readiness, this document."},
+            {"name": "pages", "description": "The web page and Swagger UI, for people."},
         ],
         "paths": paths,
         "components": {

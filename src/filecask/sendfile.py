@@ -74,20 +74,41 @@ def _drop(request: web.BaseRequest, timeout: float) -> SendTimeout:
 async def write_within(
     request: web.BaseRequest, response: web.StreamResponse, data: bytes | memoryview
 ) -> None:
-    """``response.write(data)``, but a drain stalled longer than ``SEND_TIMEOUT`` drops the
-    client and raises SendTimeout instead of waiting for ever.
+    """``response.write(data)``, but a client that takes nothing of it for ``SEND_TIMEOUT``
+    seconds is dropped (SendTimeout) instead of being waited for for ever.
 
-    As nginx's send_timeout, the limit is per write, not for the whole response: a slow
-    reader that keeps taking bytes is never cut."""
+    As nginx's send_timeout, the limit is on progress, not on the whole write: while the
+    transport's buffer keeps shrinking the clock restarts, so a slow reader that keeps
+    taking bytes is never cut, however big the piece."""
     timeout = _send_timeout(request)
     if timeout is None:
         await response.write(data)
         return
+    loop = asyncio.get_running_loop()
+    writing = asyncio.ensure_future(response.write(data))
+    deadline = loop.time() + timeout
+    buffered: int | None = None  # the write has not queued its bytes yet
     try:
-        async with asyncio.timeout(timeout):
-            await response.write(data)
-    except TimeoutError:
-        raise _drop(request, timeout) from None
+        while True:
+            done, _ = await asyncio.wait({writing}, timeout=min(_STALL_RECHECK, timeout))
+            if done:
+                writing.result()  # its exception, if any
+                return
+            now_buffered = _buffered(request)
+            if buffered is None or now_buffered < buffered:
+                deadline = loop.time() + timeout
+            buffered = now_buffered
+            if loop.time() >= deadline:
+                writing.cancel()
+                raise _drop(request, timeout)
+    except asyncio.CancelledError:
+        writing.cancel()
+        raise
+
+
+def _buffered(request: web.BaseRequest) -> int:
+    transport = request.transport
+    return transport.get_write_buffer_size() if transport is not None else 0
 
 
 async def send_file_range(

@@ -7,7 +7,10 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
+import shutil
 import sqlite3
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -117,3 +120,49 @@ def test_an_unreachable_database_is_refused_without_showing_its_password(
     assert done.stderr.startswith("Error: cannot ")
     assert "secret-pw" not in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _store_one_file(start_server: ServerLauncher) -> Path:
+    server = start_server()
+    assert call(server.port, "POST", "/files", b"a stored file")[0] == 201
+    server.stop()
+    return server.data_dir
+
+
+def _refused_everywhere(data_dir: Path, tmp_path: Path, *extra: str) -> None:
+    commands = (["serve", "--port", str(free_port())], ["fsck", "--repair"], ["gc", "--grace", "0"])
+    for command in commands:
+        done = run_filecask([*command, "--data-dir", str(data_dir), *extra], cwd=tmp_path)
+        assert done.returncode == 1, done.stdout
+        assert "is empty but" in done.stderr
+        assert "Traceback" not in done.stderr
+    assert len(list((data_dir / "store").glob("*/*"))) == 1  # nothing deleted
+
+
+def test_an_emptied_database_beside_stored_files_is_refused(
+    start_server: ServerLauncher, tmp_path: Path
+) -> None:
+    """A zero-byte file where the database was (a failed restore, `cp /dev/null`) would be
+    set up afresh, and then every stored file would be an orphan for gc to delete."""
+    data_dir = _store_one_file(start_server)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{data_dir / 'filecask.db'}{suffix}").unlink(missing_ok=True)
+    (data_dir / "filecask.db").write_bytes(b"")
+    _refused_everywhere(data_dir, tmp_path)
+
+
+def test_a_fresh_postgresql_database_beside_stored_files_is_refused(
+    start_server: ServerLauncher, tmp_path: Path
+) -> None:
+    psql = shutil.which("psql")
+    if psql is None:
+        pytest.skip("needs psql and the PostgreSQL server on 127.0.0.1 (CI has both)")
+    name = f"filecask_empty_{os.getpid()}"
+    admin = [psql, "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"]
+    subprocess.run([*admin, f"CREATE DATABASE {name}"], check=True, capture_output=True)
+    try:
+        data_dir = _store_one_file(start_server)
+        url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+        _refused_everywhere(data_dir, tmp_path, "--database-url", url)
+    finally:
+        subprocess.run([*admin, f"DROP DATABASE {name}"], check=False, capture_output=True)

@@ -78,6 +78,10 @@ class BlobStore(Protocol):
         """Stream `chunks` to scratch space; PayloadTooLarge past `max_size` bytes,
         InsufficientStorage when the disk fills. Nothing is left behind on failure."""
 
+    async def adopt(self, fd: int, path: Path) -> StagedBlob:
+        """Stage a finished resumable upload's file (hashed here), taking over `fd` and
+        the exclusive lock it holds, as if `stage` had written it."""
+
     async def commit(self, staged: StagedBlob) -> bool:
         """Make `staged` visible under its hash; True if this call created the blob."""
 

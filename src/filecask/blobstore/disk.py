@@ -17,6 +17,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import itertools
 import os
 import secrets
 import stat as stat_module
@@ -82,6 +83,18 @@ class DiskBlobStore:
         # file would look abandoned to a reaper in another process.
         self._staged[name] = fd
         return StagedBlob(hasher.hexdigest, hasher.size, hasher.crc32, head, Path(name))
+
+    async def adopt(self, fd: int, path: Path) -> StagedBlob:
+        """Stage a file already written and fsynced in tmp/ (a finished resumable upload),
+        hashing it in full in a worker thread. `fd` must be open on `path` and hold its
+        exclusive flock: the store takes it over exactly like a scratch file of `stage`, so
+        the lock stays held through `commit` (a reaper never sees it as abandoned) and
+        `settle`/`discard` unlink the file and close `fd`."""
+        if path.parent != self.tmp_dir:
+            raise ValueError(f"{path} is not in {self.tmp_dir}")
+        hasher, head = await _run(_hash_fd, fd)
+        self._staged[str(path)] = fd
+        return StagedBlob(hasher.hexdigest, hasher.size, hasher.crc32, head, path)
 
     async def commit(self, staged: StagedBlob) -> bool:
         """Link the blob into the store and keep its scratch, renamed `commit-<hash>`, as
@@ -232,7 +245,12 @@ class DiskBlobStore:
 
     def _quarantine(self, key: str) -> str:
         self.quarantine_dir.mkdir(exist_ok=True)
-        target = self.quarantine_dir / key.replace("/", "_")
+        name = key.replace("/", "_")
+        target = self.quarantine_dir / name
+        for n in itertools.count(1):  # never replace what an earlier run moved here
+            if not os.path.lexists(target):
+                break
+            target = self.quarantine_dir / f"{name}.{n}"
         os.rename(self._entry(key), target)
         _fsync_dir(self.quarantine_dir)
         return str(target)
@@ -463,6 +481,15 @@ def _sha256_of(path: Path) -> tuple[str, int]:
             sha.update(chunk)
             size += len(chunk)
     return sha.hexdigest(), size
+
+
+def _hash_fd(fd: int) -> tuple[StreamHasher, bytes]:
+    hasher = StreamHasher()
+    position = 0
+    while chunk := os.pread(fd, READ_CHUNK, position):
+        hasher.update(chunk)
+        position += len(chunk)
+    return hasher, os.pread(fd, HEAD_BYTES, 0)
 
 
 def _close_and_unlink_pair(created: tuple[int, str]) -> None:

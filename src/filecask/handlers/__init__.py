@@ -7,10 +7,10 @@ from typing import Any
 
 from aiohttp import web
 
-from filecask.app import SERVICES, SETTINGS
+from filecask.app import JSON_BODY_MAX, SERVICES, SETTINGS
 from filecask.auth import client_address
 from filecask.connections import receive
-from filecask.errors import BadRequest, Forbidden
+from filecask.errors import BadRequest, Forbidden, PayloadTooLarge
 from filecask.metastore import User
 
 USER = web.RequestKey("user", str)
@@ -44,9 +44,7 @@ def base_url(request: web.Request) -> str:
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
-    # A JSON body is small (at most JSON_BODY_MAX) but may be trickled: the same stall
-    # limit as an upload's applies to reading all of it.
-    raw = await receive(request.read(), request.app[SETTINGS].body_timeout)
+    raw = await _read_small_body(request)
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -54,3 +52,19 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("The body must be a JSON object.")
     return body
+
+
+async def _read_small_body(request: web.Request) -> bytes:
+    """The whole body, at most JSON_BODY_MAX bytes (413 past it, before reading when the
+    Content-Length says so), read piece by piece under the body stall limit: a client that
+    trickles a manifest is not cut, one that stops sending it is (408)."""
+    limit = JSON_BODY_MAX
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"A JSON body may be at most {limit} bytes.", limit=limit)
+    stall = request.app[SETTINGS].body_timeout
+    body = bytearray()
+    while chunk := await receive(request.content.read(64 << 10), stall):
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"A JSON body may be at most {limit} bytes.", limit=limit)
+    return bytes(body)

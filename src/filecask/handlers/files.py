@@ -130,18 +130,40 @@ async def _store(request: web.Request, *, expected_hash: str | None) -> web.Resp
     user = await require_user(request)
     await _check_declared_length(request, user)
     name, chunks = await _body_source(request)
-    record, created = await services.files.upload(
-        user,
-        chunks,
-        name=name,
-        max_size=services.settings.max_upload_size,
-        reserve=services.settings.min_free_space,
-        expected_hash=expected_hash,
-    )
+    limit = services.settings.max_upload_size
+    allowance = await _quota_allowance(services, user)
+    try:
+        record, created = await services.files.upload(
+            user,
+            chunks,
+            name=name,
+            max_size=limit if allowance is None else min(limit, allowance),
+            reserve=services.settings.min_free_space,
+            expected_hash=expected_hash,
+        )
+    except PayloadTooLarge as exc:
+        if allowance is None or allowance >= limit or isinstance(exc, QuotaExceeded):
+            raise
+        assert user.quota is not None
+        used = (await services.meta.usage(user.id)).bytes
+        raise QuotaExceeded(quota=user.quota, used=used, size=allowance + 1, cut=True) from None
     body = file_json(record, base_url(request))
     return web.json_response(
         body, status=201 if created else 200, headers={"Location": body["url"]}
     )
+
+
+async def _quota_allowance(services: Services, user: User) -> int | None:
+    """The most bytes an upload by `user` may stream before it is cut (None: no quota).
+
+    The quota itself is checked when the reference is stored; this only stops a stream of
+    unknown length (chunked, multipart) from filling the disk's scratch space on the way
+    to that refusal. A re-upload of something the user holds costs nothing, so a stream as
+    large as their largest file may always run."""
+    if user.quota is None:
+        return None
+    used = (await services.meta.usage(user.id)).bytes
+    return max(user.quota - used, await services.meta.largest_ref_size(user.id))
 
 
 async def _body_source(request: web.Request) -> tuple[str | None, AsyncIterator[bytes]]:

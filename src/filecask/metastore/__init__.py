@@ -128,6 +128,23 @@ class CachedCrc:
     crc32: int
 
 
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """A resumable (tus) upload: `offset` bytes of `length` are durable in its tus file."""
+
+    id: str
+    user_id: int
+    length: int
+    offset: int
+    name: str | None
+    metadata: str
+    """The client's `Upload-Metadata`, echoed back on HEAD as the protocol asks."""
+    created_at: datetime
+    expires_at: datetime
+    hash: str | None = None
+    """The stored file's hash once the upload is complete."""
+
+
 class RemoveOutcome(enum.Enum):
     NOT_FOUND = "not-found"
     NOT_OWNER = "not-owner"
@@ -175,6 +192,8 @@ class MetaStore(Protocol):
     ) -> bool:
         """Whether the user references this hash, or any blob of exactly this size (an
         upload's early quota check: a re-upload of something held costs nothing)."""
+
+    async def largest_ref_size(self, user_id: int) -> int: ...
 
     async def remove_ref(self, user_id: int, hex_hash: str) -> RemoveOutcome: ...
 
@@ -224,3 +243,21 @@ class MetaStore(Protocol):
     async def get_crcs(self, paths: list[str]) -> dict[str, CachedCrc]: ...
 
     async def put_crcs(self, crcs: list[CachedCrc]) -> None: ...
+
+    async def create_upload(self, upload: Upload) -> None: ...
+
+    async def get_upload(self, upload_id: str) -> Upload | None: ...
+
+    async def advance_upload(
+        self, upload_id: str, *, old_offset: int, new_offset: int, expires_at: datetime
+    ) -> bool:
+        """Move the offset (only from `old_offset`) and the expiry; False if the row is gone
+        or moved meanwhile."""
+
+    async def finish_upload(self, upload_id: str, hex_hash: str) -> None: ...
+
+    async def delete_upload(self, upload_id: str) -> bool: ...
+
+    async def expired_uploads(self, now: datetime) -> list[str]: ...
+
+    async def upload_ids(self) -> set[str]: ...

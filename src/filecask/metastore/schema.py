@@ -90,3 +90,21 @@ crc_cache = sa.Table(
     sa.Column("inode", sa.BigInteger, nullable=False),
     sa.Column("crc32", sa.BigInteger, nullable=False),
 )
+
+uploads = sa.Table(
+    "uploads",
+    metadata,
+    # A resumable (tus) upload in progress, shared by every worker: its bytes so far live
+    # in `<data-dir>/tmp/tus-<id>`; `offset` only ever names bytes already fsynced there.
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("length", sa.BigInteger, nullable=False),
+    sa.Column("offset", sa.BigInteger, nullable=False),
+    sa.Column("name", sa.String(255), nullable=True),
+    sa.Column("metadata", sa.String(4096), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    # Set once the bytes are a stored file (its hash); the row stays until it expires so a
+    # client that lost the final answer can still learn the outcome.
+    sa.Column("hash", sa.String(64), nullable=True),
+)

@@ -37,6 +37,7 @@ from filecask.metastore import (
     CachedCrc,
     FileRecord,
     RemoveOutcome,
+    Upload,
     Usage,
     User,
     UserSummary,
@@ -48,6 +49,7 @@ from filecask.metastore.schema import (
     bundles,
     crc_cache,
     refs,
+    uploads,
     users,
 )
 
@@ -91,11 +93,16 @@ class SqlMetaStore:
             raise RuntimeError("metastore is not open")
         return self._engine
 
-    async def open(self) -> None:
+    async def open(self, *, create: bool = True) -> None:
+        """Connect and migrate. With `create=False` a database that has never been set up
+        (no migration recorded: an empty file, a fresh PostgreSQL database) is refused with
+        EmptyDatabase instead of being initialised."""
         self._engine = create_async_engine(self._url, pool_pre_ping=True)
         if self._engine.dialect.name == "sqlite":
             _tune_sqlite(self._engine)
         async with self._engine.begin() as conn:
+            if not create and not await conn.run_sync(_is_set_up):
+                raise EmptyDatabase(self._url)
             await conn.run_sync(_upgrade_schema)
 
     async def close(self) -> None:
@@ -226,6 +233,17 @@ class SqlMetaStore:
             query = query.join(blobs, blobs.c.hash == refs.c.hash).where(blobs.c.size == size)
         async with self.engine.connect() as conn:
             return await conn.scalar(query.limit(1)) is not None
+
+    async def largest_ref_size(self, user_id: int) -> int:
+        """The size of the largest file the user holds (0 if none): a re-upload of it costs
+        nothing, so a stream that size may always run."""
+        query = (
+            sa.select(sa.func.coalesce(sa.func.max(blobs.c.size), 0))
+            .select_from(refs.join(blobs))
+            .where(refs.c.user_id == user_id)
+        )
+        async with self.engine.connect() as conn:
+            return int(await conn.scalar(query) or 0)
 
     async def remove_ref(self, user_id: int, hex_hash: str) -> RemoveOutcome:
         changed = {Topic.REFS}
@@ -477,6 +495,72 @@ class SqlMetaStore:
                     )
                 )
 
+    # resumable (tus) uploads: plain rows, no cache (every worker must see every move)
+
+    async def create_upload(self, upload: Upload) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                uploads.insert().values(
+                    id=upload.id,
+                    user_id=upload.user_id,
+                    length=upload.length,
+                    offset=upload.offset,
+                    name=upload.name,
+                    metadata=upload.metadata,
+                    created_at=upload.created_at,
+                    expires_at=upload.expires_at,
+                    hash=upload.hash,
+                )
+            )
+
+    async def get_upload(self, upload_id: str) -> Upload | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(uploads).where(uploads.c.id == upload_id))).first()
+        if row is None:
+            return None
+        return Upload(
+            row.id,
+            row.user_id,
+            int(row.length),
+            int(row.offset),
+            row.name,
+            row.metadata,
+            _utc(row.created_at),
+            _utc(row.expires_at),
+            row.hash,
+        )
+
+    async def advance_upload(
+        self, upload_id: str, *, old_offset: int, new_offset: int, expires_at: datetime
+    ) -> bool:
+        async with self._write() as conn:
+            result = await conn.execute(
+                uploads.update()
+                .where(uploads.c.id == upload_id, uploads.c.offset == old_offset)
+                .values(offset=new_offset, expires_at=expires_at)
+            )
+            return bool(result.rowcount)
+
+    async def finish_upload(self, upload_id: str, hex_hash: str) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                uploads.update().where(uploads.c.id == upload_id).values(hash=hex_hash)
+            )
+
+    async def delete_upload(self, upload_id: str) -> bool:
+        async with self._write() as conn:
+            result = await conn.execute(uploads.delete().where(uploads.c.id == upload_id))
+            return bool(result.rowcount)
+
+    async def expired_uploads(self, now: datetime) -> list[str]:
+        query = sa.select(uploads.c.id).where(uploads.c.expires_at <= now).order_by(uploads.c.id)
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(query)).scalars())
+
+    async def upload_ids(self) -> set[str]:
+        async with self.engine.connect() as conn:
+            return set((await conn.execute(sa.select(uploads.c.id))).scalars())
+
     def _insert(self) -> Any:
         """The dialect's INSERT, which has ON CONFLICT (both sqlite and postgresql)."""
         return postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
@@ -529,6 +613,14 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
     def _on_begin(conn: sa.Connection) -> None:
         write = conn.get_execution_options().get(_WRITE, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+class EmptyDatabase(Exception):
+    """The database has never been set up, where one that has was expected."""
+
+
+def _is_set_up(conn: sa.Connection) -> bool:
+    return sa.inspect(conn).has_table("alembic_version")
 
 
 def _upgrade_schema(conn: sa.Connection) -> None:

@@ -1,0 +1,327 @@
+"""Prometheus metrics at `GET /metrics`: requests, latency, bytes, work in flight, store size.
+
+Open to anyone, like nginx's stub_status: nothing in it names a user, a file or a URL. The
+`route` label is the route's template (`/files/{hash}`), never the raw path, so a client
+cannot grow the number of series by asking for made-up URLs.
+
+One process (`serve`, the tests) keeps its metrics in memory, in a registry of the app's
+own. With `serve --workers N` each worker is a separate process and a scrape lands on
+whichever worker the kernel picks, so the workers use prometheus-client's multiprocess
+mode: every counter, histogram and gauge lives in a small mmap'ed file per process under
+`PROMETHEUS_MULTIPROC_DIR` (`<data-dir>/metrics/`), and a scrape sums the files of every
+worker, live or dead. The master empties that directory before it forks
+(`use_multiprocess_dir`), as prometheus-client requires.
+
+The store's size and file count come from the metadata store (a count and a sum over the
+blob rows), computed when scraped and kept for `STORE_STATS_TTL` seconds, so a flood of
+scrapes costs one query every few seconds. They describe the shared store, not a worker,
+so they are never written to the per-process files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import sqlalchemy as sa
+from aiohttp import web
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    values,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from filecask.app import SERVICES
+from filecask.metastore.schema import blobs
+
+__all__ = [
+    "METRICS",
+    "MULTIPROC_ENV",
+    "Metrics",
+    "install_metrics",
+    "metrics_middleware",
+    "use_multiprocess_dir",
+]
+
+log = logging.getLogger("filecask.metrics")
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+STORE_STATS_TTL = 5.0
+"""Seconds the store's size and file count are reused before the next scrape asks again."""
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+"""Up to five minutes: big downloads, uploads and archives take far longer than an API call."""
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Methods kept as label values; anything else is `other` (bounded label sets)."""
+UNMATCHED = "unmatched"
+"""The route label of a request no route matched (404s for unknown paths, 405s)."""
+UPLOAD_METHODS = frozenset({"POST", "PUT", "PATCH"})
+UPLOAD_ROUTE_PREFIXES = ("/files", "/uploads")
+"""Uploads are bodies sent to these routes: `/files`, `/files/{hash}`, resumable uploads."""
+CLIENT_GONE = "499"
+"""Status label of a request whose client left before its response was complete (nginx's)."""
+
+_GAUGE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db")
+
+
+class StoreStats(Collector):
+    """`filecask_store_bytes` and `filecask_store_files`, from the blob rows, cached."""
+
+    def __init__(self, ttl: float = STORE_STATS_TTL) -> None:
+        self.ttl = ttl
+        self.files: int | None = None
+        self.bytes: int | None = None
+        self._at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def refresh(self, query: Callable[[], Awaitable[tuple[int, int]]]) -> None:
+        """Run `query` unless the figures are fresh; concurrent scrapes share one run."""
+        if time.monotonic() - self._at < self.ttl:
+            return
+        async with self._lock:
+            if time.monotonic() - self._at < self.ttl:  # another scrape just did it
+                return
+            try:
+                self.files, self.bytes = await query()
+            except Exception as exc:  # the rest of the scrape is still worth having
+                log.warning("cannot count the store for /metrics: %s", exc)
+            self._at = time.monotonic()
+
+    def collect(self) -> Iterator[Metric]:
+        if self.files is None or self.bytes is None:
+            return
+        yield GaugeMetricFamily(
+            "filecask_store_bytes", "Bytes of content stored (each blob once).", self.bytes
+        )
+        yield GaugeMetricFamily("filecask_store_files", "Blobs stored.", self.files)
+
+
+class Metrics:
+    """The metrics of one app. In multiprocess mode the values go to this process's files
+    (wherever they are registered); otherwise to `registry`, which the app's own."""
+
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.requests = Counter(
+            "filecask_http_requests",
+            "HTTP requests answered, by method, route template and status"
+            " (499: the client left before the response was complete).",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "filecask_http_request_duration_seconds",
+            "Time from the request head to the end of the handler (streamed bodies included).",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.received = Counter(
+            "filecask_http_received_bytes",
+            "Request body bytes received.",
+            registry=registry,
+        )
+        self.sent = Counter(
+            "filecask_http_sent_bytes",
+            "Response body bytes sent.",
+            registry=registry,
+        )
+        self.uploads = Gauge(
+            "filecask_uploads_in_flight",
+            "Uploads being received now.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.archives = Gauge(
+            "filecask_archives_in_flight",
+            "ZIP archives being streamed now.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.store = StoreStats()
+        if multiprocess_dir is None:
+            registry.register(self.store)
+
+    @classmethod
+    def for_this_process(cls) -> Metrics:
+        """Multiprocess if prometheus-client writes values to files in this process (it
+        decides that from PROMETHEUS_MULTIPROC_DIR), in memory otherwise."""
+        shared = bool(getattr(values.ValueClass, "_multiprocess", False))
+        directory = os.environ.get(MULTIPROC_ENV)
+        return cls(Path(directory) if shared and directory else None)
+
+    def in_flight(self, method: str, route: str) -> Gauge | None:
+        if method in UPLOAD_METHODS and route.startswith(UPLOAD_ROUTE_PREFIXES):
+            return self.uploads
+        if method == "GET" and route.startswith("/archive/"):
+            return self.archives
+        return None
+
+    def exposition_registry(self) -> CollectorRegistry:
+        """What a scrape reads: every worker's files, or this process's registry."""
+        if self.multiprocess_dir is None:
+            return self.registry
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
+            registry, path=str(self.multiprocess_dir)
+        )
+        registry.register(self.store)
+        return registry
+
+
+METRICS = web.AppKey("metrics", Metrics)
+_PREPARED = web.RequestKey("metrics_prepared", web.StreamResponse)
+"""The response as prepared, for a request whose handler then failed mid-stream."""
+
+
+def install_metrics(app: web.Application) -> None:
+    """Give `app` its metrics, the `/metrics` route and the prepare hook the middleware
+    needs; the middleware itself goes in the app's list (see `create_app`)."""
+    app[METRICS] = Metrics.for_this_process()
+    app.on_response_prepare.append(_remember_prepared)
+    app.router.add_get("/metrics", metrics_handler)
+
+
+async def _remember_prepared(request: web.Request, response: web.StreamResponse) -> None:
+    request[_PREPARED] = response
+
+
+def route_label(request: web.BaseRequest) -> str:
+    """The matched route's template; never the path the client sent."""
+    if not isinstance(request, web.Request):
+        return UNMATCHED
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED
+
+
+@web.middleware
+async def metrics_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Counts and times every request. Outermost, so it sees the status the client gets
+    (problem responses included); a streamed body is sent inside the handler, so its time
+    and bytes are counted too."""
+    metrics = request.app[METRICS]
+    method = request.method if request.method in METHODS else "other"
+    route = route_label(request)
+    gauge = metrics.in_flight(method, route)
+    started = time.perf_counter()
+    response: web.StreamResponse | None = None
+    status = "500"
+    if gauge is not None:
+        gauge.inc()
+    try:
+        response = await handler(request)
+        status = str(response.status)
+        return response
+    except web.HTTPException as exc:  # redirects and 304s travel as exceptions
+        status = str(exc.status)
+        raise
+    except (ConnectionError, asyncio.CancelledError):
+        status = CLIENT_GONE
+        raise
+    finally:
+        if gauge is not None:
+            gauge.dec()
+        metrics.requests.labels(method, route, status).inc()
+        metrics.latency.labels(method, route).observe(time.perf_counter() - started)
+        received = getattr(request.content, "total_bytes", 0)
+        if received:
+            metrics.received.inc(received)
+        sent = _body_bytes_sent(request, response or request.get(_PREPARED))
+        if sent:
+            metrics.sent.inc(sent)
+
+
+def _body_bytes_sent(request: web.Request, response: web.StreamResponse | None) -> int:
+    """Body bytes of the response: exact for a streamed body (the declared length minus
+    what the writer still owes, so a download cut short counts what was sent), and the
+    body's length for one aiohttp sends right after the middleware returns."""
+    if response is None or request.method == "HEAD":
+        return 0
+    if not response.prepared:
+        return response.content_length or 0
+    declared = response.content_length
+    owed = request.writer.length
+    if declared is not None and owed is not None:
+        return max(declared - owed, 0)
+    return request.writer.output_size  # chunked: the headers are included, near enough
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    """The text exposition format (OpenMetrics if the scraper asks for it)."""
+    metrics = request.app[METRICS]
+    meta = request.app[SERVICES].meta
+
+    async def count_store() -> tuple[int, int]:
+        query = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(blobs.c.size), 0))
+        async with meta.engine.connect() as conn:
+            files, size = (await conn.execute(query.select_from(blobs))).one()
+        return int(files), int(size)
+
+    await metrics.store.refresh(count_store)
+    encoder, content_type = choose_encoder(",".join(request.headers.getall("Accept", [])))
+    registry = metrics.exposition_registry()
+    if metrics.multiprocess_dir is None:
+        body = encoder(registry)
+    else:  # reads every worker's files: off the event loop
+        directory = metrics.multiprocess_dir
+
+        def read_files() -> bytes:
+            _forget_dead_workers(directory)
+            return encoder(registry)
+
+        body = await asyncio.get_running_loop().run_in_executor(None, read_files)
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _forget_dead_workers(directory: Path) -> None:
+    """A worker that died (and was restarted under a new pid) would otherwise leave its
+    in-flight gauges counted for ever; its counters stay, totals must not drop."""
+    for entry in os.scandir(directory):
+        match = _GAUGE_FILE.fullmatch(entry.name)
+        if match and not _alive(int(match.group(1))):
+            with contextlib.suppress(FileNotFoundError):
+                pid = int(match.group(1))
+                multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process reuses the pid: not our worker
+        return False
+    return True
+
+
+def use_multiprocess_dir(directory: Path) -> None:
+    """Share metrics between the processes about to be forked, through `directory`.
+
+    Run in the master before any worker starts: a previous run's files are removed (their
+    counts would otherwise be added to this run's), PROMETHEUS_MULTIPROC_DIR is set for the
+    workers, and prometheus-client, which chose in-memory values when it was imported, is
+    told to choose again so the metrics a worker creates write to its own file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for entry in os.scandir(directory):
+        if entry.name.endswith(".db") and entry.is_file(follow_symlinks=False):
+            os.unlink(entry.path)
+    os.environ[MULTIPROC_ENV] = str(directory)
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]

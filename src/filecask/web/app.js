@@ -1,0 +1,437 @@
+// filecask's web page: sign in, upload, list, delete and bundle files, using the same
+// HTTP API as curl (see /docs). A plain ES module: no build step, no framework.
+//
+// Signing in: the user name and password are checked with GET /me and then kept, as the
+// Basic token, in sessionStorage (gone when the tab closes; "Sign out" forgets them at
+// once). Every request sends them explicitly. fetch() runs with credentials "omit", so a
+// 401 never brings up the browser's own Basic prompt: the page shows its sign-in form.
+
+const TOKEN_KEY = "filecask.basic";
+const USER_KEY = "filecask.user";
+const PAGE_SIZE = 50;
+
+const $ = (selector) => document.querySelector(selector);
+
+let token = sessionStorage.getItem(TOKEN_KEY);
+let nextCursor = null;
+const selected = new Map(); // hash -> file name, for the ZIP bundle
+
+// ------------------------------------------------------------------ the API
+
+/** The Basic token of "user:password", UTF-8 (RFC 7617 charset="UTF-8"). */
+function basicToken(user, password) {
+  const bytes = new TextEncoder().encode(`${user}:${password}`);
+  return btoa(String.fromCharCode(...bytes));
+}
+
+class ApiError extends Error {
+  constructor(status, problem, retryAfter) {
+    super(problem.detail || problem.title || `HTTP ${status}`);
+    this.status = status;
+    this.problem = problem;
+    this.retryAfter = retryAfter;
+  }
+}
+
+async function problemOf(response) {
+  try {
+    return await response.json();
+  } catch {
+    return { title: response.statusText || `HTTP ${response.status}` };
+  }
+}
+
+/** A JSON request to this server, signed in; a 401 signs the page out. */
+async function api(path, { method = "GET", json, auth = token } = {}) {
+  const headers = { Accept: "application/json", Authorization: `Basic ${auth}` };
+  let body;
+  if (json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    body = JSON.stringify(json);
+  }
+  const response = await fetch(path, {
+    method, headers, body, credentials: "omit", cache: "no-store",
+  });
+  if (!response.ok) {
+    const error = new ApiError(
+      response.status, await problemOf(response), response.headers.get("Retry-After"));
+    if (response.status === 401 && auth === token) signOut("Please sign in again.");
+    throw error;
+  }
+  return response.status === 204 ? null : response.json();
+}
+
+// ------------------------------------------------------------------ signing in
+
+async function signIn(event) {
+  event.preventDefault();
+  const form = event.target;
+  const user = form.user.value.trim();
+  const password = form.password.value;
+  const message = $("#sign-in-error");
+  message.hidden = true;
+  if (!user || !password) {
+    showError(message, "Enter your user name and password.");
+    return;
+  }
+  const candidate = basicToken(user, password);
+  form.querySelector("button").disabled = true;
+  try {
+    const me = await api("/me", { auth: candidate });
+    token = candidate;
+    sessionStorage.setItem(TOKEN_KEY, token);
+    sessionStorage.setItem(USER_KEY, me.name);
+    form.reset();
+    await showApp(me);
+  } catch (error) {
+    showError(message, signInTrouble(error));
+  } finally {
+    form.querySelector("button").disabled = false;
+  }
+}
+
+function signInTrouble(error) {
+  if (!(error instanceof ApiError)) return `Cannot reach the server: ${error.message}`;
+  if (error.status === 401) return "Wrong user name or password.";
+  if (error.status === 429) {
+    return `Too many failed sign-ins. Try again in ${error.retryAfter || "a few"} seconds.`;
+  }
+  return error.message;
+}
+
+function signOut(reason) {
+  token = null;
+  sessionStorage.removeItem(TOKEN_KEY);
+  sessionStorage.removeItem(USER_KEY);
+  selected.clear();
+  $("#app-view").hidden = true;
+  $("#who").hidden = true;
+  $("#sign-in-view").hidden = false;
+  const message = $("#sign-in-error");
+  if (reason) showError(message, reason);
+  else message.hidden = true;
+  $("#sign-in").user.focus();
+}
+
+async function showApp(me) {
+  $("#user-name").textContent = me.name;
+  $("#who").hidden = false;
+  $("#sign-in-view").hidden = true;
+  $("#app-view").hidden = false;
+  showUsage(me);
+  await loadFiles();
+}
+
+// ------------------------------------------------------------------ usage
+
+function showUsage(me) {
+  const files = `${me.files} file${me.files === 1 ? "" : "s"}`;
+  const bar = $("#usage-bar");
+  if (me.quota === null) {
+    $("#usage-text").textContent = `${files}, ${formatSize(me.bytes)} used (no quota).`;
+    bar.hidden = true;
+  } else {
+    const percent = me.quota ? Math.min(100, Math.round((100 * me.bytes) / me.quota)) : 100;
+    $("#usage-text").textContent =
+      `${files}, ${formatSize(me.bytes)} of your ${formatSize(me.quota)} quota used (${percent}%).`;
+    bar.max = Math.max(me.quota, 1);
+    bar.value = Math.min(me.bytes, bar.max);
+    bar.hidden = false;
+  }
+}
+
+async function refreshUsage() {
+  try {
+    showUsage(await api("/me"));
+  } catch (error) {
+    if (error.status !== 401) toast(`Could not read your usage: ${error.message}`);
+  }
+}
+
+// ------------------------------------------------------------------ uploads
+
+/**
+ * Send one file; resolve with the server's FileInfo, reject with an ApiError.
+ *
+ * TUS HOOK: this is plain `POST /files?name=...` with the whole file as the body (XHR, for
+ * its upload progress events). When resumable uploads land at /uploads/ (tus), a large
+ * file can go through them here instead, keeping this signature: call
+ * `onProgress(sent, total)` as chunks are acknowledged and resolve with the FileInfo.
+ */
+function uploadFile(file, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", `/files?name=${encodeURIComponent(file.name)}`);
+    xhr.setRequestHeader("Authorization", `Basic ${token}`);
+    xhr.setRequestHeader("Accept", "application/json");
+    xhr.setRequestHeader("Content-Type", file.type || "application/octet-stream");
+    xhr.responseType = "json";
+    xhr.upload.onprogress = (event) => {
+      if (event.lengthComputable) onProgress(event.loaded, event.total);
+    };
+    xhr.onload = () => {
+      if (xhr.status === 200 || xhr.status === 201) resolve(xhr.response);
+      else {
+        const problem = xhr.response || { title: `HTTP ${xhr.status}` };
+        reject(new ApiError(xhr.status, problem, xhr.getResponseHeader("Retry-After")));
+      }
+    };
+    xhr.onerror = () => reject(new Error("the connection failed"));
+    xhr.onabort = () => reject(new Error("cancelled"));
+    xhr.send(file);
+  });
+}
+
+async function uploadAll(fileList) {
+  const chosen = [...fileList];
+  if (!chosen.length) return;
+  const rows = chosen.map((file) => {
+    const row = element("li", {}, [
+      element("span", { className: "name", textContent: file.name }),
+      element("span", { className: "status", textContent: formatSize(file.size) }),
+      element("progress", { max: Math.max(file.size, 1), value: 0 }),
+    ]);
+    $("#uploads").prepend(row);
+    return row;
+  });
+  // One at a time: the disk writes each file once anyway, and progress stays readable.
+  for (const [index, file] of chosen.entries()) {
+    const row = rows[index];
+    const bar = row.querySelector("progress");
+    const status = row.querySelector(".status");
+    try {
+      const info = await uploadFile(file, (sent, total) => {
+        bar.max = Math.max(total, 1);
+        bar.value = sent;
+        status.textContent = `${Math.floor((100 * sent) / Math.max(total, 1))}%`;
+      });
+      bar.value = bar.max;
+      row.classList.add("done");
+      status.textContent = `Uploaded, ${formatSize(info.size)}`;
+    } catch (error) {
+      row.classList.add("failed");
+      bar.remove();
+      status.textContent = `Failed: ${error.message}`;
+      if (error.status === 401) {
+        signOut("Please sign in again.");
+        return;
+      }
+    }
+  }
+  await Promise.all([loadFiles(), refreshUsage()]);
+}
+
+function setUpDropZone() {
+  const zone = $("#drop-zone");
+  const input = $("#file-input");
+  input.addEventListener("change", () => {
+    uploadAll(input.files).finally(() => { input.value = ""; });
+  });
+  for (const name of ["dragenter", "dragover"]) {
+    zone.addEventListener(name, (event) => {
+      event.preventDefault();
+      zone.classList.add("over");
+    });
+  }
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("over");
+    if (event.dataTransfer && event.dataTransfer.files.length) uploadAll(event.dataTransfer.files);
+  });
+  // A file dropped beside the zone must not make the browser leave the page to show it.
+  for (const name of ["dragover", "drop"]) {
+    window.addEventListener(name, (event) => event.preventDefault());
+  }
+}
+
+// ------------------------------------------------------------------ the list
+
+async function loadFiles({ more = false } = {}) {
+  const list = $("#file-list");
+  const problem = $("#list-error");
+  const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
+  if (more && nextCursor) query.set("cursor", nextCursor);
+  let page;
+  try {
+    page = await api(`/files?${query}`);
+  } catch (error) {
+    if (error.status !== 401) showError(problem, `Could not list your files: ${error.message}`);
+    return;
+  }
+  problem.hidden = true;
+  if (!more) {
+    list.replaceChildren();
+    // Keep only selections that are still on the first page's files, or may be later on.
+    const present = new Set(page.files.map((file) => file.hash));
+    if (!page.next_cursor) {
+      for (const hash of [...selected.keys()]) if (!present.has(hash)) selected.delete(hash);
+    }
+  }
+  for (const file of page.files) list.append(fileRow(file));
+  nextCursor = page.next_cursor;
+  $("#more").hidden = !nextCursor;
+  $("#no-files").hidden = list.children.length > 0;
+  updateSelection();
+}
+
+function downloadUrl(file) {
+  return `${file.url}?name=${encodeURIComponent(file.name)}`;
+}
+
+function fileRow(file) {
+  const box = element("input", {
+    type: "checkbox", checked: selected.has(file.hash), title: "Include in a ZIP link",
+  });
+  box.setAttribute("aria-label", `Select ${file.name}`);
+  box.addEventListener("change", () => {
+    if (box.checked) selected.set(file.hash, file.name);
+    else selected.delete(file.hash);
+    updateSelection();
+  });
+  const link = element("a", {
+    className: "name", href: downloadUrl(file), textContent: file.name, target: "_blank",
+    rel: "noopener",
+  });
+  const when = new Date(file.uploaded_at);
+  const meta = element("div", { className: "meta" }, [
+    `${formatSize(file.size)} · `,
+    element("time", { dateTime: file.uploaded_at, textContent: when.toLocaleString() }),
+  ]);
+  const copy = element("button", { type: "button", className: "quiet", textContent: "Copy link" });
+  copy.addEventListener("click", () => copyText(new URL(downloadUrl(file), location.href).href));
+  const remove = element("button", { type: "button", className: "danger", textContent: "Delete" });
+  remove.addEventListener("click", () => deleteFile(file, row));
+  const row = element("li", {}, [
+    box,
+    element("div", { className: "name" }, [link, meta]),
+    element("div", { className: "actions" }, [copy, remove]),
+  ]);
+  row.dataset.hash = file.hash;
+  return row;
+}
+
+async function deleteFile(file, row) {
+  if (!window.confirm(`Delete "${file.name}"? Links to it stop working unless someone else holds it.`)) {
+    return;
+  }
+  try {
+    await api(`/files/${file.hash}`, { method: "DELETE" });
+  } catch (error) {
+    if (error.status !== 401) toast(`Could not delete ${file.name}: ${error.message}`);
+    return;
+  }
+  row.remove();
+  selected.delete(file.hash);
+  updateSelection();
+  $("#no-files").hidden = $("#file-list").children.length > 0;
+  toast(`Deleted ${file.name}.`);
+  await refreshUsage();
+}
+
+// ------------------------------------------------------------------ ZIP bundles
+
+function updateSelection() {
+  $("#selected-count").textContent = String(selected.size);
+  $("#make-bundle").disabled = selected.size === 0;
+}
+
+/** Entry paths for the ZIP: the files' names, made unique ("a.txt", "a (2).txt"). */
+function bundlePaths(names) {
+  const taken = new Set();
+  return names.map((name) => {
+    let candidate = name;
+    const dot = name.lastIndexOf(".");
+    const [stem, ext] = dot > 0 ? [name.slice(0, dot), name.slice(dot)] : [name, ""];
+    for (let n = 2; taken.has(candidate); n += 1) candidate = `${stem} (${n})${ext}`;
+    taken.add(candidate);
+    return candidate;
+  });
+}
+
+async function makeBundle(event) {
+  event.preventDefault();
+  const name = $("#bundle-name").value.trim() || "files.zip";
+  const hashes = [...selected.keys()];
+  const paths = bundlePaths(hashes.map((hash) => selected.get(hash)));
+  const files = hashes.map((hash, index) => ({ hash, path: paths[index] }));
+  const button = $("#make-bundle");
+  button.disabled = true;
+  try {
+    const bundle = await api("/archives", { method: "POST", json: { name, files } });
+    const link = $("#bundle-link");
+    link.href = bundle.url;
+    link.textContent = bundle.url;
+    $("#bundle-result").hidden = false;
+  } catch (error) {
+    if (error.status !== 401) toast(`Could not make the ZIP link: ${error.message}`);
+  } finally {
+    updateSelection();
+  }
+}
+
+// ------------------------------------------------------------------ helpers
+
+function element(tag, properties = {}, children = []) {
+  const node = Object.assign(document.createElement(tag), properties);
+  node.append(...children);
+  return node;
+}
+
+function showError(node, text) {
+  node.textContent = text;
+  node.hidden = false;
+}
+
+let toastTimer;
+function toast(text) {
+  const node = $("#toast");
+  node.textContent = text;
+  node.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => { node.hidden = true; }, 4000);
+}
+
+async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+    toast("Link copied.");
+  } catch {
+    // No clipboard (a plain-http page on another host is not a secure context).
+    window.prompt("Copy this link:", text);
+  }
+}
+
+const UNITS = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"];
+function formatSize(bytes) {
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < UNITS.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  if (unit === 0) return `${bytes} byte${bytes === 1 ? "" : "s"}`;
+  return `${value.toFixed(value < 10 ? 1 : 0)} ${UNITS[unit]}`;
+}
+
+// ------------------------------------------------------------------ start
+
+async function start() {
+  $("#sign-in").addEventListener("submit", signIn);
+  $("#sign-out").addEventListener("click", () => signOut());
+  $("#bundle").addEventListener("submit", makeBundle);
+  $("#bundle-copy").addEventListener("click", () => copyText($("#bundle-link").href));
+  $("#more").addEventListener("click", () => loadFiles({ more: true }));
+  setUpDropZone();
+  if (!token) {
+    signOut();
+    return;
+  }
+  try {
+    await showApp(await api("/me"));
+  } catch (error) {
+    if (error.status !== 401) signOut(signInTrouble(error));
+  }
+}
+
+start();
