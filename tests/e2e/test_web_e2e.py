@@ -20,7 +20,15 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, Request, expect, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    ConsoleMessage,
+    Page,
+    Request,
+    Route,
+    expect,
+    sync_playwright,
+)
 
 from tests.e2e.conftest import ADMIN_PASSWORD, HOST, Server, ServerLauncher
 
@@ -297,4 +305,58 @@ def test_docs_show_every_operation_with_no_foreign_request(
     _screenshot(page, "docs")
     assert watched.errors == [], "Swagger UI logged errors"
     watched.assert_same_origin(server)
+    context.close()
+
+
+def test_a_large_file_goes_through_tus_and_survives_a_cut_chunk(
+    web_server: Server, browser: Browser, tmp_path: Path
+) -> None:
+    """Past the size threshold the page uploads through /uploads/ (tus) in chunks; when
+    one chunk's connection fails it asks the server where it stands (HEAD) and goes on.
+    The threshold and chunk are lowered for the test through the page's sessionStorage
+    knobs (32 MiB and 8 MiB by default)."""
+    server = web_server
+    name, password = "tessa", "tessa's password"
+    status, text = _api(server, "POST", "/users", {"name": name, "password": password})
+    assert status == 201, text
+    big = tmp_path / "large video.bin"
+    big.write_bytes(os.urandom(3 << 20))
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    methods: list[str] = []
+    page.on("request", lambda r: methods.append(r.method) if "/uploads/" in r.url else None)
+    cut: list[str] = []
+
+    def cut_the_third_chunk(route: Route) -> None:
+        if route.request.method == "PATCH" and methods.count("PATCH") == 3 and not cut:
+            cut.append(route.request.url)
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    page.route("**/uploads/**", cut_the_third_chunk)
+    page.goto(server.url("/"))
+    page.evaluate(
+        """() => { sessionStorage.setItem("filecask.tusThreshold", String(1 << 20));
+                   sessionStorage.setItem("filecask.tusChunk", String(512 << 10)); }"""
+    )
+    page.fill("#sign-in input[name=user]", name)
+    page.fill("#sign-in input[name=password]", password)
+    page.click("#sign-in button[type=submit]")
+    expect(page.locator("#app-view")).to_be_visible()
+
+    page.set_input_files("#file-input", [str(big)])
+    expect(page.locator("#uploads li.done")).to_have_count(1)
+    assert cut, "no chunk was cut: the test did not exercise resumption"
+    assert methods[0] == "POST"
+    assert "HEAD" in methods  # asked where the upload stood after the cut
+    assert methods.count("PATCH") >= 7  # 6 chunks of 512 KiB, one of them sent twice
+    row = page.locator("#file-list li").filter(has_text=big.name)
+    expect(row).to_have_count(1)
+    href = row.locator("a.name").get_attribute("href")
+    assert href is not None
+    response = page.request.get(href)
+    assert response.body() == big.read_bytes()
     context.close()

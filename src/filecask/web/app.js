@@ -151,14 +151,28 @@ async function refreshUsage() {
 // ------------------------------------------------------------------ uploads
 
 /**
- * Send one file; resolve with the server's FileInfo, reject with an ApiError.
- *
- * TUS HOOK: this is plain `POST /files?name=...` with the whole file as the body (XHR, for
- * its upload progress events). When resumable uploads land at /uploads/ (tus), a large
- * file can go through them here instead, keeping this signature: call
- * `onProgress(sent, total)` as chunks are acknowledged and resolve with the FileInfo.
+ * Send one file; resolve with `{hash, size}` of the stored file, reject with an ApiError.
+ * Small files go whole (`POST /files`, XHR for its progress events); large ones through
+ * the resumable tus endpoint, so a cut connection, a proxy that caps request bodies or a
+ * reload of the page loses at most one chunk.
  */
 function uploadFile(file, onProgress) {
+  return file.size >= tunable("tusThreshold", TUS_THRESHOLD)
+    ? uploadResumable(file, onProgress)
+    : uploadWhole(file, onProgress);
+}
+
+const TUS_THRESHOLD = 32 * 1024 * 1024;
+const TUS_CHUNK = 8 * 1024 * 1024; // well below the 100 MB many proxies allow per request
+const TUS_RETRIES = 5;
+
+/** A size the page uses, overridable in sessionStorage (`filecask.tusThreshold`, ...). */
+function tunable(name, fallback) {
+  const value = Number(sessionStorage.getItem(`filecask.${name}`));
+  return Number.isFinite(value) && value > 0 ? value : fallback;
+}
+
+function uploadWhole(file, onProgress) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open("POST", `/files?name=${encodeURIComponent(file.name)}`);
@@ -180,6 +194,86 @@ function uploadFile(file, onProgress) {
     xhr.onabort = () => reject(new Error("cancelled"));
     xhr.send(file);
   });
+}
+
+/** tus 1.0: create (or find again, after a reload) the upload, then PATCH it chunk by chunk;
+ * after a failed chunk, ask the server where it stands (HEAD) and go on from there. */
+async function uploadResumable(file, onProgress) {
+  const key = `filecask.tus:${file.name}:${file.size}:${file.lastModified}`;
+  let url = localStorage.getItem(key);
+  let offset = url ? await tusOffset(url) : null;
+  if (offset === null) {
+    url = await tusCreate(file);
+    localStorage.setItem(key, url);
+    offset = 0;
+  }
+  const chunk = tunable("tusChunk", TUS_CHUNK);
+  let failures = 0;
+  for (;;) {
+    onProgress(offset, file.size);
+    let response;
+    try {
+      response = await fetch(url, {
+        method: "PATCH",
+        headers: tusHeaders({
+          "Upload-Offset": String(offset),
+          "Content-Type": "application/offset+octet-stream",
+        }),
+        body: file.slice(offset, offset + chunk),
+        credentials: "omit",
+      });
+    } catch (error) {
+      response = null; // the connection failed: find out what arrived
+    }
+    if (response && response.status === 204) {
+      failures = 0;
+      offset = Number(response.headers.get("Upload-Offset"));
+      const hash = response.headers.get("Filecask-Hash");
+      if (hash) {
+        localStorage.removeItem(key);
+        onProgress(file.size, file.size);
+        return { hash, size: file.size };
+      }
+      continue;
+    }
+    if (response && response.status < 500 && response.status !== 409 && response.status !== 423) {
+      localStorage.removeItem(key);
+      throw new ApiError(response.status, await problemOf(response), null);
+    }
+    failures += 1;
+    if (failures > TUS_RETRIES) throw new Error("the connection keeps failing; try again later");
+    await new Promise((done) => setTimeout(done, 250 * 2 ** failures));
+    const now = await tusOffset(url);
+    if (now === null) throw new Error("the server no longer has this upload; start it again");
+    offset = now;
+  }
+}
+
+function tusHeaders(extra) {
+  return { "Tus-Resumable": "1.0.0", Authorization: `Basic ${token}`, ...extra };
+}
+
+async function tusCreate(file) {
+  const name = btoa(String.fromCharCode(...new TextEncoder().encode(file.name)));
+  const response = await fetch("/uploads/", {
+    method: "POST",
+    headers: tusHeaders({ "Upload-Length": String(file.size), "Upload-Metadata": `filename ${name}` }),
+    credentials: "omit",
+  });
+  if (response.status !== 201) {
+    throw new ApiError(response.status, await problemOf(response), response.headers.get("Retry-After"));
+  }
+  return response.headers.get("Location");
+}
+
+/** Where the server stands on an upload; null if it is gone (expired, deleted, not ours). */
+async function tusOffset(url) {
+  try {
+    const response = await fetch(url, { method: "HEAD", headers: tusHeaders({}), credentials: "omit", cache: "no-store" });
+    return response.ok ? Number(response.headers.get("Upload-Offset")) : null;
+  } catch {
+    return null;
+  }
 }
 
 async function uploadAll(fileList) {
