@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -15,6 +16,8 @@ from filecask.app import create_app
 from filecask.connections import make_runner
 from filecask.settings import Settings
 from tests.conftest import ADMIN, AppClient
+
+ADMIN_HEADER = f"Authorization: {ADMIN['Authorization']}\r\n".encode()
 
 
 async def test_access_log_line_has_user_status_and_size(
@@ -68,3 +71,45 @@ async def test_a_request_refused_before_routing_is_logged_without_a_traceback(
     assert " 431 " in lines[0]
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
+
+
+async def test_a_download_cut_by_its_client_still_gets_its_line(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """nginx's 499: the client left before the response was complete; the line says how
+    much did go out."""
+    logged = settings.replace(access_log=True)
+    runner = make_runner(
+        create_app(logged),
+        logged,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("filecask.access"),
+        handler_cancellation=True,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        body = b"x" * (32 << 20)
+        head = f"POST /files HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+        writer.write(head.encode() + ADMIN_HEADER + b"\r\n" + body)
+        answer = await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(int(answer.split(b"Content-Length: ")[1].split(b"\r\n")[0]))
+        hex_hash = hashlib.sha256(body).hexdigest()
+        with caplog.at_level(logging.INFO, logger="filecask.access"):
+            writer.write(f"GET /files/{hex_hash} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            await reader.readexactly(1 << 20)
+            writer.transport.abort()
+            for _ in range(100):
+                if any(" 499 " in r.getMessage() for r in caplog.records):
+                    break
+                await asyncio.sleep(0.02)
+    finally:
+        await runner.cleanup()
+    lines = [r.getMessage() for r in caplog.records if r.name == "filecask.access"]
+    gone = [line for line in lines if f'"GET /files/{hex_hash} HTTP/1.1" 499 ' in line]
+    assert len(gone) == 1, lines
+    sent = int(gone[0].split(" 499 ")[1].split()[0])
+    assert (1 << 20) <= sent < len(body)

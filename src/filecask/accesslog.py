@@ -10,6 +10,10 @@ proxy rules see it, so this small logger does.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
@@ -22,36 +26,70 @@ from filecask.settings import IPNetwork
 
 class AccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        trusted = _trusted_proxies(request)
-        address = client_address(request.remote, request.headers.get("X-Forwarded-For"), trusted)
-        user = request.get(USER) or "-"
-        agent = request.headers.get("User-Agent", "-")
-        version = request.version
-        fields = {
-            "client": address,
-            "user": user,
-            "method": request.method,
-            "path": request.path_qs,
-            "protocol": f"HTTP/{version.major}.{version.minor}",
-            "status": response.status,
-            "bytes": response.body_length,
-            "duration": round(time, 6),
-            "user_agent": agent,
-        }
-        self.logger.info(
-            '%s %s "%s %s HTTP/%d.%d" %d %d %.4f "%s"',
-            address,
-            user,
-            request.method,
-            request.path_qs,
-            version.major,
-            version.minor,
-            response.status,
-            response.body_length,
-            time,
-            agent,
-            extra={FIELDS: fields},
-        )
+        log_request(self.logger, request, response.status, response.body_length, time)
+
+
+def log_request(
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    request: web.BaseRequest,
+    status: int,
+    sent: int,
+    time: float,
+) -> None:
+    trusted = _trusted_proxies(request)
+    address = client_address(request.remote, request.headers.get("X-Forwarded-For"), trusted)
+    user = request.get(USER) or "-"
+    agent = request.headers.get("User-Agent", "-")
+    version = request.version
+    fields = {
+        "client": address,
+        "user": user,
+        "method": request.method,
+        "path": request.path_qs,
+        "protocol": f"HTTP/{version.major}.{version.minor}",
+        "status": status,
+        "bytes": sent,
+        "duration": round(time, 6),
+        "user_agent": agent,
+    }
+    logger.info(
+        '%s %s "%s %s HTTP/%d.%d" %d %d %.4f "%s"',
+        address,
+        user,
+        request.method,
+        request.path_qs,
+        version.major,
+        version.minor,
+        status,
+        sent,
+        time,
+        agent,
+        extra={FIELDS: fields},
+    )
+
+
+CLIENT_GONE = 499
+"""nginx's status for a request whose client left before its response was complete."""
+
+
+@web.middleware
+async def log_client_gone(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """aiohttp writes no access line for a request whose client went away (a cut download,
+    an abandoned upload): write one, with status 499 and the bytes that did go out, so
+    there is one line per request, as nginx does."""
+    started = asyncio.get_running_loop().time()
+    try:
+        return await handler(request)
+    except (ConnectionError, asyncio.CancelledError):
+        elapsed = asyncio.get_running_loop().time() - started
+        sent = request.writer.output_size if request.writer is not None else 0
+        log_request(ACCESS_LOG, request, CLIENT_GONE, sent, elapsed)
+        raise
+
+
+ACCESS_LOG = logging.getLogger("filecask.access")
 
 
 def _trusted_proxies(request: web.BaseRequest) -> tuple[IPNetwork, ...]:

@@ -67,15 +67,19 @@ SERVICES = web.AppKey("services", Services)
 
 def create_app(settings: Settings) -> web.Application:
     # The handlers import this module's keys, so they are imported here.
+    from filecask.accesslog import log_client_gone
     from filecask.handlers import archives, docs, files, ops, uploads, users
     from filecask.handlers.pages import docs_routes, page_routes
     from filecask.metrics import install_metrics, metrics_middleware
 
     # Order matters: problem_middleware is outermost but for metrics_middleware (which
-    # raises nothing and must see the status the client gets), so every error, including
-    # those of later middleware, leaves as application/problem+json.
+    # raises nothing and must see the status the client gets) and the access line of a
+    # client that left, so every error, including those of later middleware, leaves as
+    # application/problem+json.
+    first = [log_client_gone] if settings.access_log else []
     app = web.Application(
-        middlewares=[metrics_middleware, problem_middleware], client_max_size=JSON_BODY_MAX
+        middlewares=[*first, metrics_middleware, problem_middleware],
+        client_max_size=JSON_BODY_MAX,
     )
     app[SETTINGS] = settings
     install_metrics(app)
