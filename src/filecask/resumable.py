@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import fcntl
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
+from filecask.blobstore.disk import disk_full_as_507, fsync_or_507
 from filecask.errors import FilecaskError, InsufficientStorage, Locked
 from filecask.metastore import MetaStore
 
@@ -83,7 +83,7 @@ class TusFiles:
         await _run(_pwrite_all, fd, data, position, reserve)
 
     async def sync(self, fd: int) -> None:
-        await _run(_fsync, fd)
+        await _run(fsync_or_507, fd)
 
     async def remove(self, upload_id: str, fd: int | None) -> None:
         """Unlink the file (if `fd`, only while it is still the file `fd` locks) and close
@@ -206,7 +206,7 @@ def _truncate(fd: int, offset: int) -> None:
         )
     if size > offset:
         os.ftruncate(fd, offset)
-        _fsync(fd)
+        fsync_or_507(fd)
 
 
 def _pwrite_all(fd: int, data: bytes, position: int, reserve: int) -> None:
@@ -215,26 +215,11 @@ def _pwrite_all(fd: int, data: bytes, position: int, reserve: int) -> None:
         if stat.f_bavail * stat.f_frsize - len(data) < reserve:
             raise InsufficientStorage("The store keeps a free-space reserve and is full.")
     view = memoryview(data)
-    with _disk_full_as_507():
+    with disk_full_as_507():
         while view:
             written = os.pwrite(fd, view, position)
             view = view[written:]
             position += written
-
-
-def _fsync(fd: int) -> None:
-    with _disk_full_as_507():
-        os.fsync(fd)
-
-
-@contextlib.contextmanager
-def _disk_full_as_507() -> Iterator[None]:
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise InsufficientStorage("The store's disk is full.") from exc
-        raise
 
 
 def _remove(path: Path, fd: int | None) -> None:

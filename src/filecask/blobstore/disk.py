@@ -74,7 +74,7 @@ class DiskBlobStore:
         inflight: list[asyncio.Future[None]] = []
         try:
             hasher, head = await self._absorb_stream(fd, chunks, max_size, reserve, inflight)
-            inflight.append(_spawn(_fsync, fd))
+            inflight.append(_spawn(fsync_or_507, fd))
             await inflight[-1]
         except BaseException:
             await _after_threads(self._cleanups, inflight, _close_and_unlink, fd, name)
@@ -312,7 +312,7 @@ class DiskBlobStore:
         if reserve:
             _check_reserve(fd, len(data), reserve)
         view = memoryview(data)
-        with _disk_full_as_507():
+        with disk_full_as_507():
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
@@ -395,7 +395,7 @@ def _spawn(func: Callable[..., T], *args: object) -> asyncio.Future[T]:
 
 
 @contextlib.contextmanager
-def _disk_full_as_507() -> Iterator[None]:
+def disk_full_as_507() -> Iterator[None]:
     """Out of space (or quota) anywhere on the way, write, fsync, mkdir: a 507, not a 500."""
     try:
         yield
@@ -406,13 +406,13 @@ def _disk_full_as_507() -> Iterator[None]:
 
 
 def _full_disk_is_507(func: Callable[..., T], *args: object) -> T:
-    with _disk_full_as_507():
+    with disk_full_as_507():
         return func(*args)
 
 
-def _fsync(fd: int) -> None:
+def fsync_or_507(fd: int) -> None:
     # Some filesystems only find out at fsync that delayed writes do not fit.
-    with _disk_full_as_507():
+    with disk_full_as_507():
         os.fsync(fd)
 
 
@@ -428,20 +428,7 @@ def _check_same_filesystem(store: Path, tmp: Path) -> None:
 
 
 def _is_abandoned(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    if _is_young_and_empty(path, fd):
-        os.close(fd)
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
+    return _when_abandoned(path, lambda: None)
 
 
 def _is_young_and_empty(path: Path, fd: int) -> bool:
@@ -454,19 +441,24 @@ def _is_young_and_empty(path: Path, fd: int) -> bool:
 
 def _remove_if_abandoned(path: Path) -> bool:
     """Unlink while holding the scratch file's lock, so its writer cannot be alive."""
+    return _when_abandoned(path, lambda: _unlink_quietly(path))
+
+
+def _when_abandoned(path: Path, act: Callable[[], None]) -> bool:
+    """If `path` is scratch whose writer is gone (its flock is free), `act` while holding
+    that lock and return True."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
-    if _is_young_and_empty(path, fd):
-        os.close(fd)
-        return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    else:
-        _unlink_quietly(path)
+        if _is_young_and_empty(path, fd):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        act()
         return True
     finally:
         os.close(fd)
