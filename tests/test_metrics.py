@@ -11,9 +11,12 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
-from filecask.metrics import METRICS
+from filecask.metrics import LATENCY_BUCKETS, METRICS, Metrics
 from tests.conftest import ADMIN, AppClient, MakeSettings, MakeUser
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -180,3 +183,51 @@ async def test_metrics_need_no_sign_in_and_answer_head(client: AppClient) -> Non
     head = await client.head("/metrics")
     assert head.status == 200
     assert head.headers["Content-Type"].startswith("text/plain")
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(LATENCY_BUCKETS),  # exactly on a bound: "less than or equal"
+            st.floats(min_value=0, max_value=1000, allow_nan=False),
+        ),
+        max_size=40,
+    ),
+    st.integers(min_value=1, max_value=3),
+)
+def test_batched_tallies_export_what_observing_each_request_would(
+    durations: list[float], flushes: int
+) -> None:
+    """The tallies are flushed into prometheus-client's histogram in batches; the exposition
+    must be what calling `observe` per request gives, however the flushes fall."""
+    metrics = Metrics()
+    reference = CollectorRegistry()
+    observed = Histogram(
+        "filecask_http_request_duration_seconds",
+        "reference",
+        ["method", "route"],
+        buckets=LATENCY_BUCKETS,
+        registry=reference,
+    )
+    for index, seconds in enumerate(durations):
+        metrics.tally.record("GET", "/files/{hash}", "200", seconds)
+        observed.labels("GET", "/files/{hash}").observe(seconds)
+        if index % flushes == 0:
+            metrics.flush()
+    metrics.flush()
+
+    def histogram(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+        return {
+            (sample.name, sample.labels.get("le", "")): sample.value
+            for family in registry.collect()
+            if family.name == "filecask_http_request_duration_seconds"
+            for sample in family.samples
+            if not sample.name.endswith("_created")
+        }
+
+    ours, theirs = histogram(metrics.registry), histogram(reference)
+    sum_key = ("filecask_http_request_duration_seconds_sum", "")
+    assert ours.pop(sum_key, 0.0) == pytest.approx(theirs.pop(sum_key, 0.0))
+    assert ours == theirs
+    count = metrics.requests.labels("GET", "/files/{hash}", "200")._value.get()
+    assert count == len(durations)

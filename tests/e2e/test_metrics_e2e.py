@@ -8,6 +8,7 @@ import time
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from filecask.metrics import FLUSH_INTERVAL
 from tests.e2e.conftest import HOST, Server, StartServer
 
 CONNECTIONS = 16
@@ -66,6 +67,9 @@ def test_metrics_are_totals_over_every_worker(start_server: StartServer) -> None
             conn.close()
         served[owner] += 1
         made += 1
+    # A worker hands its tallies to the shared files every FLUSH_INTERVAL seconds (and
+    # when it is scraped itself): after that, every scrape sees the total.
+    time.sleep(FLUSH_INTERVAL + 0.5)
     # Several scrapes, on new connections, so both workers answer some of them.
     for _ in range(CONNECTIONS):
         assert readyz_requests(server) == made
@@ -82,6 +86,7 @@ def test_a_previous_run_s_metric_files_are_removed_at_start(start_server: StartS
     conn.request("GET", "/readyz")
     conn.getresponse().read()
     conn.close()
+    time.sleep(FLUSH_INTERVAL + 0.5)  # the scrape may land on the other worker
     assert readyz_requests(first) == 1
     first.stop()
     second = start_server("--workers", "2", data_dir=first.data_dir)
