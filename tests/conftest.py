@@ -3,6 +3,7 @@ fails any test whose code blocks the event loop."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ from blockbuster import BlockBuster, blockbuster_ctx
 import filecask.handlers.pages
 import filecask.metrics
 from filecask.app import SERVICES, Services, close_services, create_app, open_services
+from filecask.hashes import fanout
 from filecask.settings import Settings
+from tests import backends
 
 ADMIN_PASSWORD = "admin-password"
 Auth = dict[str, str]
@@ -60,20 +63,103 @@ def blockbuster(request: pytest.FixtureRequest) -> Iterator[BlockBuster | None]:
             # Start-up, before the first request: SQLAlchemy resolves the SQLite path and
             # Alembic reads its migration scripts.
             function.can_block_in("filecask/metastore/sql.py", {"open", "_upgrade_schema"})
+            # Start-up too: botocore reads ~/.aws/config and its JSON service models when
+            # the S3 client is created.
+            function.can_block_in("filecask/blobstore/s3.py", "open")
+            # asyncpg looks for ~/.pgpass (a few stats, microseconds) when it opens a new
+            # pool connection without a password.
+            function.can_block_in("asyncpg/connect_utils.py", "_parse_connect_dsn_and_args")
         # os.sendfile onto a non-blocking socket, retried on writability: exactly what
         # asyncio's own loop.sendfile does on the loop thread.
         bb.functions["os.sendfile"].can_block_in("filecask/sendfile.py", "_sendfile_range")
         yield bb
 
 
+API_SUITE = {
+    "test_filestore",
+    "test_fsck",
+    "test_handlers_archives",
+    "test_handlers_files",
+    "test_handlers_ops",
+    "test_handlers_pages",
+    "test_handlers_uploads",
+    "test_handlers_users",
+    "test_metastore_quota",
+    "test_openapi",
+}
+"""Modules run against every storage configuration (`backends.BACKENDS`); the rest use
+SQLite and the data directory."""
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.module.__name__.rpartition(".")[2] not in API_SUITE:
+        return
+    if "backend" not in metafunc.fixturenames:
+        return
+    local_only = metafunc.definition.get_closest_marker("local_only") is not None
+    metafunc.parametrize(
+        "backend", backends.BACKENDS[:1] if local_only else backends.BACKENDS, indirect=True
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[backends.Postgres | None]:
+    """A migrated template database on the machine's PostgreSQL, or None if unreachable."""
+    if backends.postgres_unavailable() is not None:
+        yield None
+        return
+    server = backends.start_postgres_template()
+    try:
+        yield server
+    finally:
+        server.drop(server.template)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[backends.S3Server]:
+    server = backends.start_s3_server(tmp_path_factory.mktemp("moto") / "moto.log")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-def make_settings(tmp_path: Path) -> MakeSettings:
+def postgres_database(postgres: backends.Postgres | None) -> Iterator[str]:
+    """The URL of a fresh, migrated database of its own."""
+    if postgres is None:
+        backends.skip_or_fail(backends.postgres_unavailable() or "PostgreSQL unreachable")
+    assert postgres is not None
+    name = postgres.create()
+    try:
+        yield backends.database_url(name)
+    finally:
+        postgres.drop(name)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Settings for one storage configuration: `sqlite-disk` unless the test is part of
+    the API suite, which runs under all three."""
+    kind = getattr(request, "param", "sqlite-disk")
+    overrides: dict[str, Any] = {}
+    if kind.startswith("pg-"):
+        overrides["database_url"] = request.getfixturevalue("postgres_database")
+    if kind.endswith("-s3"):
+        server: backends.S3Server = request.getfixturevalue("s3_server")
+        overrides.update(backends.s3_settings(server, server.create_bucket()))
+    return overrides
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, backend: dict[str, Any]) -> MakeSettings:
     def make(**overrides: Any) -> Settings:
         base = Settings(
             data_dir=tmp_path / "data",
             admin_password=ADMIN_PASSWORD,
             access_log=False,
             **CHEAP_ARGON2,
+            **backend,
         )
         return base.replace(**overrides)
 
@@ -83,6 +169,134 @@ def make_settings(tmp_path: Path) -> MakeSettings:
 @pytest.fixture
 def settings(make_settings: MakeSettings) -> Settings:
     return make_settings()
+
+
+class StoreView:
+    """The blob store as seen from outside filecask, whatever the backend: the data
+    directory's store/ and tmp/, or the bucket through a plain boto3 client. Lets a test
+    look at (and damage) what is stored with the same assertions under every backend.
+    Keys are store-relative (`ab/<hash>`)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.s3: Any = None
+        if settings.storage is not None:
+            import boto3
+
+            self.s3 = boto3.client(
+                "s3",
+                endpoint_url=settings.s3_endpoint_url,
+                region_name=settings.s3_region,
+                aws_access_key_id=settings.s3_access_key_id,
+                aws_secret_access_key=settings.s3_secret_access_key,
+            )
+            self.bucket = settings.s3_bucket
+            self.prefix = settings.s3_prefix
+
+    def _objects(self, prefix: str) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for page in self.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self.prefix + prefix
+        ):
+            for item in page.get("Contents", []):
+                found[item["Key"].removeprefix(self.prefix + prefix)] = item
+        return found
+
+    def listing(self) -> list[str]:
+        """Every entry of the store."""
+        if self.s3 is not None:
+            return sorted(self._objects("store/"))
+        store = self.settings.store_dir
+        if not store.is_dir():
+            return []
+        return sorted(str(p.relative_to(store)) for p in store.rglob("*") if not p.is_dir())
+
+    def top(self) -> list[str]:
+        """The store's top level: its fan-out directories on disk, every key in S3."""
+        if self.s3 is not None:
+            return self.listing()
+        store = self.settings.store_dir
+        return sorted(os.listdir(store)) if store.is_dir() else []
+
+    def hashes(self) -> list[str]:
+        return [key.rpartition("/")[2] for key in self.listing()]
+
+    def exists(self, hex_hash: str) -> bool:
+        return fanout(hex_hash) in self.listing()
+
+    def read(self, key_or_hash: str) -> bytes:
+        """FileNotFoundError if it is not there."""
+        key = _store_key(key_or_hash)
+        if self.s3 is None:
+            return (self.settings.store_dir / key).read_bytes()
+        try:
+            response = self.s3.get_object(Bucket=self.bucket, Key=f"{self.prefix}store/{key}")
+        except self.s3.exceptions.NoSuchKey:
+            raise FileNotFoundError(key) from None
+        data: bytes = response["Body"].read()
+        return data
+
+    def write(self, key_or_hash: str, data: bytes) -> None:
+        """Put (or overwrite) an entry behind filecask's back."""
+        key = _store_key(key_or_hash)
+        if self.s3 is None:
+            path = self.settings.store_dir / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            return
+        self.s3.put_object(Bucket=self.bucket, Key=f"{self.prefix}store/{key}", Body=data)
+
+    def remove(self, key_or_hash: str) -> None:
+        key = _store_key(key_or_hash)
+        if self.s3 is None:
+            (self.settings.store_dir / key).unlink()
+            return
+        self.s3.delete_object(Bucket=self.bucket, Key=f"{self.prefix}store/{key}")
+
+    def scratch(self) -> list[str]:
+        """Everything uploads leave in scratch space: the local tmp/ (resumable uploads
+        live there whatever the store), plus, with S3, objects under tmp/ and multipart
+        uploads not completed or aborted anywhere under the prefix."""
+        tmp = self.settings.tmp_dir
+        found = sorted(os.listdir(tmp)) if tmp.is_dir() else []
+        if self.s3 is not None:
+            found += [f"s3:tmp/{key}" for key in sorted(self._objects("tmp/"))]
+            uploads = self.s3.list_multipart_uploads(Bucket=self.bucket, Prefix=self.prefix)
+            found += [f"s3-multipart:{u['Key']}" for u in uploads.get("Uploads", [])]
+        return found
+
+    def read_quarantined(self, name: str) -> bytes:
+        """An entry fsck moved to quarantine under `name` (FileNotFoundError if none)."""
+        if self.s3 is None:
+            return (self.settings.data_dir / "quarantine" / name).read_bytes()
+        try:
+            response = self.s3.get_object(Bucket=self.bucket, Key=f"{self.prefix}quarantine/{name}")
+        except self.s3.exceptions.NoSuchKey:
+            raise FileNotFoundError(name) from None
+        data: bytes = response["Body"].read()
+        return data
+
+    def quarantined(self) -> list[bytes]:
+        """The contents moved to quarantine, sorted."""
+        if self.s3 is None:
+            where = self.settings.data_dir / "quarantine"
+            return sorted(p.read_bytes() for p in where.iterdir()) if where.is_dir() else []
+        return sorted(
+            self.s3.get_object(Bucket=self.bucket, Key=item["Key"])["Body"].read()
+            for item in self._objects("quarantine/").values()
+        )
+
+
+def _store_key(key_or_hash: str) -> str:
+    """A bare hash means its fan-out key; anything else is a store-relative key already."""
+    if len(key_or_hash) == 64 and "/" not in key_or_hash:
+        return fanout(key_or_hash)
+    return key_or_hash
+
+
+@pytest.fixture
+def store_view(settings: Settings) -> StoreView:
+    return StoreView(settings)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import pytest
+import sqlalchemy as sa
 from aiohttp import ClientResponse, encode_basic_auth, web
 from argon2 import PasswordHasher
 from hypothesis import given
@@ -26,6 +27,7 @@ from filecask.auth import (
     parse_basic,
 )
 from filecask.errors import RateLimited, Unauthorized
+from filecask.metastore.schema import auth_failures
 from filecask.settings import IPNetwork, Settings
 from tests.conftest import (
     ADMIN,
@@ -607,3 +609,61 @@ async def test_a_cached_sign_in_does_not_reset_the_failure_count(
     assert statuses == [200, 200, 429]  # the successes in between reset nothing
     assert (await client.get("/me", headers=wrong)).status == 429
     assert (await client.get("/me", headers=ADMIN)).status == 429
+
+
+def test_limiter_mirrors_shared_counts_by_age() -> None:
+    """With PostgreSQL the limiter mirrors the shared table: counts and ages (seconds since
+    the last failure, by the database's clock) become local deadlines, so clock skew
+    between machines does not matter."""
+    limiter = FailureLimiter(threshold=3, max_delay=60)
+    limiter.load([("user:bob", 3, 0.5)], now=100.0)  # throttled half a second ago: 1 s delay
+    assert wait_of(limiter, ("user:bob",), 100.0) == 1
+    assert wait_of(limiter, ("user:bob",), 100.6) == 0
+    limiter.record({"addr:1.2.3.4": 5}, now=200.0)
+    assert wait_of(limiter, ("addr:1.2.3.4",), 200.0) == 4
+    limiter.clear()
+    assert wait_of(limiter, ("addr:1.2.3.4",), 200.0) == 0
+
+
+async def test_sqlite_keeps_failures_in_the_process(services: Services) -> None:
+    assert services.meta.failure_store() is None
+
+
+async def test_failures_are_shared_between_instances(
+    postgres_database: str, make_settings: MakeSettings
+) -> None:
+    """Two authenticators on two stores (two machines) of one database: failures at one
+    throttle the other, and a right password at the other clears them for both."""
+    from filecask.changes import ChangeStamps
+    from filecask.metastore.sql import SqlMetaStore
+
+    settings = make_settings(auth_max_failures=2, auth_max_delay=1)
+    stores = [SqlMetaStore(postgres_database, ChangeStamps(None), change_poll=0.5) for _ in "ab"]
+    for store in stores:
+        await store.open()
+    try:
+        one, two = (Authenticator(store, settings) for store in stores)
+        await stores[0].create_user("bob", one.hash_password("right-password"), is_admin=False)
+        right = encode_basic_auth("bob", "right-password")
+        wrong = encode_basic_auth("bob", "wrong-password")
+        assert (await two.authenticate(right, "10.0.0.2")).name == "bob"
+        for _ in range(2):
+            with pytest.raises(Unauthorized):
+                await one.authenticate(wrong, "10.0.0.1")
+        deadline = time.monotonic() + 1.0
+        while True:
+            try:
+                await two.authenticate(right, "10.0.0.2")  # cached at two, still refused
+            except RateLimited:
+                break
+            assert time.monotonic() < deadline, "not throttled at the other instance"
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(1.1)  # the delay (1 s) runs out
+        assert (await two.authenticate(right, "10.0.0.2")).name == "bob"  # cached: no reset
+        assert (await one.authenticate(right, "10.0.0.1")).name == "bob"  # verified: reset
+        async with stores[0].engine.connect() as conn:
+            rows = await conn.execute(sa.select(auth_failures.c.key))
+            assert "user:bob" not in set(rows.scalars())
+    finally:
+        for store in stores:
+            await store.close()

@@ -35,7 +35,7 @@ async def test_stage_hashes_and_syncs_without_making_visible(store: DiskBlobStor
     assert staged.crc32 == zlib.crc32(data)
     assert staged.size == len(data)
     assert staged.head == data[:8192]
-    assert staged.scratch.parent == store.tmp_dir
+    assert Path(staged.scratch).parent == store.tmp_dir
     assert not await store.exists(staged.hash)
 
 
@@ -100,9 +100,11 @@ async def test_open_blob_reports_size_and_missing_is_not_found(store: DiskBlobSt
     opened = await store.open_blob(staged.hash)
     try:
         assert opened.size == 3
+        assert opened.fd is not None
         assert os.pread(opened.fd, 3, 0) == b"abc"
     finally:
-        os.close(opened.fd)
+        if opened.fd is not None:
+            os.close(opened.fd)
     with pytest.raises(NotFound):
         await store.open_blob("0" * 64)
 
@@ -158,7 +160,7 @@ async def test_a_staged_blob_stays_locked_until_commit_so_no_reaper_takes_it(
     other = DiskBlobStore(tmp_path)
     await other.open()  # reaps on open
     assert await other.leftovers() == []
-    assert staged.scratch.exists()
+    assert Path(staged.scratch).exists()
     assert await store.commit(staged) is True
     assert store.path_of(staged.hash).read_bytes() == b"waiting for the lock"
 

@@ -1,13 +1,26 @@
-"""The change stamps and the caches that follow them."""
+"""The change stamps, the caches that follow them, and the PostgreSQL change feed that
+carries them between instances."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
+import pytest
+import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
 
 from filecask.changes import ChangeStamps, StampedCache, Topic
+from filecask.errors import Conflict
+from filecask.metastore.schema import change_counters
+from filecask.metastore.sql import SqlMetaStore
+from tests.backends import POSTGRES_ADMIN_URL
+
+POLL = 0.5
 
 
 async def test_stamps_are_shared_through_the_file(tmp_path: Path) -> None:
@@ -105,3 +118,96 @@ def test_never_serves_a_value_older_than_the_last_write(ops: list[tuple[str, int
                 pending.append((key, truth[key], stamp))
         elif pending:
             cache.put(*pending.pop(0))
+
+
+# the PostgreSQL change feed (several instances on one database)
+
+
+@pytest.fixture
+async def two_stores(postgres_database: str) -> AsyncIterator[tuple[SqlMetaStore, SqlMetaStore]]:
+    """Two metadata stores with stamps of their own: two machines."""
+    one = SqlMetaStore(postgres_database, ChangeStamps(None), change_poll=POLL)
+    two = SqlMetaStore(postgres_database, ChangeStamps(None), change_poll=POLL)
+    await one.open()
+    await two.open()
+    try:
+        yield one, two
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def _moved(stamps: ChangeStamps, topic: Topic, before: int, limit: float) -> float:
+    started = time.monotonic()
+    while stamps.read(topic) == before:
+        if time.monotonic() - started > limit:
+            pytest.fail(f"{topic.name} did not move within {limit} s")
+        await asyncio.sleep(0.002)
+    return time.monotonic() - started
+
+
+async def test_a_write_moves_the_other_instances_stamps(
+    two_stores: tuple[SqlMetaStore, SqlMetaStore],
+) -> None:
+    one, two = two_stores
+    before = {topic: two.stamps.read(topic) for topic in Topic}
+    await one.create_user("bob", "x", is_admin=False)
+    assert await _moved(two.stamps, Topic.USERS, before[Topic.USERS], POLL + 0.5) < 0.25
+    assert two.stamps.read(Topic.REFS) == before[Topic.REFS]
+    assert two.stamps.read(Topic.BLOBS) == before[Topic.BLOBS]
+
+
+async def test_a_failed_write_notifies_nothing(
+    two_stores: tuple[SqlMetaStore, SqlMetaStore],
+) -> None:
+    """The counters move in the writer's transaction: a rolled-back write leaves them."""
+    one, _ = two_stores
+    await one.create_user("bob", "x", is_admin=False)
+    async with one.engine.connect() as conn:
+        counters: dict[int, int] = dict((await conn.execute(sa.select(change_counters))).all())
+    with pytest.raises(Conflict):
+        await one.create_user("bob", "y", is_admin=False)
+    async with one.engine.connect() as conn:
+        assert dict((await conn.execute(sa.select(change_counters))).all()) == counters
+
+
+async def test_the_poll_catches_what_notifications_missed(
+    two_stores: tuple[SqlMetaStore, SqlMetaStore],
+) -> None:
+    one, two = two_stores
+    assert two.feed is not None
+    two.feed.deaf = True
+    before = two.stamps.read(Topic.USERS)
+    await one.create_user("bob", "x", is_admin=False)
+    await _moved(two.stamps, Topic.USERS, before, POLL + 0.5)
+
+
+async def test_an_unreachable_database_moves_every_stamp_until_it_is_back(
+    two_stores: tuple[SqlMetaStore, SqlMetaStore], postgres_database: str
+) -> None:
+    _, two = two_stores
+    assert two.feed is not None
+    name = postgres_database.rpartition("/")[2]
+    before = {topic: two.stamps.read(topic) for topic in Topic}
+    await _admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+    try:
+        await _admin(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        )
+        for topic in Topic:
+            await _moved(two.stamps, topic, before[topic], POLL + 0.5)
+    finally:
+        await _admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    polls = two.feed.polls
+    deadline = time.monotonic() + 5 * POLL
+    while two.feed.polls == polls:
+        assert time.monotonic() < deadline, "the feed did not recover"
+        await asyncio.sleep(0.01)
+
+
+async def _admin(statement: str) -> None:
+    conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import random
 from collections.abc import AsyncIterator
 
@@ -14,7 +13,7 @@ from filecask.app import Services
 from filecask.errors import Forbidden, NotFound, PayloadTooLarge
 from filecask.metastore import User
 from filecask.settings import Settings
-from tests.conftest import ADMIN, AppClient, MakeUser
+from tests.conftest import ADMIN, AppClient, MakeUser, StoreView
 
 CONTENTS = [f"shared content {i}".encode() * (i + 1) * 300 for i in range(4)]
 HASHES = [hashlib.sha256(c).hexdigest() for c in CONTENTS]
@@ -27,21 +26,18 @@ async def stream(data: bytes, piece: int = 4096) -> AsyncIterator[bytes]:
 
 
 def blobs_on_disk(settings: Settings) -> set[str]:
-    return {
-        name
-        for prefix in os.listdir(settings.store_dir)
-        for name in os.listdir(settings.store_dir / prefix)
-    }
+    """The stored blobs, in the data directory or the bucket."""
+    return set(StoreView(settings).hashes())
 
 
 async def assert_consistent(services: Services) -> None:
     """Every blob row has its bytes, every stored blob has a row, nothing is left in tmp."""
     settings = services.settings
+    view = StoreView(settings)
     assert blobs_on_disk(settings) == await services.meta.all_blob_hashes()
-    assert os.listdir(settings.tmp_dir) == []
+    assert view.scratch() == []
     for hex_hash in blobs_on_disk(settings):
-        with open(settings.store_dir / hex_hash[:2] / hex_hash, "rb") as blob:
-            assert hashlib.sha256(blob.read()).hexdigest() == hex_hash
+        assert hashlib.sha256(view.read(hex_hash)).hexdigest() == hex_hash
 
 
 async def test_concurrent_uploads_and_deletes_of_shared_content_keep_disk_and_db_in_step(
@@ -100,7 +96,7 @@ async def test_racing_last_delete_and_new_upload_never_lose_the_upload(
             services.files.upload(ben, stream(content), name="b", max_size=1 << 20),
         )
         assert await meta.get_blob(hex_hash) is not None
-        assert os.path.exists(services.settings.store_dir / hex_hash[:2] / hex_hash)
+        assert StoreView(services.settings).exists(hex_hash)
         await services.files.delete(ben, hex_hash)
     await assert_consistent(services)
 

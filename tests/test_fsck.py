@@ -11,12 +11,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from filecask.app import Services
 from filecask.fsck import Report, fsck, gc
 from filecask.metastore.schema import blobs
-from tests.conftest import ADMIN, AppClient, MakeUser
+from tests.conftest import ADMIN, AppClient, MakeUser, StoreView
 from tests.test_filestore import assert_consistent
 
 CONTENT = b"the real content " * 1000
@@ -33,6 +34,11 @@ def blob_path(services: Services, hex_hash: str) -> Path:
     return services.settings.store_dir / hex_hash[:2] / hex_hash
 
 
+def view(services: Services) -> StoreView:
+    """The store from outside, in the data directory or the bucket."""
+    return StoreView(services.settings)
+
+
 def kinds(report: Report) -> list[tuple[str, str, bool]]:
     return sorted((f.kind, f.key, f.fixed) for f in report.findings)
 
@@ -40,9 +46,7 @@ def kinds(report: Report) -> list[tuple[str, str, bool]]:
 def plant_orphan(services: Services, data: bytes) -> str:
     """Bytes under their hash with no row: what a crash before the reference commit leaves."""
     hex_hash = hashlib.sha256(data).hexdigest()
-    path = blob_path(services, hex_hash)
-    path.parent.mkdir(exist_ok=True)
-    path.write_bytes(data)
+    view(services).write(hex_hash, data)
     return hex_hash
 
 
@@ -67,12 +71,12 @@ async def test_an_orphan_blob_is_reported_then_removed_by_repair(
     orphan = plant_orphan(services, b"never acknowledged")
     report = await fsck(services, repair=False)
     assert kinds(report) == [("orphan", orphan, False)]
-    assert blob_path(services, orphan).exists()
+    assert view(services).exists(orphan)
     repaired = await fsck(services, repair=True)
     assert kinds(repaired) == [("orphan", orphan, True)]
     assert repaired.unresolved == []
     assert repaired.freed == len(b"never acknowledged")
-    assert not blob_path(services, orphan).exists()
+    assert not view(services).exists(orphan)
     assert (await fsck(services, repair=False)).findings == []
     assert (await client.get(f"/files/{kept}")).status == 200
     await assert_consistent(services)
@@ -85,19 +89,18 @@ async def test_corrupt_content_is_quarantined_and_reported_as_unrepairable(
     await upload(client, CONTENT)
     await upload(client, CONTENT, ann)
     assert (await client.get(f"/files/{HASH}")).status == 200  # now in the server's cache
-    path = blob_path(services, HASH)
     damaged = bytearray(CONTENT)
     damaged[100] ^= 0xFF
-    path.write_bytes(bytes(damaged))
+    view(services).write(HASH, bytes(damaged))
     report = await fsck(services, repair=False)
     assert kinds(report) == [("corrupt", HASH, False)]
     assert "2 reference(s)" in report.findings[0].detail
     repaired = await fsck(services, repair=True)
     assert kinds(repaired) == [("corrupt", HASH, False)]
     assert "cannot be restored" in repaired.findings[0].action
-    assert not path.exists()
-    quarantined = services.settings.data_dir / "quarantine" / f"{HASH[:2]}_{HASH}"
-    assert quarantined.read_bytes() == bytes(damaged)  # kept for a person to look at
+    assert not view(services).exists(HASH)
+    # Kept for a person to look at.
+    assert view(services).read_quarantined(f"{HASH[:2]}_{HASH}") == bytes(damaged)
     # Nobody is served the bad bytes, not even from the small-file cache.
     assert (await client.get(f"/files/{HASH}")).status == 404
     after = await fsck(services, repair=True)
@@ -106,7 +109,7 @@ async def test_corrupt_content_is_quarantined_and_reported_as_unrepairable(
 
 async def test_a_truncated_blob_is_corrupt(client: AppClient, services: Services) -> None:
     await upload(client, CONTENT)
-    os.truncate(blob_path(services, HASH), 10)
+    view(services).write(HASH, CONTENT[:10])
     report = await fsck(services, repair=False)
     assert kinds(report) == [("corrupt", HASH, False)]
     assert "10 bytes" in report.findings[0].detail
@@ -116,7 +119,7 @@ async def test_missing_bytes_cannot_be_repaired_and_the_rows_are_kept(
     client: AppClient, services: Services
 ) -> None:
     await upload(client, CONTENT)
-    blob_path(services, HASH).unlink()
+    view(services).remove(HASH)
     for repair in (False, True):
         report = await fsck(services, repair=repair)
         assert kinds(report) == [("missing", HASH, False)]
@@ -139,11 +142,12 @@ async def test_a_row_nothing_references_is_dropped_with_its_bytes(
     assert kinds(report) == [("unreferenced", hex_hash, False)]
     repaired = await fsck(services, repair=True)
     assert kinds(repaired) == [("unreferenced", hex_hash, True)]
-    assert not blob_path(services, hex_hash).exists()
+    assert not view(services).exists(hex_hash)
     async with services.meta.engine.connect() as conn:
         assert await conn.scalar(sa.select(sa.func.count()).select_from(blobs)) == 0
 
 
+@pytest.mark.local_only  # liveness by flock; S3 judges by age (test_blobstore_s3)
 async def test_only_dead_uploads_scratch_is_a_leftover(services: Services) -> None:
     tmp = services.settings.tmp_dir
     (tmp / "upload-dead").write_bytes(b"x" * 300)
@@ -161,6 +165,25 @@ async def test_only_dead_uploads_scratch_is_a_leftover(services: Services) -> No
         os.close(fd)
 
 
+async def test_strays_are_moved_out_of_the_store(client: AppClient, services: Services) -> None:
+    await upload(client, CONTENT)
+    store = view(services)
+    store.write("README", b"not a blob")
+    store.write("ab/not-a-hash", b"x")
+    misplaced = hashlib.sha256(b"misplaced").hexdigest()
+    store.write(f"ab/{misplaced}", b"misplaced")
+    report = await fsck(services, repair=False)
+    expected = {"README", "ab/not-a-hash", f"ab/{misplaced}"}
+    assert {f.key for f in report.findings} == expected
+    assert {f.kind for f in report.findings} == {"stray"}
+    repaired = await fsck(services, repair=True)
+    assert all(f.fixed for f in repaired.findings)
+    assert (await fsck(services, repair=False)).findings == []
+    assert store.listing() == [f"{HASH[:2]}/{HASH}"]
+    assert store.quarantined() == [b"misplaced", b"not a blob", b"x"]
+
+
+@pytest.mark.local_only  # symlinks exist only in a directory
 async def test_strays_are_moved_out_and_a_symlink_is_never_followed(
     client: AppClient, services: Services, tmp_path: Path
 ) -> None:
@@ -188,6 +211,7 @@ async def test_strays_are_moved_out_and_a_symlink_is_never_followed(
     assert len(os.listdir(services.settings.data_dir / "quarantine")) == 4
 
 
+@pytest.mark.local_only  # ages a blob by utime; S3's LastModified cannot be set
 async def test_gc_removes_only_what_is_older_than_the_grace_period(
     client: AppClient, services: Services
 ) -> None:
@@ -254,11 +278,8 @@ async def test_fsck_and_gc_running_beside_uploads_and_deletes_remove_nothing_ack
 async def test_quarantine_never_replaces_an_earlier_find(
     client: AppClient, services: Services
 ) -> None:
-    store = services.settings.store_dir
     for round_ in range(2):
-        (store / "README").write_bytes(f"stray {round_}".encode())
+        view(services).write("README", f"stray {round_}".encode())
         repaired = await fsck(services, repair=True)
         assert kinds(repaired) == [("stray", "README", True)]
-    quarantine = services.settings.data_dir / "quarantine"
-    kept = sorted(p.read_bytes() for p in quarantine.iterdir())
-    assert kept == [b"stray 0", b"stray 1"]
+    assert view(services).quarantined() == [b"stray 0", b"stray 1"]

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from filecask.app import create_app
 from filecask.settings import Settings, load_settings
-from tests.conftest import ADMIN, AppClient, MakeSettings, MakeUser, assert_problem
+from tests.conftest import ADMIN, AppClient, MakeSettings, MakeUser, StoreView, assert_problem
 
 AiohttpClient = Callable[[web.Application], Awaitable[AppClient]]
 
@@ -539,16 +539,16 @@ async def test_bundled_file_outlives_its_reference_until_the_bundle_goes(
     body = await uploaded_bundle(client, alice)
     bundle_id = (await (await post_bundle(client, body, alice)).json())["id"]
     one = body["files"][0]["hash"]
-    blob = settings.store_dir / one[:2] / one
+    view = StoreView(settings)
     assert (await client.delete(f"/files/{one}", headers=alice)).status == 204
     still, data = await fetch(client, f"/files/{one}")
     assert still.status == 200
     assert data == ONE
     _, zipped = await fetch(client, f"/archive/{bundle_id}/")
     assert file_contents(open_zip(zipped))["day1/one.bin"] == ONE
-    assert blob.exists()
+    assert view.exists(one)
     assert (await client.delete(f"/archives/{bundle_id}", headers=alice)).status == 204
-    assert not blob.exists()
+    assert not view.exists(one)
     assert (await client.get(f"/files/{one}")).status == 404
 
 
@@ -558,10 +558,12 @@ async def test_removing_a_user_releases_their_bundles(
     alice = await make_user("alice")
     body = await uploaded_bundle(client, alice)
     bundle_id = (await (await post_bundle(client, body, alice)).json())["id"]
-    blobs = [settings.store_dir / f["hash"][:2] / f["hash"] for f in body["files"]]
+    hashes = [f["hash"] for f in body["files"]]
+    view = StoreView(settings)
+    assert [view.exists(h) for h in hashes] == [True, True]
     assert (await client.delete("/users/alice", headers=ADMIN)).status == 204
     assert (await client.get(f"/archive/{bundle_id}/")).status == 404
-    assert [b.exists() for b in blobs] == [False, False]
+    assert [view.exists(h) for h in hashes] == [False, False]
 
 
 async def test_archive_range_beyond_end_is_416(

@@ -16,7 +16,7 @@ import pytest
 
 from filecask.app import Services
 from filecask.settings import Settings
-from tests.conftest import ADMIN, AppClient, MakeSettings, MakeUser, assert_problem
+from tests.conftest import ADMIN, AppClient, MakeSettings, MakeUser, StoreView, assert_problem
 
 BODY = os.urandom(50_000)
 SHA = hashlib.sha256(BODY).hexdigest()
@@ -40,12 +40,13 @@ async def upload(
     return await client.post(url, data=body, headers=headers)
 
 
-def blob_path(settings: Settings, hex_hash: str) -> os.PathLike[str]:
-    return settings.store_dir / hex_hash[:2] / hex_hash
+def is_stored(settings: Settings, hex_hash: str) -> bool:
+    """The blob is in the store (the data directory or the bucket)."""
+    return StoreView(settings).exists(hex_hash)
 
 
 def scratch_files(settings: Settings) -> list[str]:
-    return os.listdir(settings.tmp_dir)
+    return StoreView(settings).scratch()
 
 
 # upload
@@ -64,8 +65,7 @@ async def test_upload_raw_body_returns_201_with_location(client: AppClient) -> N
 
 async def test_upload_stores_blob_under_fanout_path(client: AppClient, settings: Settings) -> None:
     await upload(client)
-    with open(blob_path(settings, SHA), "rb") as stored:
-        assert stored.read() == BODY
+    assert StoreView(settings).read(SHA) == BODY
     assert scratch_files(settings) == []
 
 
@@ -111,7 +111,7 @@ async def test_upload_with_bad_name_is_400_and_stores_nothing(
     response = await client.post("/files", params={"name": name}, data=BODY, headers=ADMIN)
     assert response.status == 400
     assert_problem(await response.json(), 400, "invalid-name")
-    assert not os.path.exists(blob_path(settings, SHA))
+    assert not is_stored(settings, SHA)
 
 
 async def test_upload_anonymous_is_401_with_basic_challenge(client: AppClient) -> None:
@@ -154,7 +154,7 @@ async def test_put_with_mismatching_hash_is_400_and_stores_nothing(
     assert (problem["expected"], problem["actual"]) == (wrong, SHA)
     assert (await client.get(f"/files/{SHA}")).status == 404
     assert (await client.get(f"/files/{wrong}")).status == 404
-    assert not os.path.exists(blob_path(settings, SHA))
+    assert not is_stored(settings, SHA)
     assert scratch_files(settings) == []
 
 
@@ -183,7 +183,7 @@ async def test_upload_larger_than_limit_without_content_length_is_413_while_stre
     assert response.status == 413
     assert_problem(await response.json(), 413, "payload-too-large")
     assert scratch_files(settings) == []
-    assert os.listdir(settings.store_dir) == []
+    assert StoreView(settings).top() == []
 
 
 async def test_upload_exactly_at_limit_is_accepted(
@@ -408,7 +408,7 @@ async def test_delete_by_owner_is_204_and_removes_blob(
     response = await client.delete(f"/files/{SHA}", headers=ADMIN)
     assert response.status == 204
     assert (await client.get(f"/files/{SHA}")).status == 404
-    assert not os.path.exists(blob_path(settings, SHA))
+    assert not is_stored(settings, SHA)
 
 
 async def test_delete_unknown_is_404(client: AppClient) -> None:
@@ -438,16 +438,16 @@ async def test_shared_content_is_stored_once_and_leaves_with_last_reference(
     bob = await make_user("bob")
     assert (await upload(client, name="mine.bin")).status == 201
     assert (await upload(client, name="bobs.bin", headers=bob)).status == 201
-    assert len(os.listdir(settings.store_dir / SHA[:2])) == 1
+    assert len([k for k in StoreView(settings).listing() if k.startswith(SHA[:2] + "/")]) == 1
 
     assert (await client.delete(f"/files/{SHA}", headers=ADMIN)).status == 204
-    assert os.path.exists(blob_path(settings, SHA))
+    assert is_stored(settings, SHA)
     assert (await client.get(f"/files/{SHA}")).status == 200
     bob_files = await (await client.get("/files", headers=bob)).json()
     assert [f["name"] for f in bob_files["files"]] == ["bobs.bin"]
 
     assert (await client.delete(f"/files/{SHA}", headers=bob)).status == 204
-    assert not os.path.exists(blob_path(settings, SHA))
+    assert not is_stored(settings, SHA)
     assert (await client.get(f"/files/{SHA}")).status == 404
 
 
@@ -626,7 +626,7 @@ async def assert_quota_problem(
 
 def assert_nothing_stored(settings: Settings, *hashes: str) -> None:
     for hex_hash in hashes:
-        assert not os.path.exists(blob_path(settings, hex_hash))
+        assert not is_stored(settings, hex_hash)
     assert scratch_files(settings) == []
 
 
@@ -705,7 +705,7 @@ async def test_a_refused_upload_of_content_another_user_holds_keeps_theirs(
     # A stream of unknown length is cut once it passes the quota: `size` is where.
     await assert_quota_problem(response, quota=10, used=0, size=11)
     assert "at least 11 bytes" in (await response.json(content_type=None))["detail"]
-    assert os.path.exists(blob_path(settings, SHA))
+    assert is_stored(settings, SHA)
     assert await (await client.get(f"/files/{SHA}")).read() == BODY
     assert (await me(client, bob))["files"] == 0
     assert scratch_files(settings) == []
@@ -850,7 +850,7 @@ async def test_concurrent_uploads_that_together_exceed_the_quota(
     assert {f["hash"] for f in listing["files"]} == accepted
     assert (await me(client, bob))["bytes"] == 5000
     hashes = [hashlib.sha256(c).hexdigest() for c in contents]
-    assert {h for h in hashes if os.path.exists(blob_path(settings, h))} == accepted
+    assert {h for h in hashes if is_stored(settings, h)} == accepted
     assert scratch_files(settings) == []
 
 

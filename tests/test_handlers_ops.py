@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from filecask.app import SERVICES
 from filecask.settings import Settings
 from tests.conftest import AppClient, assert_problem
@@ -29,6 +31,7 @@ async def test_readyz(client: AppClient) -> None:
     assert await response.json() == {"status": "ready"}
 
 
+@pytest.mark.local_only  # the store directory exists only with storage on disk
 async def test_readyz_is_503_without_the_store_dir(client: AppClient, settings: Settings) -> None:
     moved = settings.data_dir / "store-moved-away"
     os.rename(settings.store_dir, moved)

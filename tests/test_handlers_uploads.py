@@ -16,7 +16,7 @@ import pytest
 from filecask.app import Services
 from filecask.resumable import TusFiles, sweep
 from filecask.settings import Settings
-from tests.conftest import ADMIN, AppClient, MakeSettings, MakeUser, assert_problem
+from tests.conftest import ADMIN, AppClient, MakeSettings, MakeUser, StoreView, assert_problem
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = {"Content-Type": "application/offset+octet-stream"}
@@ -129,7 +129,7 @@ async def test_pieces_resume_from_the_offset_and_become_a_stored_file(
     assert [(f["hash"], f["name"], f["size"]) for f in listed["files"]] == [
         (SHA, "big.bin", len(BODY))
     ]
-    assert os.listdir(settings.tmp_dir) == []  # nothing left behind
+    assert StoreView(settings).scratch() == []  # nothing left behind
     # A client that lost the last answer learns the outcome from HEAD.
     again = await head(client, path)
     assert again.headers["Upload-Offset"] == str(len(BODY))

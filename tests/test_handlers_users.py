@@ -14,7 +14,16 @@ from aiohttp import ClientResponse, web
 
 from filecask.app import create_app
 from filecask.settings import Settings
-from tests.conftest import ADMIN, AppClient, Auth, MakeSettings, MakeUser, assert_problem, basic
+from tests.conftest import (
+    ADMIN,
+    AppClient,
+    Auth,
+    MakeSettings,
+    MakeUser,
+    StoreView,
+    assert_problem,
+    basic,
+)
 
 AiohttpClient = Callable[[web.Application], Awaitable[AppClient]]
 PROBLEM_JSON = "application/problem+json"
@@ -298,18 +307,17 @@ async def test_delete_user_drops_their_files(
     only_bob = await upload(client, bob, b"only bob has this")
     shared = await upload(client, bob, b"both have this")
     assert await upload(client, carol, b"both have this") == shared
-    only_bob_path = settings.store_dir / only_bob[:2] / only_bob
-    shared_path = settings.store_dir / shared[:2] / shared
-    assert only_bob_path.is_file()
-    assert shared_path.is_file()
+    view = StoreView(settings)
+    assert view.exists(only_bob)
+    assert view.exists(shared)
 
     response = await client.delete("/users/bob", headers=ADMIN)
     assert response.status == 204, await response.text()
     assert await response.read() == b""
 
-    assert not only_bob_path.exists()
+    assert not view.exists(only_bob)
     await problem(await client.get(f"/files/{only_bob}"), 404, "not-found")
-    assert shared_path.is_file()
+    assert view.exists(shared)
     download = await client.get(f"/files/{shared}")
     assert download.status == 200
     assert await download.read() == b"both have this"

@@ -199,6 +199,16 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "send_timeout": ("30", 30.0),
     "keepalive_timeout": ("10", 10.0),
     "max_header_size": ("16K", 16 << 10),
+    "db_pool_size": ("20", 20),
+    "db_max_overflow": ("0", 0),
+    "change_poll": ("2s", 2.0),
+    "storage": ("s3://files-bucket/prod/", "s3://files-bucket/prod"),
+    "s3_endpoint_url": ("http://minio:9000", "http://minio:9000"),
+    "s3_region": ("eu-west-1", "eu-west-1"),
+    "s3_access_key_id": ("AKIAEXAMPLE", "AKIAEXAMPLE"),
+    "s3_secret_access_key": ("s3-secret-from-env", "s3-secret-from-env"),
+    "s3_presign": ("5m", 300.0),
+    "s3_part_size": ("16M", 16 * MIB),
 }
 """For each setting: a text an operator might write, and the value it means."""
 
@@ -419,9 +429,13 @@ def test_settings_table_and_dataclass_agree() -> None:
     assert set(SETTINGS_BY_NAME) == fields
 
 
-def test_only_the_admin_password_is_environment_only() -> None:
+def test_only_the_admin_password_and_s3_keys_are_environment_only() -> None:
     """A secret given as a flag would show in `ps`."""
-    assert {s.name for s in SETTINGS if s.secret} == {"admin_password"}
+    assert {s.name for s in SETTINGS if s.secret} == {
+        "admin_password",
+        "s3_access_key_id",
+        "s3_secret_access_key",
+    }
 
 
 def test_every_setting_has_help_env_and_flag() -> None:
@@ -447,3 +461,36 @@ def test_every_default_survives_its_own_parser() -> None:
             assert Path(os.path.abspath(parsed)) == default, setting.name
         else:
             assert parsed == default, setting.name
+
+
+@pytest.mark.parametrize(
+    ("text", "bucket", "prefix"),
+    [
+        ("s3://files", "files", ""),
+        ("s3://files/", "files", ""),
+        ("s3://files/a/b/", "files", "a/b/"),
+        ("s3://my.files-1/prod", "my.files-1", "prod/"),
+    ],
+)
+def test_storage_url_gives_bucket_and_prefix(text: str, bucket: str, prefix: str) -> None:
+    settings = load_settings(environ={"FILECASK_STORAGE": text}, env_file=None)
+    assert (settings.s3_bucket, settings.s3_prefix) == (bucket, prefix)
+
+
+@pytest.mark.parametrize(
+    "text", ["files", "s3://", "s3://UPPER", "s3://a", "gs://files", "s3://files/\x01"]
+)
+def test_storage_url_that_is_not_one_is_refused(text: str) -> None:
+    with pytest.raises(SettingsError, match="FILECASK_STORAGE"):
+        load_settings(environ={"FILECASK_STORAGE": text}, env_file=None)
+
+
+@pytest.mark.parametrize("text", ["4M", "6G"])
+def test_s3_part_size_outside_what_s3_takes_is_refused(text: str) -> None:
+    with pytest.raises(SettingsError, match="FILECASK_S3_PART_SIZE"):
+        load_settings(environ={"FILECASK_S3_PART_SIZE": text}, env_file=None)
+
+
+def test_s3_secrets_never_show_in_repr() -> None:
+    settings = Settings(s3_access_key_id="AKIA-hidden", s3_secret_access_key="hidden-secret")
+    assert "hidden" not in repr(settings)

@@ -13,7 +13,6 @@ import os
 import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from aiohttp import web
 from sqlalchemy.engine import make_url
@@ -21,12 +20,12 @@ from sqlalchemy.exc import DBAPIError
 
 from filecask.archives import FolderPlans
 from filecask.auth import Authenticator, generate_password
-from filecask.blobstore.disk import DiskBlobStore
+from filecask.blobstore import BlobStore, make_blob_store
 from filecask.changes import ChangeStamps, StampedCache, Topic
 from filecask.errors import Conflict
 from filecask.faults import CrashPoints
 from filecask.filestore import FileStore
-from filecask.locks import HashLocks
+from filecask.locks import hash_locks_for
 from filecask.metastore.sql import EmptyDatabase, SqlMetaStore
 from filecask.problem import problem_middleware
 from filecask.settings import Settings
@@ -53,7 +52,7 @@ class Services:
 
     settings: Settings
     meta: SqlMetaStore
-    blobs: DiskBlobStore
+    blobs: BlobStore
     files: FileStore
     auth: Authenticator
     bodies: StampedCache[str, CachedBody]
@@ -102,18 +101,26 @@ async def open_services(settings: Settings, *, reap: bool = True) -> Services:
     """Open every backend; if one fails, close those already open before re-raising.
     `reap`: remove dead uploads' scratch on the way (not for fsck/gc, which report it)."""
     stamps = ChangeStamps(settings.locks_dir / "changes")
-    meta = SqlMetaStore(settings.effective_database_url, stamps)
-    blobs = DiskBlobStore(settings.data_dir, reap_on_open=reap)
-    locks = HashLocks(settings.locks_dir)
+    meta = SqlMetaStore(
+        settings.effective_database_url,
+        stamps,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        change_poll=settings.change_poll,
+    )
+    blobs = make_blob_store(settings, reap_on_open=reap)
+    locks = hash_locks_for(settings.effective_database_url, settings.locks_dir)
     async with contextlib.AsyncExitStack() as opened:
         await stamps.open()
         opened.push_async_callback(stamps.close)
         await blobs.open()
         opened.push_async_callback(blobs.close)
+        # The database first: an unreachable or unusable one is reported by
+        # `_open_metastore` in one line, before anything else (the locks) connects to it.
+        await _open_metastore(meta, settings, blobs)
+        opened.push_async_callback(meta.close)
         await locks.open()
         opened.push_async_callback(locks.close)
-        await _open_metastore(meta, settings)
-        opened.push_async_callback(meta.close)
         auth = Authenticator(meta, settings)
         opened.pop_all()
     bodies: StampedCache[str, CachedBody] = StampedCache(
@@ -127,11 +134,11 @@ class StartupError(RuntimeError):
     """The database cannot be used as it is; the message says why and what to do."""
 
 
-async def _open_metastore(meta: SqlMetaStore, settings: Settings) -> None:
+async def _open_metastore(meta: SqlMetaStore, settings: Settings, blobs: BlobStore) -> None:
     url = make_url(settings.effective_database_url)
     shown = url.render_as_string(hide_password=True)
     loop = asyncio.get_running_loop()
-    holds_files = await loop.run_in_executor(None, _store_holds_files, settings.store_dir)
+    holds_files = await blobs.holds_blobs()
     if holds_files:
         await loop.run_in_executor(None, _refuse_a_lost_database, settings)
     try:
@@ -142,7 +149,7 @@ async def _open_metastore(meta: SqlMetaStore, settings: Settings) -> None:
     except EmptyDatabase as exc:
         await meta.close()
         raise StartupError(
-            f"the database {shown} is empty but {settings.store_dir} holds files. Restore"
+            f"the database {shown} is empty but {_store_name(settings)} holds files. Restore"
             " the database from a backup; starting with an empty one would orphan every file."
         ) from exc
     except DBAPIError as exc:
@@ -166,23 +173,14 @@ def _refuse_a_lost_database(settings: Settings) -> None:
     if os.path.exists(path):
         return
     raise StartupError(
-        f"the database {path} is missing but {settings.store_dir} holds files. Restore the"
+        f"the database {path} is missing but {_store_name(settings)} holds files. Restore the"
         " database from a backup; starting with a new, empty one would orphan every file."
     )
 
 
-def _store_holds_files(store: Path) -> bool:
-    try:
-        with os.scandir(store) as entries:
-            prefixes = list(entries)
-    except FileNotFoundError:
-        return False
-    return any(not p.is_dir() or _is_nonempty_dir(p.path) for p in prefixes)
-
-
-def _is_nonempty_dir(path: str) -> bool:
-    with os.scandir(path) as entries:
-        return any(True for _ in entries)
+def _store_name(settings: Settings) -> str:
+    """Where the blobs are, for messages: the store directory or the s3:// URL."""
+    return settings.storage or str(settings.store_dir)
 
 
 async def close_services(services: Services) -> None:

@@ -8,8 +8,21 @@ metadata store's cache, which follows writes made by any process: see `filecask.
 if the stored hash changed (`user passwd`) or the row is gone, the cache entry no longer
 applies, so a changed or removed password stops working at once.
 
-Failure counts live in each process: with `--workers N` an attacker gets up to N times the
-attempts before the slow-down, still bounded.
+Where the failure counts live:
+- SQLite: in each process. With `--workers N` an attacker gets up to N times the attempts
+  before the slow-down, still bounded.
+- PostgreSQL (several instances on several machines): in the `auth_failures` table, so
+  failures made at one instance count at every other. Each failure is recorded there (by
+  the database's clock) and the answer (the key's count) kept locally; the keys currently
+  throttled are mirrored in each process, which refreshes the mirror whenever the AUTH
+  stamp moves (a key became throttled, or a throttled one was reset, at any instance: see
+  `filecask.changes`). So a signed-in request whose password is in the verified-credentials
+  cache still costs no database round trip, and a key throttled at instance A is throttled
+  at instance B within `change_poll` (usually milliseconds). In that window B may still
+  verify an attempt against the key: the throttle lags by at most `change_poll`, it never
+  lets anything through once it has arrived. Ages rather than timestamps cross machines
+  (seconds since the last failure, by the database's clock), so clock skew between
+  instances does not shorten or lengthen a delay.
 
 Failed attempts are counted per user name and per client address; past a threshold each
 further attempt for that key must wait an exponentially growing delay (capped, so the real
@@ -30,14 +43,14 @@ import math
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from filecask.errors import BadRequest, RateLimited, Unauthorized
-from filecask.metastore import MetaStore, User
+from filecask.metastore import FailureStore, MetaStore, User
 from filecask.settings import IPNetwork, Settings
 
 CACHE_SIZE = 10_000
@@ -46,6 +59,13 @@ FAILURE_MEMORY = 900.0
 """Seconds after the last failure when a key's failure count is forgotten."""
 
 USER_NAME_MAX = 64
+SHARED_KEY_MAX = 200
+"""Longer limiter keys (a user name the client made up) are stored as a digest."""
+FULL_RELOAD = 60.0
+"""Seconds between full refreshes of the mirror of shared failures (incremental between)."""
+RELOAD_OVERLAP = 10.0
+"""An incremental refresh also reads failures this much older than the previous refresh
+began: a failure is stamped as its statement runs, and committed a moment later."""
 
 
 def new_password_hasher(settings: Settings) -> PasswordHasher:
@@ -144,7 +164,8 @@ class _Failures:
 
 
 class FailureLimiter:
-    """Per-key failure counts with a capped exponential delay; bounded memory (LRU)."""
+    """Per-key failure counts with a capped exponential delay; bounded memory (LRU). With
+    PostgreSQL it is the local mirror of the shared table (`record`, `load`)."""
 
     def __init__(self, *, threshold: int, max_delay: float) -> None:
         self._threshold = threshold
@@ -168,6 +189,21 @@ class FailureLimiter:
             self._entries.move_to_end(key)
         while len(self._entries) > LIMITER_SIZE:
             self._entries.popitem(last=False)
+
+    def record(self, counts: dict[str, int], now: float) -> None:
+        """Take the counts the shared table returned for failures just recorded."""
+        self.load(((key, count, 0.0) for key, count in counts.items()), now)
+
+    def load(self, rows: Iterable[tuple[str, int, float]], now: float) -> None:
+        """Mirror shared rows: (key, count, seconds since the last failure)."""
+        for key, count, age in rows:
+            self._entries[key] = _Failures(count, now - age)
+            self._entries.move_to_end(key)
+        while len(self._entries) > LIMITER_SIZE:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
 
     def succeed(self, keys: Sequence[str]) -> None:
         for key in keys:
@@ -205,6 +241,13 @@ class Authenticator:
         self.limiter = FailureLimiter(
             threshold=settings.auth_max_failures, max_delay=settings.auth_max_delay
         )
+        self._threshold = settings.auth_max_failures
+        self._shared: FailureStore | None = meta.failure_store()
+        self._mirrored: int | None = None
+        """The AUTH stamp the mirror of shared failures was refreshed under."""
+        self._mirror_since: float | None = None
+        self._full_reload_at = 0.0
+        self._refreshing: asyncio.Future[None] | None = None
 
     def hash_password(self, password: str) -> str:
         return self._hasher.hash(password)
@@ -220,7 +263,9 @@ class Authenticator:
         if credentials is None:
             raise Unauthorized("Sign in with HTTP Basic authentication.")
         name, password = credentials
-        keys = (f"user:{name}", f"addr:{address}")
+        keys = (_limiter_key("user", name), _limiter_key("addr", address))
+        if self._shared is not None and self._shared.failures_stamp() != self._mirrored:
+            await self._refresh_mirror()
         # Before the cache: were a cached password let through a throttled key, a guesser
         # would learn a right guess at once while every wrong one got 429.
         self.limiter.check(keys, time.monotonic())
@@ -232,10 +277,46 @@ class Authenticator:
         if await self._verify(user, password):
             assert user is not None
             self.limiter.succeed(keys)
+            if self._shared is not None:
+                await self._shared.clear_failures(keys, threshold=self._threshold)
             self._remember(user, password)
             return user
         self.limiter.fail(keys, time.monotonic())
+        if self._shared is not None:
+            counts = await self._shared.record_failures(
+                keys, threshold=self._threshold, memory=FAILURE_MEMORY
+            )
+            self.limiter.record(counts, time.monotonic())
         raise Unauthorized("Wrong user name or password.")
+
+    async def _refresh_mirror(self) -> None:
+        """Bring the mirror of throttled keys up to the shared table, once for all the
+        requests that noticed the stamp move at the same time."""
+        while self._shared is not None and self._shared.failures_stamp() != self._mirrored:
+            if self._refreshing is None:
+                self._refreshing = asyncio.ensure_future(self._reload())
+                self._refreshing.add_done_callback(lambda _: setattr(self, "_refreshing", None))
+            await asyncio.shield(self._refreshing)
+
+    async def _reload(self) -> None:
+        assert self._shared is not None
+        stamp = self._shared.failures_stamp()  # before reading: a later move reloads again
+        now = time.monotonic()
+        since = self._mirror_since
+        if since is None or now - self._full_reload_at > FULL_RELOAD:
+            since = None
+        started, rows = await self._shared.throttled_failures(
+            threshold=self._threshold,
+            memory=FAILURE_MEMORY,
+            since=None if since is None else since - RELOAD_OVERLAP,
+        )
+        if since is None:
+            # A key reset elsewhere is simply absent from a full read: start afresh.
+            self.limiter.clear()
+            self._full_reload_at = now
+        self.limiter.load(rows, time.monotonic())
+        self._mirror_since = started
+        self._mirrored = stamp
 
     def _digest(self, password: str) -> bytes:
         return hmac.new(self._key, password.encode(), hashlib.sha256).digest()
@@ -274,3 +355,12 @@ class Authenticator:
             return self._hasher.verify(stored, password)
         except (VerificationError, InvalidHashError):
             return False
+
+
+def _limiter_key(kind: str, value: str) -> str:
+    """`kind:value`; a long value (a made-up user name) as its digest, so that the shared
+    table's key column holds every key."""
+    key = f"{kind}:{value}"
+    if len(key) <= SHARED_KEY_MAX:
+        return key
+    return f"{kind}#sha256:{hashlib.sha256(value.encode()).hexdigest()}"

@@ -1,5 +1,5 @@
-"""Change stamps shared by every process on one data directory, and the caches they keep
-honest.
+"""Change stamps shared by every process on one data directory, a change feed that carries
+them between machines, and the caches they keep honest.
 
 The hot read paths (who is signing in, does this blob exist and what type is it, how much
 does this user store) would otherwise cost a database round trip per request: through
@@ -7,18 +7,37 @@ aiosqlite that is a thread hop, several times the cost of the rest of a small re
 Their answers change rarely, so each process caches them, and every write that could change
 an answer moves a stamp for its topic *after* it commits and *before* it answers its client.
 A cache empties itself as soon as it sees its topic's stamp move, and it only keeps what was
-read under the stamp it still holds, so it can never serve an answer older than the last
-completed write, whichever process (a worker, the CLI) made it.
+read under the stamp it still holds, so on one machine it can never serve an answer older
+than the last completed write, whichever process (a worker, the CLI) made it.
 
 The stamps live in a small memory-mapped file in the data directory: reading one is a memory
 load, not a system call. A write stores a fresh random value rather than incrementing, so two
 writers racing can never leave the stamp at a value some reader has already seen.
+
+Several instances (machines) on one PostgreSQL database share no data directory, so the
+stamps stay local and `PostgresChangeFeed` moves them for writes made elsewhere. Every write
+transaction that changes a topic also increments the topic's row in `change_counters` and
+`pg_notify`s the channel `filecask_changes` with the topics and their new counters, inside
+the transaction: the notification is delivered only if, and once, the write commits. Each
+process keeps one dedicated connection LISTENing and bumps the local stamps of the topics
+it is told about (usually within milliseconds), and also reads the counters every
+`change_poll / 2` seconds with a timeout of `change_poll / 2`, as a safety net for what
+notifications cannot promise (a notification lost with a dropped connection, a reconnect).
+A poll that fails bumps every topic: no cache outlives the moment the process stopped being
+able to tell whether it is still right.
+
+The bound: a change committed at another instance is seen here (its caches dropped) within
+`change_poll` seconds, as long as the database answers a poll within `change_poll / 2`; if
+it does not, every cache is dropped by then instead. Reads never wait for the feed: a cached
+read remains a memory load.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import logging
 import mmap
 import os
 import secrets
@@ -26,12 +45,17 @@ import struct
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
 
 _STAMP = struct.Struct("<Q")
+log = logging.getLogger("filecask.changes")
+
+CHANNEL = "filecask_changes"
+"""The PostgreSQL notification channel of the change feed; the payload is
+`topic:counter,topic:counter` (see `SqlMetaStore._write`)."""
 
 
 class Topic(enum.IntEnum):
@@ -43,6 +67,9 @@ class Topic(enum.IntEnum):
     """A blob left the store (its row is gone; its bytes are about to go)."""
     NEW_BLOBS = 3
     """A blob was stored that was not there before (remembered misses are stale)."""
+    AUTH = 4
+    """A sign-in key became throttled, or a throttled one was reset (PostgreSQL only: the
+    shared failure table changed; see `filecask.auth`)."""
 
 
 _SIZE = len(Topic) * _STAMP.size
@@ -147,3 +174,128 @@ class StampedCache(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+Connect = Callable[[], Awaitable[Any]]
+"""Opens a dedicated asyncpg connection (outside any pool)."""
+
+
+class PostgresChangeFeed:
+    """Moves the local stamps for writes committed by other instances (see the module
+    docstring): LISTEN for the fast path, a poll of the counters as the bound."""
+
+    def __init__(self, stamps: ChangeStamps, connect: Connect, *, poll: float) -> None:
+        self._stamps = stamps
+        self._connect = connect
+        self._interval = max(poll / 2, 0.005)
+        self._known: dict[int, int] = {}
+        self._conn: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._failing = False
+        self.polls = 0
+        """Successful polls so far (tests wait on it)."""
+        self.notifications = 0
+        self.deaf = False
+        """Ignore notifications (tests: the poll alone must keep the bound)."""
+
+    async def start(self) -> None:
+        """Connect and take the first reading before returning, so that once the store is
+        open every later change is seen; then keep going in the background."""
+        await self._poll()
+        self._task = asyncio.create_task(self._run(), name="filecask-change-feed")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._drop_connection()
+
+    @property
+    def connection(self) -> Any:
+        """The listening connection (tests terminate it to simulate a lost one)."""
+        return self._conn
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                await self._poll()
+            except Exception as exc:  # any failure: nothing cached may be trusted any more
+                self._stamps.bump(*Topic)
+                await self._drop_connection()
+                if not self._failing:
+                    log.warning("change feed: cannot reach the database (%s); caches off", exc)
+                self._failing = True
+            else:
+                if self._failing:
+                    log.warning("change feed: the database is back")
+                self._failing = False
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, started + self._interval - loop.time())):
+                    await self._wake.wait()
+
+    async def _poll(self) -> None:
+        if self._conn is None or self._conn.is_closed():
+            await self._open_connection()
+        rows = await self._conn.fetch(
+            "SELECT topic, counter FROM change_counters", timeout=self._interval
+        )
+        first = not self._known and not self.polls
+        for topic, counter in rows:
+            if self._known.get(topic) != counter:
+                self._known[topic] = counter
+                if not first:
+                    self._bump(topic)
+        self.polls += 1
+
+    async def _open_connection(self) -> None:
+        await self._drop_connection()
+        async with asyncio.timeout(self._interval):
+            conn = await self._connect()
+        try:
+            await conn.add_listener(CHANNEL, self._notified)
+            conn.add_termination_listener(self._terminated)
+        except BaseException:
+            conn.terminate()
+            raise
+        self._conn = conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None or conn.is_closed():
+            return
+        conn.remove_termination_listener(self._terminated)
+        try:
+            await conn.close(timeout=self._interval)
+        except Exception:  # a dead peer: just drop the socket
+            conn.terminate()
+
+    def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        if self.deaf:
+            return
+        self.notifications += 1
+        for item in payload.split(","):
+            topic_text, _, counter_text = item.partition(":")
+            try:
+                topic, counter = int(topic_text), int(counter_text)
+            except ValueError:
+                self._stamps.bump(*Topic)  # not ours to parse: be safe
+                continue
+            if counter > self._known.get(topic, -1):
+                self._known[topic] = counter
+            self._bump(topic)
+
+    def _terminated(self, _conn: Any) -> None:
+        """The listening connection died: notifications may be lost from now on. Drop
+        every cache and poll (reconnecting) at once rather than at the next tick."""
+        self._stamps.bump(*Topic)
+        self._wake.set()
+
+    def _bump(self, topic: int) -> None:
+        with contextlib.suppress(ValueError):  # a newer version's topic: nothing here caches it
+            self._stamps.bump(Topic(topic))

@@ -4,6 +4,7 @@ delegate. Every `serve` flag comes from the settings table."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -11,7 +12,8 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -28,6 +30,7 @@ from filecask.fsck import Report, fsck, gc
 from filecask.logs import announce, configure_logging
 from filecask.metastore import parse_quota
 from filecask.metrics import use_multiprocess_dir
+from filecask.migrate import Advance, MigrationError, migrate, report_lines, source_settings
 from filecask.settings import (
     SETTINGS,
     SETTINGS_BY_NAME,
@@ -77,11 +80,16 @@ def run(coro_fn: Callable[[Services], Awaitable[T]], settings: Settings, *, reap
         finally:
             await close_services(services)
 
+    return run_loop(main())
+
+
+def run_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to its end; the errors people can act on become one-line messages."""
     try:
-        return uvloop.run(main())
+        return uvloop.run(coro)
     except FilecaskError as exc:
         raise click.ClickException(exc.detail) from exc
-    except StartupError as exc:
+    except (StartupError, MigrationError) as exc:
         raise click.ClickException(str(exc)) from exc
     except Exception as exc:  # startup problems: unreadable db, unwritable data dir
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
@@ -340,6 +348,61 @@ def gc_command(grace: str, dry_run: bool, as_json: bool, **flags: Any) -> None:
     settings = build_settings(flags)
     report = run(lambda s: gc(s, grace=seconds, dry_run=dry_run), settings, reap=False)
     _print_report(report, as_json, verb="would remove" if dry_run else "removed")
+
+
+S3_HELP = "\n\n".join(
+    f"{s.env} (environment or .env only): {s.help}"
+    for s in SETTINGS
+    if s.secret and s.name.startswith("s3_")
+)
+
+
+@main.command("migrate", epilog=S3_HELP)
+@click.option(
+    "--from",
+    "source_dir",
+    required=True,
+    metavar="DIR",
+    type=click.Path(path_type=Path),
+    help="The old data directory (its filecask.db and store/).",
+)
+@click.option(
+    "--from-database-url",
+    metavar="URL",
+    default=None,
+    help="The old metadata database, if it was not DIR/filecask.db.",
+)
+@setting_options("data_dir", "database_url", "storage", "s3_endpoint_url", "s3_region")
+def migrate_command(source_dir: Path, from_database_url: str | None, **flags: Any) -> None:
+    """Move an old installation (SQLite and blobs in a data directory) into the database
+    and blob store this command is configured with, e.g. PostgreSQL and S3.
+
+    \b
+    1. stop the old server;
+    2. FILECASK_DATABASE_URL=postgresql://user@db/filecask \\
+       FILECASK_STORAGE=s3://bucket/prefix FILECASK_S3_ENDPOINT_URL=... \\
+       filecask migrate --from /var/lib/filecask
+    3. start the new instances with the same settings.
+
+    Blobs are copied first, each re-hashed on the way (a damaged one stops the run, named),
+    then every user, file, reference and bundle, with their ids, in one transaction. A run
+    cut short can simply be run again: it skips the blobs already copied. The target must
+    be empty; a bootstrap `admin` from a first start, holding nothing, is replaced by the
+    source's users. Unfinished resumable uploads are not migrated. The source's files are only read.
+    Exit status: 0 copied and verified, 1 refused, stopped or not verified."""
+    target = build_settings(flags)
+    source = source_settings(source_dir, from_database_url)
+    summary = run_loop(migrate(source, target, progress=_progress_bar))
+    for line in report_lines(summary):
+        click.echo(line)
+    if summary.problems:
+        sys.exit(1)
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int) -> Iterator[Advance]:
+    with click.progressbar(length=total, label="copying blobs", file=sys.stderr) as bar:
+        yield bar.update
 
 
 def _print_report(report: Report, as_json: bool, *, verb: str) -> None:

@@ -23,9 +23,9 @@ from filecask.blobstore import BlobStore, StagedBlob
 from filecask.bundles import Manifest
 from filecask.errors import BadRequest, Conflict, Forbidden, HashMismatch, NotFound
 from filecask.faults import CrashPoints
-from filecask.locks import HashLocks
+from filecask.locks import Locks
 from filecask.mediatypes import guess_type
-from filecask.metastore import BlobInfo, FileRecord, MetaStore, RemoveOutcome, User
+from filecask.metastore import BlobInfo, FileRecord, MetaStore, MissingBlobs, RemoveOutcome, User
 from filecask.names import validate_file_name
 
 T = TypeVar("T")
@@ -36,7 +36,7 @@ class FileStore:
         self,
         meta: MetaStore,
         blobs: BlobStore,
-        locks: HashLocks,
+        locks: Locks,
         crash: CrashPoints | None = None,
     ) -> None:
         self.meta = meta
@@ -140,14 +140,21 @@ class FileStore:
 
     async def create_bundle(self, user: User, manifest: Manifest) -> bool:
         """Hold the bundle for `user`; True if they did not hold it before. Every file must
-        be stored (400 naming the first missing entry)."""
+        be stored (400 naming the first missing entry). The early check is cheap and lock
+        free; `add_bundle` checks again in its transaction, since the last reference to a
+        blob may go in between (another user's delete, at any instance)."""
         missing = await self.meta.missing_blobs([h for _, h in manifest.entries])
-        if missing:
-            path, hex_hash = next((p, h) for p, h in manifest.entries if h in missing)
-            raise BadRequest(
-                f"No stored file has the hash given for {path!r}.", path=path, hash=hex_hash
-            )
-        return await self.meta.add_bundle(user.id, manifest.id, manifest.name, manifest.entries)
+        if not missing:
+            try:
+                return await self.meta.add_bundle(
+                    user.id, manifest.id, manifest.name, manifest.entries
+                )
+            except MissingBlobs as exc:
+                missing = exc.hashes
+        path, hex_hash = next((p, h) for p, h in manifest.entries if h in missing)
+        raise BadRequest(
+            f"No stored file has the hash given for {path!r}.", path=path, hash=hex_hash
+        )
 
     async def delete_bundle(self, user: User, bundle_id: str) -> None:
         outcome = await self.finish(self._release_bundle(user, bundle_id))

@@ -151,8 +151,9 @@ async def _verify(
             report.findings.append(Finding("corrupt", hex_hash, detail, on_disk))
             return
         where = await services.blobs.quarantine(fanout(hex_hash))
-    # Servers may hold the bad bytes in their small-file caches: make every one drop them.
-    services.meta.stamps.bump(Topic.BLOBS)
+    # Servers may hold the bad bytes in their small-file caches: make every one (on every
+    # machine) drop them.
+    await services.meta.announce(Topic.BLOBS)
     action = f"moved to {where}; the content cannot be restored: re-upload it"
     report.findings.append(Finding("corrupt", hex_hash, detail, on_disk, False, action))
 

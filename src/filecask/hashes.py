@@ -44,7 +44,7 @@ class StreamHasher:
         self._crc = 0
         self.size = 0
 
-    def update(self, chunk: bytes | memoryview) -> None:
+    def update(self, chunk: bytes | bytearray | memoryview) -> None:
         self._sha.update(chunk)
         self._crc = zlib.crc32(chunk, self._crc)
         self.size += len(chunk)

@@ -560,6 +560,17 @@ def _download_operation(
     content_type = "application/zip" if archive else "*/*"
     body_schema: Json = {"type": "string", "format": "binary"}
     not_found = "NotFound"
+    redirect: Json = {}
+    if not archive:
+        redirect["307"] = {
+            "description": "With S3 storage and `--s3-presign`: fetch the bytes from the "
+            "presigned URL in `Location` (valid that long; it answers with the Content-Type "
+            "and Content-Disposition a download from filecask would have).",
+            "headers": {
+                "Location": _header("A presigned URL of the object store."),
+                "Cache-Control": _header("Always `no-store`: the URL expires.", "^no-store$"),
+            },
+        }
     return {
         "operationId": operation_id,
         "summary": summary,
@@ -590,6 +601,7 @@ def _download_operation(
                 "description": "If-None-Match named the current ETag.",
                 "headers": {"ETag": _ETAG},
             },
+            **redirect,
             **_problems("BadRequest", not_found, "RangeNotSatisfiable"),
         },
     }

@@ -49,6 +49,22 @@ def parse_count(text: str) -> int:
     return value
 
 
+def parse_whole(text: str) -> int:
+    """A whole number of at least 0."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"must not be negative: {value}")
+    return value
+
+
+def parse_part_size(text: str) -> int:
+    """S3 takes parts of 5 MiB to 5 GiB (the last one may be smaller)."""
+    value = parse_size(text)
+    if not 5 << 20 <= value <= 5 << 30:
+        raise ValueError(f"an S3 part is 5M to 5G: {text!r}")
+    return value
+
+
 def parse_argon2_memory(text: str) -> int:
     value = parse_size(text)
     if value < 64 << 10:
@@ -99,6 +115,17 @@ def parse_log_format(text: str) -> str:
     return value
 
 
+def parse_storage(text: str) -> str | None:
+    """Empty (the data directory) or `s3://bucket[/prefix]`."""
+    text = text.strip()
+    if not text:
+        return None
+    match = re.fullmatch(r"s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(/[^\x00-\x1f]*)?", text)
+    if not match:
+        raise ValueError(f"not a storage URL: {text!r} (use s3://bucket/prefix, or nothing)")
+    return text.rstrip("/")
+
+
 def parse_optional(text: str) -> str | None:
     return text or None
 
@@ -143,6 +170,48 @@ SETTINGS: tuple[Setting, ...] = (
         parse_optional,
         "SQLAlchemy URL of the metadata store; default sqlite in the data directory.",
         "URL",
+    ),
+    Setting(
+        "db_pool_size",
+        parse_count,
+        "Database connections each process keeps open (PostgreSQL).",
+        "N",
+    ),
+    Setting(
+        "db_max_overflow",
+        parse_whole,
+        "Extra database connections a process may open under load (PostgreSQL).",
+        "N",
+    ),
+    Setting(
+        "change_poll",
+        parse_duration,
+        "With PostgreSQL: longest time another instance may act on a cached answer after a"
+        " write (a changed password, a deleted file); notifications usually make it ms.",
+        "DURATION",
+    ),
+    Setting(
+        "storage",
+        parse_storage,
+        "Where blobs live: empty for the data directory, or s3://bucket/prefix.",
+        "URL",
+    ),
+    Setting("s3_endpoint_url", parse_optional, "S3 endpoint (MinIO, Ceph RGW); empty: AWS.", "URL"),
+    Setting("s3_region", parse_optional, "S3 region (default: us-east-1).", "REGION"),
+    Setting("s3_access_key_id", parse_optional, "S3 access key id.", "KEY", secret=True),
+    Setting("s3_secret_access_key", parse_optional, "S3 secret access key.", "SECRET", secret=True),
+    Setting(
+        "s3_presign",
+        parse_duration,
+        "With S3: answer downloads with a redirect to a presigned URL valid this long"
+        " (0: stream through filecask).",
+        "DURATION",
+    ),
+    Setting(
+        "s3_part_size",
+        parse_part_size,
+        "Part size of S3 multipart uploads (5M to 5G); also the memory one upload may hold.",
+        "SIZE",
     ),
     Setting(
         "max_upload_size",
@@ -285,6 +354,16 @@ class Settings:
     workers: int = 1
     data_dir: Path = Path("data")
     database_url: str | None = None
+    db_pool_size: int = 5
+    db_max_overflow: int = 10
+    change_poll: float = 1.0
+    storage: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = field(default=None, repr=False)
+    s3_secret_access_key: str | None = field(default=None, repr=False)
+    s3_presign: float = 0.0
+    s3_part_size: int = 8 << 20
     max_upload_size: int = 10 << 30
     min_free_space: int = 64 << 20
     admin_password: str | None = field(default=None, repr=False)
@@ -338,6 +417,21 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{self.data_dir / 'filecask.db'}"
+
+    @property
+    def s3_bucket(self) -> str | None:
+        """The bucket of `storage`, or None for the data directory."""
+        if self.storage is None:
+            return None
+        return self.storage.removeprefix("s3://").partition("/")[0]
+
+    @property
+    def s3_prefix(self) -> str:
+        """The key prefix under the bucket, '' or ending in '/'."""
+        if self.storage is None:
+            return ""
+        prefix = self.storage.removeprefix("s3://").partition("/")[2].strip("/")
+        return prefix + "/" if prefix else ""
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

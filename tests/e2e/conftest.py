@@ -8,6 +8,7 @@ variable of the test runner's environment removed. Its stdout and stderr go to f
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import itertools
 import json
@@ -333,6 +334,56 @@ def curl(tmp_path: Path) -> Curl:
     if executable is None:
         pytest.skip("the `curl` binary is not on PATH; these tests drive the server with it")
     return Curl(executable, tmp_path)
+
+
+@pytest.fixture
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+    )
+    if found is None:
+        pytest.skip("the `nginx` binary is not installed (Debian: apt-get install nginx)")
+    return found
+
+
+@contextlib.contextmanager
+def run_nginx(binary: str, prefix: Path, site: str, port: int) -> Iterator[None]:
+    """nginx, unprivileged, from `prefix`, serving the http-context snippet `site` that
+    listens on `port`; stopped on exit."""
+    prefix.mkdir()
+    (prefix / "filecask.conf").write_text(site)
+    temp = {kind: prefix / kind for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
+    main = f"""
+        worker_processes 1;
+        pid {prefix}/nginx.pid;
+        error_log {prefix}/error.log warn;
+        events {{ worker_connections 1024; }}
+        http {{
+            access_log {prefix}/access.log;
+            client_body_temp_path {temp["client_body"]};
+            proxy_temp_path {temp["proxy"]};
+            fastcgi_temp_path {temp["fastcgi"]};
+            uwsgi_temp_path {temp["uwsgi"]};
+            scgi_temp_path {temp["scgi"]};
+            include {prefix}/filecask.conf;
+        }}
+    """
+    (prefix / "nginx.conf").write_text(main)
+    command = [binary, "-p", str(prefix), "-e", str(prefix / "error.log")]
+    command += ["-c", str(prefix / "nginx.conf"), "-g", "daemon off;"]
+    check = subprocess.run([*command, "-t"], capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stderr
+    nginx = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not healthz_ok(port):
+            assert nginx.poll() is None, (prefix / "error.log").read_text()
+            assert time.monotonic() < deadline, "nginx did not come up"
+            time.sleep(0.05)
+        yield
+    finally:
+        nginx.terminate()
+        nginx.wait(10)
 
 
 StartServer = ServerLauncher

@@ -17,8 +17,6 @@ import json
 import os
 import re
 import shlex
-import shutil
-import subprocess
 import time
 import zipfile
 from collections.abc import Iterator
@@ -27,7 +25,14 @@ from pathlib import Path
 import pytest
 
 from filecask.settings import SETTINGS
-from tests.e2e.conftest import ADMIN_CREDENTIALS, HOST, Server, StartServer, free_port
+from tests.e2e.conftest import (
+    ADMIN_CREDENTIALS,
+    HOST,
+    Server,
+    StartServer,
+    free_port,
+    run_nginx,
+)
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 CLIENT_ADDRESS = "127.0.0.5"
@@ -75,21 +80,13 @@ def test_systemd_unit_execstart_names_only_serve_flags_that_exist() -> None:
     assert lines["EnvironmentFile"].startswith("/")
 
 
-@pytest.fixture
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
-    )
-    if found is None:
-        pytest.skip("the `nginx` binary is not installed (Debian: apt-get install nginx)")
-    return found
-
-
-def proxy_config(upstream_port: int, listen_port: int) -> str:
-    """deploy/nginx.conf with only its two addresses changed."""
+def proxy_config(upstream_port: int, listen_port: int, *more_upstreams: int) -> str:
+    """deploy/nginx.conf with only its two addresses changed (and, for several instances
+    behind one address, more upstream servers)."""
     text = (DEPLOY / "nginx.conf").read_text()
+    servers = "".join(f"server {HOST}:{p}; " for p in (upstream_port, *more_upstreams))
     for old, new in (
-        ("server 127.0.0.1:8080;", f"server {HOST}:{upstream_port};"),
+        ("server 127.0.0.1:8080;", servers.strip()),
         ("listen 80;", f"listen {HOST}:{listen_port};"),
     ):
         assert text.count(old) == 1, f"deploy/nginx.conf no longer has {old!r} once"
@@ -102,41 +99,10 @@ def proxied(
     start_server: StartServer, nginx_binary: str, tmp_path: Path
 ) -> Iterator[tuple[Server, int]]:
     server = start_server("--trusted-proxies", "127.0.0.1", "--archive-delay", "0.02")
-    prefix = tmp_path / "nginx"
-    prefix.mkdir()
-    (prefix / "filecask.conf").write_text(proxy_config(server.port, port := free_port()))
-    temp = {kind: prefix / kind for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
-    main = f"""
-        worker_processes 1;
-        pid {prefix}/nginx.pid;
-        error_log {prefix}/error.log warn;
-        events {{ worker_connections 256; }}
-        http {{
-            access_log {prefix}/access.log;
-            client_body_temp_path {temp["client_body"]};
-            proxy_temp_path {temp["proxy"]};
-            fastcgi_temp_path {temp["fastcgi"]};
-            uwsgi_temp_path {temp["uwsgi"]};
-            scgi_temp_path {temp["scgi"]};
-            include {prefix}/filecask.conf;
-        }}
-    """
-    (prefix / "nginx.conf").write_text(main)
-    command = [nginx_binary, "-p", str(prefix), "-e", str(prefix / "error.log")]
-    command += ["-c", str(prefix / "nginx.conf"), "-g", "daemon off;"]
-    check = subprocess.run([*command, "-t"], capture_output=True, text=True, check=False)
-    assert check.returncode == 0, check.stderr
-    nginx = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while request(port, "GET", "/healthz")[0] != 200:
-            assert nginx.poll() is None, (prefix / "error.log").read_text()
-            assert time.monotonic() < deadline, "nginx did not come up"
-            time.sleep(0.05)
+    port = free_port()
+    config = proxy_config(server.port, port)
+    with run_nginx(nginx_binary, tmp_path / "nginx", config, port):
         yield server, port
-    finally:
-        nginx.terminate()
-        nginx.wait(10)
 
 
 def connect(port: int) -> http.client.HTTPConnection:

@@ -14,10 +14,13 @@ The contract every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from filecask.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,14 +32,16 @@ class StagedBlob:
     crc32: int
     head: bytes
     """The first bytes of the content, for type sniffing."""
-    scratch: Path
+    scratch: Path | str
+    """Where it is staged: a file in tmp/, or an object key in a bucket."""
 
 
 @dataclass(frozen=True, slots=True)
 class OpenBlob:
-    """An open, readable blob; the caller closes `fd`."""
+    """An open, readable blob; the caller closes `fd`. A store with no local file (S3)
+    gives None: its bytes are read with `BlobStore.read_range` instead of sendfile."""
 
-    fd: int
+    fd: int | None
     size: int
     mtime: float
 
@@ -67,6 +72,10 @@ class Leftover:
 
 
 class BlobStore(Protocol):
+    tmp_dir: Path
+    """The local directory for resumable uploads' partial files (on disk whatever the
+    store: a tus upload is appended to in place until it is finished, then `adopt`ed)."""
+
     async def open(self) -> None:
         """Prepare directories and recover scratch space left by dead processes."""
 
@@ -104,6 +113,21 @@ class BlobStore(Protocol):
     async def read_blob(self, hex_hash: str) -> bytes:
         """A small blob's whole content; NotFound if it is not stored."""
 
+    def read_range(self, hex_hash: str, offset: int, length: int) -> AsyncGenerator[bytes, None]:
+        """`length` bytes from `offset`, in bounded pieces, each read only when the caller
+        asks for the next (so a slow client holds one piece); NotFound if not stored,
+        EOFError if the blob is shorter. Close it (`contextlib.aclosing`) when stopping
+        early."""
+
+    async def download_url(
+        self, hex_hash: str, *, content_type: str, disposition: str
+    ) -> str | None:
+        """A URL the client may fetch the blob from directly (a presigned S3 URL answering
+        with these headers), or None: the blob is sent through filecask."""
+
+    async def holds_blobs(self) -> bool:
+        """Anything is stored (the start-up guard refuses an empty database then)."""
+
     async def exists(self, hex_hash: str) -> bool: ...
 
     async def ready(self) -> bool:
@@ -124,3 +148,15 @@ class BlobStore(Protocol):
 
     async def remove_leftover(self, leftover: Leftover) -> bool:
         """Remove it if it is still abandoned; True if it went."""
+
+
+def make_blob_store(settings: Settings, *, reap_on_open: bool) -> BlobStore:
+    """The store `settings.storage` names: the data directory, or an S3 bucket. (An S3
+    store never reaps on open: see `blobstore.s3`.)"""
+    if settings.storage is None:
+        from filecask.blobstore.disk import DiskBlobStore
+
+        return DiskBlobStore(settings.data_dir, reap_on_open=reap_on_open)
+    from filecask.blobstore.s3 import S3BlobStore
+
+    return S3BlobStore(settings)

@@ -23,7 +23,7 @@ import secrets
 import stat as stat_module
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -121,7 +121,7 @@ class DiskBlobStore:
         commit record of the same content (hence the inode check)."""
         try:
             ours = os.fstat(fd).st_ino
-            for path in (staged.scratch, self._intent_path(staged.hash)):
+            for path in (Path(staged.scratch), self._intent_path(staged.hash)):
                 with contextlib.suppress(FileNotFoundError):
                     if path.stat().st_ino == ours:
                         path.unlink()
@@ -152,6 +152,32 @@ class DiskBlobStore:
 
     async def read_blob(self, hex_hash: str) -> bytes:
         return await _run(self._read_blob, hex_hash)
+
+    async def read_range(
+        self, hex_hash: str, offset: int, length: int
+    ) -> AsyncGenerator[bytes, None]:
+        """For callers that cannot sendfile (downloads use `open_blob` and sendfile): pread
+        in the executor, one READ_CHUNK at a time."""
+        blob = await self.open_blob(hex_hash)
+        try:
+            position, end = offset, offset + length
+            while position < end:
+                data = await _run(os.pread, blob.fd, min(READ_CHUNK, end - position), position)
+                if not data:
+                    raise EOFError(f"blob {hex_hash} ended {end - position} bytes early")
+                position += len(data)
+                yield data
+        finally:
+            await asyncio.shield(_run(_close_blob, blob))
+
+    async def download_url(
+        self, hex_hash: str, *, content_type: str, disposition: str
+    ) -> str | None:
+        """Never: files on disk are sent by filecask itself (sendfile)."""
+        return None
+
+    async def holds_blobs(self) -> bool:
+        return await _run(_store_holds_files, self.store_dir)
 
     async def exists(self, hex_hash: str) -> bool:
         return await _run(self.path_of(hex_hash).is_file)
@@ -359,6 +385,7 @@ class DiskBlobStore:
 
     def _read_blob(self, hex_hash: str) -> bytes:
         blob = self._open_blob(hex_hash)
+        assert blob.fd is not None
         with open(blob.fd, "rb", buffering=0) as file:
             return file.read()
 
@@ -489,7 +516,23 @@ def _close_and_unlink_pair(created: tuple[int, str]) -> None:
 
 
 def _close_blob(blob: OpenBlob) -> None:
-    os.close(blob.fd)
+    if blob.fd is not None:
+        os.close(blob.fd)
+
+
+def _store_holds_files(store: Path) -> bool:
+    """Any file in the store (an empty fan-out directory does not count)."""
+    try:
+        with os.scandir(store) as entries:
+            prefixes = list(entries)
+    except FileNotFoundError:
+        return False
+    return any(not p.is_dir() or _is_nonempty_dir(p.path) for p in prefixes)
+
+
+def _is_nonempty_dir(path: str) -> bool:
+    with os.scandir(path) as entries:
+        return any(True for _ in entries)
 
 
 def _close_and_unlink(fd: int, name: str) -> None:

@@ -27,7 +27,7 @@ from filecask.archives import (
 from filecask.bundles import parse_manifest
 from filecask.errors import InvalidHash
 from filecask.handlers import base_url, read_json_object, require_user
-from filecask.handlers.bodies import send_body
+from filecask.handlers.bodies import send_body, write_blob_range
 from filecask.handlers.files import content_disposition
 from filecask.hashes import parse_hash
 from filecask.metastore import BundleSummary
@@ -111,7 +111,7 @@ class _ZipRangeWriter:
     async def write(self, response: web.StreamResponse, start: int, end: int) -> int:
         written = 0
         open_source: object = None
-        fd = -1
+        fd: int | None = None
         try:
             for segment in self._plan.segments(start, end):
                 if self._batches(segment):
@@ -123,15 +123,15 @@ class _ZipRangeWriter:
                 written += await self._flush(response)
                 assert isinstance(segment, DataSlice)
                 if segment.member.source is not open_source:
-                    if fd >= 0:
+                    if fd is not None:
                         os.close(fd)
-                        fd = -1
+                        fd = None
                     fd = await self._open(segment)
                     open_source = segment.member.source
                 written += await self._send_slice(response, fd, segment)
             written += await self._flush(response)
         finally:
-            if fd >= 0:
+            if fd is not None:
                 os.close(fd)
         return written
 
@@ -157,15 +157,28 @@ class _ZipRangeWriter:
         await self._pause()
         return len(data)
 
-    async def _send_slice(self, response: web.StreamResponse, fd: int, piece: DataSlice) -> int:
+    async def _send_slice(
+        self, response: web.StreamResponse, fd: int | None, piece: DataSlice
+    ) -> int:
+        """By sendfile from `fd`, or, for a blob store without fds (S3), streamed."""
         step = DELAYED_CHUNK if self._delay else piece.length
+        written = 0
         for offset in range(piece.offset, piece.offset + piece.length, max(step, 1)):
             length = min(step, piece.offset + piece.length - offset)
-            await send_file_range(self._request, response, fd, offset, length)
+            if fd is None:
+                source = piece.member.source
+                assert isinstance(source, str)
+                blobs = self._services.blobs
+                written += await write_blob_range(
+                    self._request, response, blobs, source, offset, length
+                )
+            else:
+                await send_file_range(self._request, response, fd, offset, length)
+                written += length
             await self._pause()
-        return piece.length
+        return written
 
-    async def _open(self, piece: DataSlice) -> int:
+    async def _open(self, piece: DataSlice) -> int | None:
         source = piece.member.source
         if isinstance(source, DirectoryFile):
             return await run_owned(open_directory_file, source, release=os.close)

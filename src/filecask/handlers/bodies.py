@@ -13,12 +13,14 @@ for that long, so a non-reading client cannot pin fds and buffers.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
 from filecask.app import SERVICES
+from filecask.blobstore import BlobStore
 from filecask.problem import STREAMING
 from filecask.ranges import ByteRange, if_range_matches, parse_range, plan_multipart
 from filecask.sendfile import SEND_TIMEOUT, write_within
@@ -75,3 +77,23 @@ async def send_body(
             await write_within(request, response, trailer)
     await response.write_eof()
     return response
+
+
+async def write_blob_range(
+    request: web.Request,
+    response: web.StreamResponse,
+    blobs: BlobStore,
+    hex_hash: str,
+    offset: int,
+    length: int,
+) -> int:
+    """Copy a blob's range onto the response when there is no fd to sendfile (S3): each
+    piece is written, within --send-timeout, before the next is read, so a slow client
+    holds one piece and the store's stream is paced by the client. Returns bytes written."""
+    written = 0
+    pieces = blobs.read_range(hex_hash, offset, length)
+    async with contextlib.aclosing(pieces):
+        async for piece in pieces:
+            await write_within(request, response, piece)
+            written += len(piece)
+    return written

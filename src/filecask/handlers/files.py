@@ -22,7 +22,7 @@ from filecask.errors import (
     Unauthorized,
 )
 from filecask.handlers import base_url, require_user
-from filecask.handlers.bodies import send_body
+from filecask.handlers.bodies import send_body, write_blob_range
 from filecask.hashes import parse_hash
 from filecask.mediatypes import is_active
 from filecask.metastore import FileRecord, User
@@ -213,6 +213,15 @@ async def download(request: web.Request) -> web.StreamResponse:
         # RFC 9110 §15.4.5: a 304 repeats the validators and caching headers.
         keep = (hdrs.ETAG, hdrs.CACHE_CONTROL)
         return web.Response(status=304, headers={k: headers[k] for k in keep})
+    url = await services.blobs.download_url(
+        hex_hash, content_type=blob.content_type, disposition=headers[hdrs.CONTENT_DISPOSITION]
+    )
+    if url is not None:
+        # The client fetches the bytes from the object store itself (`--s3-presign`); the
+        # redirect names a URL that expires, so it must not be cached.
+        return web.Response(
+            status=307, headers={hdrs.LOCATION: url, hdrs.CACHE_CONTROL: "no-store"}
+        )
     if cached is None and blob.size <= min(CACHED_BODY_MAX, services.settings.cache_size):
         cached = await _read_small(services, hex_hash, blob.content_type)
         services.bodies.put(hex_hash, cached, stamp, cost=len(cached.body))
@@ -220,9 +229,10 @@ async def download(request: web.Request) -> web.StreamResponse:
         return await _send_bytes(request, cached.body, headers, blob.content_type)
     opened = await services.blobs.open_blob(hex_hash)
     try:
-        return await _send_blob(request, opened, headers, blob.content_type)
+        return await _send_blob(request, services, hex_hash, opened, headers, blob.content_type)
     finally:
-        os.close(opened.fd)
+        if opened.fd is not None:
+            os.close(opened.fd)
 
 
 def _is_plain(request: web.Request) -> bool:
@@ -269,10 +279,22 @@ def content_disposition(kind: str, filename: str) -> str:
 
 
 async def _send_blob(
-    request: web.Request, opened: OpenBlob, headers: dict[str, str], content_type: str
+    request: web.Request,
+    services: Services,
+    hex_hash: str,
+    opened: OpenBlob,
+    headers: dict[str, str],
+    content_type: str,
 ) -> web.StreamResponse:
+    """Zero-copy from the blob's fd, or streamed from the store when it has none (S3)."""
+    fd = opened.fd
+
     async def write(response: web.StreamResponse, start: int, end: int) -> int:
-        await send_file_range(request, response, opened.fd, start, end - start)
+        if fd is None:
+            return await write_blob_range(
+                request, response, services.blobs, hex_hash, start, end - start
+            )
+        await send_file_range(request, response, fd, start, end - start)
         return end - start
 
     return await send_body(

@@ -25,5 +25,5 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:
         raise ServiceUnavailable(f"The metadata store does not answer: {exc}") from exc
     if not await services.blobs.ready():
-        raise ServiceUnavailable("The blob store directory is missing.")
+        raise ServiceUnavailable("The blob store cannot be read or written.")
     return web.json_response({"status": "ready"})

@@ -8,6 +8,9 @@ The contract:
   after their owners delete their own references, until the bundle is deleted.
 - Users are unique by name; removing one removes their references (the caller first drops
   them one by one through the file store, so blobs leave the disk too).
+- Every rule above holds with several processes on several machines writing to one
+  PostgreSQL database at READ COMMITTED, not only under SQLite's single writer: the
+  implementation takes row locks where a check and a write must be one step.
 - A user's quota bounds `usage(user).bytes` (their own references; bundles do not count).
   `add_ref` checks it in the transaction that inserts the reference, so concurrent uploads,
   from any process, can never together take a user past it.
@@ -16,6 +19,7 @@ The contract:
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -145,6 +149,33 @@ class Upload:
     """The stored file's hash once the upload is complete."""
 
 
+class MissingBlobs(Exception):
+    """`add_bundle` found, inside its transaction, that some named blobs are not stored."""
+
+    def __init__(self, hashes: set[str]) -> None:
+        super().__init__(f"{len(hashes)} blob(s) not stored")
+        self.hashes = hashes
+
+
+class FailureStore(Protocol):
+    """Failed sign-ins shared by every instance on one database (PostgreSQL); the
+    authenticator mirrors the throttled keys locally (see `filecask.auth`)."""
+
+    def failures_stamp(self) -> int:
+        """A stamp that moves whenever a key becomes throttled or a throttled one is
+        reset, at any instance (within `change_poll`): a memory load."""
+
+    async def record_failures(
+        self, keys: Iterable[str], *, threshold: int, memory: float
+    ) -> dict[str, int]: ...
+
+    async def clear_failures(self, keys: Iterable[str], *, threshold: int) -> None: ...
+
+    async def throttled_failures(
+        self, *, threshold: int, memory: float, since: float | None
+    ) -> tuple[float, list[tuple[str, int, float]]]: ...
+
+
 class RemoveOutcome(enum.Enum):
     NOT_FOUND = "not-found"
     NOT_OWNER = "not-owner"
@@ -160,6 +191,9 @@ class MetaStore(Protocol):
     async def close(self) -> None: ...
 
     async def ping(self) -> None: ...
+
+    def failure_store(self) -> FailureStore | None:
+        """The shared failure table, or None where failures stay in each process."""
 
     async def create_user(
         self, name: str, password_hash: str, *, is_admin: bool, quota: int | None = None
@@ -225,8 +259,9 @@ class MetaStore(Protocol):
         self, user_id: int, bundle_id: str, name: str, entries: list[tuple[str, str]]
     ) -> bool:
         """Hold the bundle (creating it with its (path, hash) entries if new); True if the
-        user did not hold it before. NotFound-style errors are the caller's to raise: this
-        returns only after checking every hash is stored (`missing_blobs`)."""
+        user did not hold it before. MissingBlobs (and nothing changed) if a hash is not
+        stored, checked in the same transaction (a `missing_blobs` check made before may
+        be stale by then)."""
 
     async def missing_blobs(self, hashes: list[str]) -> set[str]: ...
 

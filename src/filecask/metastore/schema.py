@@ -108,3 +108,23 @@ uploads = sa.Table(
     # client that lost the final answer can still learn the outcome.
     sa.Column("hash", sa.String(64), nullable=True),
 )
+
+change_counters = sa.Table(
+    "change_counters",
+    metadata,
+    # With PostgreSQL, one counter per `changes.Topic`, moved inside every write transaction
+    # that changes the topic: the change feed's poll compares them with what it last saw, so
+    # a lost notification is caught within `change_poll`. Unused (but present) on SQLite.
+    sa.Column("topic", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("counter", sa.BigInteger, nullable=False),
+)
+
+auth_failures = sa.Table(
+    "auth_failures",
+    metadata,
+    # With PostgreSQL, failed sign-ins per limiter key ("user:<name>", "addr:<ip>"), so that
+    # failures made at one instance slow down attempts at every other. Unused on SQLite.
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("last_at", sa.DateTime(timezone=True), nullable=False, index=True),
+)

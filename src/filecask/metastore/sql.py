@@ -8,11 +8,27 @@ opened with BEGIN IMMEDIATE: a deferred transaction that later wants to write ca
 The three lookups on every hot path (a user by name, a blob by hash, a user's usage) are
 answered from caches that follow the shared change stamps (see `filecask.changes`): every
 write here moves the stamps of what it changed once it has committed.
+
+PostgreSQL specifics, for several instances on one database:
+- Every write that changes a topic also increments the topic's `change_counters` row and
+  `pg_notify`s the change feed, as the last statements of its transaction (so the counter
+  rows are locked only for the commit itself); `PostgresChangeFeed`, started by `open`,
+  carries other instances' writes to the local stamps within `change_poll`.
+- READ COMMITTED gives none of the "one writer at a time" that SQLite's BEGIN IMMEDIATE
+  does, so every rule that was a check-then-write is made atomic with row locks: a
+  transaction that may delete a blob row first locks it FOR UPDATE (`remove_ref`,
+  `drop_blob_if_unreferenced`), one that adds a reference to an existing blob locks it FOR
+  SHARE (`add_ref`, `add_bundle`), a bundle's row is locked FOR UPDATE by `release_bundle`
+  and FOR SHARE by `add_bundle`, and inserts that may meet a concurrent twin use ON
+  CONFLICT. Each waits for the other and then, reading afresh, sees what it committed.
+  SQLite's compiler leaves the FOR clauses out (it serialises writers already).
+- Failed sign-ins are kept in `auth_failures` (`FailureStore`), so every instance throttles.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import random
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import partial
@@ -24,10 +40,11 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from filecask.changes import ChangeStamps, StampedCache, Topic
+from filecask.changes import CHANNEL, ChangeStamps, PostgresChangeFeed, StampedCache, Topic
 from filecask.errors import Conflict, InsufficientStorage, NotFound, QuotaExceeded
 from filecask.metastore import (
     BlobInfo,
@@ -35,7 +52,9 @@ from filecask.metastore import (
     BundleEntry,
     BundleSummary,
     CachedCrc,
+    FailureStore,
     FileRecord,
+    MissingBlobs,
     RemoveOutcome,
     Upload,
     Usage,
@@ -43,10 +62,12 @@ from filecask.metastore import (
     UserSummary,
 )
 from filecask.metastore.schema import (
+    auth_failures,
     blobs,
     bundle_entries,
     bundle_holders,
     bundles,
+    change_counters,
     crc_cache,
     refs,
     uploads,
@@ -65,12 +86,50 @@ _ASYNC_DRIVERS = (
 USER_CACHE_ITEMS = 10_000
 BLOB_CACHE_ITEMS = 100_000
 USAGE_CACHE_ITEMS = 10_000
+FAILURE_ROWS_MAX = 100_000
+"""Most throttled keys one mirror refresh reads (the newest first)."""
+FAILURE_PRUNE_ODDS = 64
+"""One recorded failure in this many also deletes the rows that have been forgotten."""
+CONNECT_TIMEOUT = 10.0
+
+
+def is_postgres_url(url: str) -> bool:
+    return make_url(_async_url(url)).get_backend_name() == "postgresql"
+
+
+async def connect_raw(url: str) -> Any:
+    """A dedicated asyncpg connection to the PostgreSQL database at `url`, outside every
+    pool (the change feed's LISTEN, the advisory locks), with the connection arguments
+    SQLAlchemy would use for the same URL."""
+    import asyncpg
+
+    sa_url = make_url(_async_url(url))
+    dialect: Any = postgresql.asyncpg.dialect()  # type: ignore[no-untyped-call]
+    _, kwargs = dialect.create_connect_args(sa_url)
+    return await asyncpg.connect(**kwargs, timeout=CONNECT_TIMEOUT)
 
 
 class SqlMetaStore:
-    def __init__(self, url: str, stamps: ChangeStamps | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        stamps: ChangeStamps | None = None,
+        *,
+        pool_size: int = 5,
+        max_overflow: int = 10,
+        change_poll: float = 1.0,
+    ) -> None:
+        """`pool_size`, `max_overflow`: the PostgreSQL connection pool of this process (SQLite
+        keeps SQLAlchemy's own setup for it). `change_poll`: with PostgreSQL, the longest time
+        a change made by another instance may go unseen here (see `filecask.changes`)."""
         self._url = _async_url(url)
         self._engine: AsyncEngine | None = None
+        self._pool_size = pool_size
+        self._max_overflow = max_overflow
+        self._change_poll = change_poll
+        self.shared = is_postgres_url(url)
+        """PostgreSQL: other instances may share the database (change feed, failures)."""
+        self.feed: PostgresChangeFeed | None = None
         self.stamps = stamps or ChangeStamps(None)
         self._users: StampedCache[str, User] = StampedCache(
             self.stamps, Topic.USERS, max_items=USER_CACHE_ITEMS
@@ -97,15 +156,31 @@ class SqlMetaStore:
         """Connect and migrate. With `create=False` a database that has never been set up
         (no migration recorded: an empty file, a fresh PostgreSQL database) is refused with
         EmptyDatabase instead of being initialised."""
-        self._engine = create_async_engine(self._url, pool_pre_ping=True)
+        if self.shared:
+            self._engine = create_async_engine(
+                self._url,
+                pool_size=self._pool_size,
+                max_overflow=self._max_overflow,
+                pool_pre_ping=True,
+            )
+        else:
+            self._engine = create_async_engine(self._url, pool_pre_ping=True)
         if self._engine.dialect.name == "sqlite":
             _tune_sqlite(self._engine)
         async with self._engine.begin() as conn:
             if not create and not await conn.run_sync(_is_set_up):
                 raise EmptyDatabase(self._url)
             await conn.run_sync(_upgrade_schema)
+        if self.shared:
+            self.feed = PostgresChangeFeed(
+                self.stamps, partial(connect_raw, self._url), poll=self._change_poll
+            )
+            await self.feed.start()
 
     async def close(self) -> None:
+        feed, self.feed = self.feed, None
+        if feed is not None:
+            await feed.stop()
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
@@ -119,22 +194,27 @@ class SqlMetaStore:
     async def create_user(
         self, name: str, password_hash: str, *, is_admin: bool, quota: int | None = None
     ) -> User:
+        """ON CONFLICT rather than look-then-insert: on PostgreSQL two instances creating
+        the same name at once (two first starts, each bootstrapping `admin`) would otherwise
+        both look, and the second insert would fail with an IntegrityError, not Conflict."""
+        insert = self._insert()
         async with self._write({Topic.USERS}) as conn:
-            if await _user_row(conn, name) is not None:
-                raise Conflict(f"A user named {name!r} already exists.", user=name)
             created_at = _now()
-            result = await conn.execute(
-                users.insert().values(
+            key = await conn.scalar(
+                insert(users)
+                .values(
                     name=name,
                     password_hash=password_hash,
                     is_admin=is_admin,
                     created_at=created_at,
                     quota=quota,
                 )
+                .on_conflict_do_nothing(index_elements=["name"])
+                .returning(users.c.id)
             )
-            key = result.inserted_primary_key
-            assert key is not None  # an INSERT of one row always has a key
-            return User(int(key[0]), name, password_hash, is_admin, created_at, quota)
+            if key is None:
+                raise Conflict(f"A user named {name!r} already exists.", user=name)
+            return User(int(key), name, password_hash, is_admin, created_at, quota)
 
     async def get_user(self, name: str) -> User | None:
         return await self._users.fetch(name, partial(self._load_user, name))
@@ -197,19 +277,27 @@ class SqlMetaStore:
         changed = {Topic.REFS}
         async with self._write(changed) as conn:
             await _check_quota(conn, user_id, blob)
-            stored = await conn.execute(
-                insert(blobs)
-                .values(
-                    hash=blob.hash,
-                    size=blob.size,
-                    crc32=blob.crc32,
-                    content_type=blob.content_type,
-                    created_at=now,
+            # The blob row exists, or is created here, and is locked (FOR SHARE) until we
+            # commit: a concurrent removal of its last other reference waits and then sees
+            # ours (PostgreSQL; see the module docstring). If that removal committed between
+            # our insert and our lock, the row is gone: insert it again.
+            while True:
+                stored = await conn.execute(
+                    insert(blobs)
+                    .values(
+                        hash=blob.hash,
+                        size=blob.size,
+                        crc32=blob.crc32,
+                        content_type=blob.content_type,
+                        created_at=now,
+                    )
+                    .on_conflict_do_nothing(index_elements=["hash"])
                 )
-                .on_conflict_do_nothing(index_elements=["hash"])
-            )
-            if stored.rowcount:
-                changed.add(Topic.NEW_BLOBS)
+                if stored.rowcount:
+                    changed.add(Topic.NEW_BLOBS)
+                    break
+                if await conn.scalar(_lock_blob(blob.hash, share=True)) is not None:
+                    break
             result = await conn.execute(
                 insert(refs)
                 .values(user_id=user_id, hash=blob.hash, name=name, created_at=now)
@@ -248,12 +336,16 @@ class SqlMetaStore:
     async def remove_ref(self, user_id: int, hex_hash: str) -> RemoveOutcome:
         changed = {Topic.REFS}
         async with self._write(changed) as conn:
+            # Locked first, so a reference being added concurrently (add_ref, add_bundle,
+            # which lock it FOR SHARE) is either committed and seen below, or waits for us
+            # and finds the row gone.
+            if await conn.scalar(_lock_blob(hex_hash)) is None:
+                return RemoveOutcome.NOT_FOUND  # no blob row, so no reference to it either
             deleted = await conn.execute(
                 refs.delete().where(refs.c.user_id == user_id, refs.c.hash == hex_hash)
             )
             if deleted.rowcount == 0:
-                exists = await conn.scalar(sa.select(blobs.c.hash).where(blobs.c.hash == hex_hash))
-                return RemoveOutcome.NOT_OWNER if exists else RemoveOutcome.NOT_FOUND
+                return RemoveOutcome.NOT_OWNER
             if await _is_referenced(conn, hex_hash):
                 return RemoveOutcome.REMOVED
             changed.add(Topic.BLOBS)
@@ -335,6 +427,10 @@ class SqlMetaStore:
     async def drop_blob_if_unreferenced(self, hex_hash: str) -> bool:
         changed: set[Topic] = set()
         async with self._write(changed) as conn:
+            # As in remove_ref: lock, then look (a concurrent add_ref or add_bundle either
+            # committed its reference already or waits for us and finds the row gone).
+            if await conn.scalar(_lock_blob(hex_hash)) is None:
+                return False
             if await _is_referenced(conn, hex_hash):
                 return False
             changed.add(Topic.BLOBS)
@@ -355,19 +451,43 @@ class SqlMetaStore:
     async def add_bundle(
         self, user_id: int, bundle_id: str, name: str, entries: list[tuple[str, str]]
     ) -> bool:
+        """Checks, inside its transaction, that every blob is there and locks the rows (FOR
+        SHARE): the caller's earlier `missing_blobs` ran outside any lock, and the last
+        reference to one of them may have gone since (MissingBlobs then, not a foreign key
+        error). The bundle's row is inserted ON CONFLICT DO NOTHING and locked FOR SHARE,
+        so a twin `add_bundle` or a `release_bundle` of its last holder (FOR UPDATE) waits
+        or is waited for; a bundle deleted under us is created afresh."""
         insert = self._insert()
+        wanted = sorted({hex_hash for _, hex_hash in entries})
         async with self._write() as conn:
-            exists = await conn.scalar(sa.select(bundles.c.id).where(bundles.c.id == bundle_id))
-            if not exists:
-                await conn.execute(
-                    bundles.insert().values(id=bundle_id, name=name, created_at=_now())
+            found: set[str] = set()
+            for chunk in _chunks(wanted, 500):
+                query = (
+                    sa.select(blobs.c.hash)
+                    .where(blobs.c.hash.in_(chunk))
+                    .order_by(blobs.c.hash)
+                    .with_for_update(read=True)
                 )
-                rows = [
-                    {"bundle_id": bundle_id, "position": i, "path": path, "hash": hex_hash}
-                    for i, (path, hex_hash) in enumerate(entries)
-                ]
-                for chunk in _chunks(rows, 500):
-                    await conn.execute(bundle_entries.insert(), chunk)
+                found.update((await conn.execute(query)).scalars())
+            if len(found) < len(wanted):
+                raise MissingBlobs(set(wanted) - found)
+            while True:
+                created = await conn.execute(
+                    insert(bundles)
+                    .values(id=bundle_id, name=name, created_at=_now())
+                    .on_conflict_do_nothing(index_elements=["id"])
+                )
+                if created.rowcount:
+                    rows = [
+                        {"bundle_id": bundle_id, "position": i, "path": path, "hash": hex_hash}
+                        for i, (path, hex_hash) in enumerate(entries)
+                    ]
+                    for chunk in _chunks(rows, 500):
+                        await conn.execute(bundle_entries.insert(), chunk)
+                    break
+                kept = sa.select(bundles.c.id).where(bundles.c.id == bundle_id)
+                if await conn.scalar(kept.with_for_update(read=True)) is not None:
+                    break
             result = await conn.execute(
                 insert(bundle_holders)
                 .values(bundle_id=bundle_id, user_id=user_id, created_at=_now())
@@ -419,15 +539,20 @@ class SqlMetaStore:
         return [BundleSummary(r[0], r[1], int(r[3]), int(r[4]), _utc(r[2])) for r in rows]
 
     async def release_bundle(self, user_id: int, bundle_id: str) -> tuple[RemoveOutcome, list[str]]:
+        """The bundle's row is locked first (FOR UPDATE): two holders releasing at once
+        would otherwise each see the other's hold and both leave the bundle, holderless,
+        keeping its blobs forever; an `add_bundle` (FOR SHARE) waits, then creates it anew."""
         async with self._write() as conn:
+            locked = sa.select(bundles.c.id).where(bundles.c.id == bundle_id).with_for_update()
+            if await conn.scalar(locked) is None:
+                return RemoveOutcome.NOT_FOUND, []
             deleted = await conn.execute(
                 bundle_holders.delete().where(
                     bundle_holders.c.bundle_id == bundle_id, bundle_holders.c.user_id == user_id
                 )
             )
             if deleted.rowcount == 0:
-                exists = await conn.scalar(sa.select(bundles.c.id).where(bundles.c.id == bundle_id))
-                return (RemoveOutcome.NOT_OWNER if exists else RemoveOutcome.NOT_FOUND), []
+                return RemoveOutcome.NOT_OWNER, []
             held = await conn.scalar(
                 sa.select(bundle_holders.c.id)
                 .where(bundle_holders.c.bundle_id == bundle_id)
@@ -533,6 +658,10 @@ class SqlMetaStore:
     async def advance_upload(
         self, upload_id: str, *, old_offset: int, new_offset: int, expires_at: datetime
     ) -> bool:
+        """A compare-and-set in one UPDATE: atomic on PostgreSQL too, where a concurrent
+        UPDATE of the row makes this one wait and then re-check `offset` on the row as the
+        other left it (READ COMMITTED re-evaluates the WHERE), so two PATCHes from one
+        offset never both win."""
         async with self._write() as conn:
             result = await conn.execute(
                 uploads.update()
@@ -561,6 +690,91 @@ class SqlMetaStore:
         async with self.engine.connect() as conn:
             return set((await conn.execute(sa.select(uploads.c.id))).scalars())
 
+    # shared sign-in failures (PostgreSQL): see `filecask.auth`
+
+    def failure_store(self) -> FailureStore | None:
+        return self if self.shared else None
+
+    def failures_stamp(self) -> int:
+        return self.stamps.read(Topic.AUTH)
+
+    async def record_failures(
+        self, keys: Iterable[str], *, threshold: int, memory: float
+    ) -> dict[str, int]:
+        """Count one more failure for each key (from 1 again if the last was more than
+        `memory` seconds ago, by the database's clock); the new counts. Moves AUTH (every
+        instance refreshes its mirror) only when a key is, or stays, throttled."""
+        now = sa.func.clock_timestamp()
+        forgotten = auth_failures.c.last_at < now - _seconds(memory)
+        insert = postgresql.insert(auth_failures).values(
+            [{"key": key, "count": 1, "last_at": now} for key in sorted(set(keys))]
+        )
+        statement = insert.on_conflict_do_update(
+            index_elements=["key"],
+            set_={
+                "count": sa.case((forgotten, 1), else_=auth_failures.c.count + 1),
+                "last_at": now,
+            },
+        ).returning(auth_failures.c.key, auth_failures.c.count)
+        changed: set[Topic] = set()
+        async with self._write(changed) as conn:
+            counts = {key: int(count) for key, count in await conn.execute(statement)}
+            if any(count >= threshold for count in counts.values()):
+                changed.add(Topic.AUTH)
+            if random.randrange(FAILURE_PRUNE_ODDS) == 0:
+                await conn.execute(
+                    auth_failures.delete().where(auth_failures.c.last_at < now - _seconds(memory))
+                )
+        return counts
+
+    async def clear_failures(self, keys: Iterable[str], *, threshold: int) -> None:
+        """Forget the keys' failures (a right password); moves AUTH if one was throttled."""
+        changed: set[Topic] = set()
+        statement = (
+            auth_failures.delete()
+            .where(auth_failures.c.key.in_(sorted(set(keys))))
+            .returning(auth_failures.c.count)
+        )
+        async with self._write(changed) as conn:
+            if any(count >= threshold for count in (await conn.execute(statement)).scalars()):
+                changed.add(Topic.AUTH)
+
+    async def throttled_failures(
+        self, *, threshold: int, memory: float, since: float | None
+    ) -> tuple[float, list[tuple[str, int, float]]]:
+        """The database's clock (epoch seconds) as the read began, and the keys with at
+        least `threshold` failures, the last one less than `memory` seconds ago (and after
+        `since`, by the same clock, if given): (key, count, seconds since the last)."""
+        now = sa.func.clock_timestamp()
+        query = (
+            sa.select(
+                auth_failures.c.key,
+                auth_failures.c.count,
+                sa.extract("epoch", now - auth_failures.c.last_at),
+            )
+            .where(
+                auth_failures.c.count >= threshold,
+                auth_failures.c.last_at > now - _seconds(memory),
+            )
+            .order_by(auth_failures.c.last_at.desc())
+            .limit(FAILURE_ROWS_MAX)
+        )
+        if since is not None:
+            query = query.where(auth_failures.c.last_at > sa.func.to_timestamp(since))
+        async with self.engine.connect() as conn:
+            started = float(await conn.scalar(sa.select(sa.extract("epoch", now))) or 0.0)
+            rows = (await conn.execute(query)).all()
+        return started, [(key, int(count), float(age)) for key, count, age in rows]
+
+    async def announce(self, *topics: Topic) -> None:
+        """Move the stamps of `topics` here and, with PostgreSQL, at every instance: for a
+        change made outside the database (fsck quarantining a corrupt blob's bytes)."""
+        if not self.shared:
+            self.stamps.bump(*topics)
+            return
+        async with self._write(set(topics)):
+            pass
+
     def _insert(self) -> Any:
         """The dialect's INSERT, which has ON CONFLICT (both sqlite and postgresql)."""
         return postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
@@ -575,12 +789,49 @@ class SqlMetaStore:
                 conn = await conn.execution_options(**{_WRITE: True})
                 async with conn.begin():
                     yield conn
+                    if changed and self.shared:
+                        await _publish(conn, changed)
         except OperationalError as exc:
             if _is_disk_full(exc):
                 raise InsufficientStorage("The database's disk is full.") from exc
             raise
         finally:
             self.stamps.bump(*(changed or ()))
+
+
+async def _publish(conn: AsyncConnection, changed: set[Topic]) -> None:
+    """Increment the counters of `changed` and notify the change feed, in the writer's
+    transaction (PostgreSQL delivers the notification at commit, and never on rollback).
+    One statement, rows in topic order (no deadlock between two writers), run last so the
+    counter rows stay locked only while the transaction commits."""
+    topics = sorted(changed)
+    values = sa.values(
+        sa.column("topic", sa.Integer), sa.column("counter", sa.BigInteger), name="v"
+    ).data([(int(topic), 1) for topic in topics])
+    upsert = (
+        postgresql.insert(change_counters)
+        .from_select(["topic", "counter"], sa.select(values).order_by(values.c.topic))
+        .on_conflict_do_update(
+            index_elements=["topic"], set_={"counter": change_counters.c.counter + 1}
+        )
+        .returning(change_counters.c.topic, change_counters.c.counter)
+        .cte("bumped")
+    )
+    item = sa.cast(upsert.c.topic, sa.Text) + ":" + sa.cast(upsert.c.counter, sa.Text)
+    payload = sa.func.string_agg(item, ",")
+    await conn.execute(sa.select(sa.func.pg_notify(CHANNEL, payload)).select_from(upsert))
+
+
+def _seconds(value: float) -> Any:
+    """An interval of `value` seconds (PostgreSQL)."""
+    return sa.func.make_interval(0, 0, 0, 0, 0, 0, value)
+
+
+def _lock_blob(hex_hash: str, *, share: bool = False) -> sa.Select[Any]:
+    """The blob's row, locked until the transaction ends: FOR UPDATE by those who may
+    delete it, FOR SHARE by those adding a reference to it (PostgreSQL; SQLite's compiler
+    drops the clause, BEGIN IMMEDIATE serialises writers instead)."""
+    return sa.select(blobs.c.hash).where(blobs.c.hash == hex_hash).with_for_update(read=share)
 
 
 def _is_disk_full(exc: OperationalError) -> bool:

@@ -1,0 +1,185 @@
+"""The real servers behind the scale-out configurations: PostgreSQL on loopback (the
+machine's own) and an S3-compatible server (moto's server mode) started here.
+
+Used by the in-process suite (`conftest.backend`) and by the end-to-end tests, which hand
+the same URLs to `filecask serve` subprocesses.
+
+PostgreSQL is found at `FILECASK_TEST_POSTGRES` (default: the loopback server, user
+postgres). Where it cannot be reached, its configurations are skipped with the reason,
+unless `FILECASK_TEST_REQUIRE_POSTGRES=1` (set by `.ci/run`) turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "FILECASK_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REQUIRE_POSTGRES = os.environ.get("FILECASK_TEST_REQUIRE_POSTGRES") == "1"
+BACKENDS = ("sqlite-disk", "pg-disk", "pg-s3")
+S3_ACCESS_KEY = "testing-key"
+S3_SECRET_KEY = "testing-secret"
+S3_REGION = "us-east-1"
+_names = itertools.count()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{os.getpid()}x{next(_names)}"
+
+
+def _run_sql(statements: list[str], url: str = POSTGRES_ADMIN_URL) -> None:
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(url, timeout=5)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def postgres_unavailable() -> str | None:
+    """Why PostgreSQL cannot be used here, or None."""
+    try:
+        _run_sql(["SELECT 1"])
+    except Exception as exc:  # any failure to reach it is a reason to skip
+        return f"PostgreSQL at {POSTGRES_ADMIN_URL} unreachable: {exc}"
+    return None
+
+
+def skip_or_fail(reason: str) -> None:
+    if REQUIRE_POSTGRES:
+        pytest.fail(f"FILECASK_TEST_REQUIRE_POSTGRES=1 but {reason}")
+    pytest.skip(reason)
+
+
+def database_url(name: str) -> str:
+    base, _, _ = POSTGRES_ADMIN_URL.rpartition("/")
+    return f"{base}/{name}"
+
+
+@dataclass
+class Postgres:
+    """Databases made from a migrated template: a fresh one per test in milliseconds."""
+
+    template: str
+
+    def create(self) -> str:
+        name = unique("filecask_t")
+        _run_sql([f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"'])
+        return name
+
+    def create_empty(self) -> str:
+        name = unique("filecask_e")
+        _run_sql([f'CREATE DATABASE "{name}"'])
+        return name
+
+    @staticmethod
+    def drop(name: str) -> None:
+        _run_sql([f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'])
+
+
+def start_postgres_template() -> Postgres:
+    from filecask.changes import ChangeStamps
+    from filecask.metastore.sql import SqlMetaStore
+
+    template = unique("filecask_tmpl")
+    _run_sql([f'CREATE DATABASE "{template}"'])
+
+    async def migrate() -> None:
+        meta = SqlMetaStore(database_url(template), ChangeStamps(None))
+        await meta.open(create=True)
+        await meta.close()
+
+    asyncio.run(migrate())
+    return Postgres(template)
+
+
+@dataclass
+class S3Server:
+    """moto's S3 server on loopback: real HTTP, real S3 wire protocol."""
+
+    endpoint: str
+    process: subprocess.Popen[bytes]
+
+    def create_bucket(self) -> str:
+        bucket = unique("filecask-b")
+        self.client().create_bucket(Bucket=bucket)
+        return bucket
+
+    def client(self) -> Any:
+        """A plain boto3 client, to look at the bucket from outside filecask."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=S3_REGION,
+            aws_access_key_id=S3_ACCESS_KEY,
+            aws_secret_access_key=S3_SECRET_KEY,
+        )
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_s3_server(log: Path) -> S3Server:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script = Path(sys.executable).with_name("moto_server")
+    command = [str(script)] if script.exists() else [shutil.which("moto_server") or "moto_server"]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*command, "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"moto_server exited: {log.read_text()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return S3Server(f"http://127.0.0.1:{port}", process)
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("moto_server did not start within 30 s")
+
+
+def s3_settings(server: S3Server, bucket: str, prefix: str = "fc") -> dict[str, object]:
+    """Settings overrides that put blobs in `bucket` on `server`."""
+    return {
+        "storage": f"s3://{bucket}/{prefix}",
+        "s3_endpoint_url": server.endpoint,
+        "s3_region": S3_REGION,
+        "s3_access_key_id": S3_ACCESS_KEY,
+        "s3_secret_access_key": S3_SECRET_KEY,
+    }
+
+
+def s3_environment(server: S3Server, bucket: str, prefix: str = "fc") -> dict[str, str]:
+    """The same, as FILECASK_* variables for a `filecask serve` subprocess."""
+    return {f"FILECASK_{k.upper()}": str(v) for k, v in s3_settings(server, bucket, prefix).items()}
