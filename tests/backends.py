@@ -76,14 +76,37 @@ def database_url(name: str) -> str:
 
 @dataclass
 class Postgres:
-    """Databases made from a migrated template: a fresh one per test in milliseconds."""
+    """Databases made from a migrated template. Creating one costs about 0.3 s, so a
+    test's database is kept when it is done and emptied (TRUNCATE, milliseconds) for the
+    next test instead; one that cannot be emptied at once is dropped and a new one made."""
 
     template: str
+    spare: str | None = None
 
     def create(self) -> str:
+        if self.spare is not None:
+            name, self.spare = self.spare, None
+            try:
+                asyncio.run(_empty(database_url(name)))
+            except Exception:  # locked, or left unusable by its test: start afresh
+                self.drop(name)
+            else:
+                return name
         name = unique("filecask_t")
         _run_sql([f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"'])
         return name
+
+    def release(self, name: str) -> None:
+        """A test is done with `name`: keep it for the next one, or drop it."""
+        if self.spare is None:
+            self.spare = name
+        else:
+            self.drop(name)
+
+    def close(self) -> None:
+        if self.spare is not None:
+            self.drop(self.spare)
+        self.drop(self.template)
 
     def create_empty(self) -> str:
         name = unique("filecask_e")
@@ -93,6 +116,28 @@ class Postgres:
     @staticmethod
     def drop(name: str) -> None:
         _run_sql([f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'])
+
+
+KEPT_TABLES = ("alembic_version",)
+"""What emptying a database keeps: the schema's version (a new one has no other rows)."""
+
+
+async def _empty(url: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url, timeout=5)
+    try:
+        await conn.execute("SET lock_timeout = '2s'")
+        tables = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            " AND NOT tablename = ANY($1::text[])",
+            list(KEPT_TABLES),
+        )
+        names = ", ".join(f'"{row["tablename"]}"' for row in tables)
+        if names:
+            await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
 
 
 def start_postgres_template() -> Postgres:

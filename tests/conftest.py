@@ -112,7 +112,7 @@ def postgres() -> Iterator[backends.Postgres | None]:
     try:
         yield server
     finally:
-        server.drop(server.template)
+        server.close()
 
 
 @pytest.fixture(scope="session")
@@ -126,7 +126,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[backends.S3S
 
 @pytest.fixture
 def postgres_database(postgres: backends.Postgres | None) -> Iterator[str]:
-    """The URL of a fresh, migrated database of its own."""
+    """The URL of a migrated database of its own, empty (new, or emptied for this test)."""
     if postgres is None:
         backends.skip_or_fail(backends.postgres_unavailable() or "PostgreSQL unreachable")
     assert postgres is not None
@@ -134,7 +134,7 @@ def postgres_database(postgres: backends.Postgres | None) -> Iterator[str]:
     try:
         yield backends.database_url(name)
     finally:
-        postgres.drop(name)
+        postgres.release(name)
 
 
 @pytest.fixture

@@ -6,19 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import os
 import socket
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from filecask.app import create_app
 from filecask.blobstore import make_blob_store
 from filecask.blobstore.s3 import S3BlobStore
 from filecask.errors import NotFound, PayloadTooLarge, ServiceUnavailable
@@ -324,3 +327,38 @@ async def test_presigned_download_redirects_to_the_bytes(
         f"/files/{hex_hash}", headers={"If-None-Match": f'"{hex_hash}"'}, allow_redirects=False
     )
     assert cached.status == 304
+
+
+async def test_clients_that_read_nothing_hold_no_s3_connection(
+    aiohttp_client: Callable[[web.Application], Awaitable[AppClient]],
+    make_settings: MakeSettings,
+    s3_server: backends.S3Server,
+) -> None:
+    """Downloads read S3 in windows and never keep a response open while their client
+    dawdles: 20 clients that read nothing (more than botocore's default pool of 10) leave
+    other downloads, uploads and /readyz working at once."""
+    settings = make_settings(
+        cache_size=0, send_timeout=600, **backends.s3_settings(s3_server, s3_server.create_bucket())
+    )
+    client = await aiohttp_client(create_app(settings))
+    response = await client.put("/files", data=io.BytesIO(os.urandom(8 << 20)), headers=ADMIN)
+    assert response.status == 201, await response.text()
+    big = (await response.json())["hash"]
+    response = await client.put("/files", data=b"small" * 1000, headers=ADMIN)
+    small = (await response.json())["hash"]
+    stalled = []
+    for _ in range(20):
+        _reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+        writer.write(f"GET /files/{big} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await writer.drain()
+        stalled.append(writer)
+    await asyncio.sleep(1.0)
+    try:
+        async with asyncio.timeout(10):
+            assert (await client.get(f"/files/{small}")).status == 200
+            assert (await client.get("/readyz")).status == 200
+            response = await client.put("/files", data=b"new content", headers=ADMIN)
+            assert response.status == 201
+    finally:
+        for writer in stalled:
+            writer.transport.abort()

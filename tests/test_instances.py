@@ -569,3 +569,77 @@ async def test_advance_upload_is_a_compare_and_set_across_instances(
     upload = await two.get_upload("u1")
     assert upload is not None
     assert upload.offset == 10
+
+
+class CuttableProxy:
+    """A TCP relay in front of PostgreSQL whose connections can all be cut at once: the
+    network between an instance and its database failing, with the server still up."""
+
+    def __init__(self) -> None:
+        self.writers: list[asyncio.StreamWriter] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", 5432)
+        self.writers += [writer, up_writer]
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self.writers:
+            writer.transport.abort()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.close()
+
+
+async def test_a_database_out_of_reach_gives_503_problems_not_500s(
+    aiohttp_client: Callable[[web.Application], Awaitable[AppClient]],
+    postgres_database: str,
+    tmp_path: Path,
+) -> None:
+    proxy = CuttableProxy()
+    await proxy.start()
+    url = postgres_database.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    assert url != postgres_database
+    client = await aiohttp_client(create_app(instance_settings(tmp_path, "a", url)))
+    assert (await client.get("/me", headers=ADMIN)).status == 200
+    proxy.cut()
+    await asyncio.sleep(0.2)
+    requests = [
+        client.get("/files/" + "cd" * 32),
+        client.put("/files?name=y.txt", data=b"hello", headers=ADMIN),
+        client.get("/me", headers=ADMIN),  # cached credentials are not trusted either
+    ]
+    for pending in requests:
+        response = await pending
+        assert response.status == 503, await response.text()
+        assert response.headers["Content-Type"] == "application/problem+json"
+        assert response.headers["Retry-After"] == "5"
+        assert (await response.json())["type"].endswith("/service-unavailable")
+
+
+async def test_raw_connections_take_the_urls_the_engine_takes(postgres_database: str) -> None:
+    """The change feed and the advisory locks connect outside the pool; a URL with the
+    engine's own options (usual behind a pooler) must work for them too."""
+    from filecask.metastore.sql import connect_raw
+
+    conn = await connect_raw(postgres_database + "?prepared_statement_cache_size=0")
+    try:
+        assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await conn.close()

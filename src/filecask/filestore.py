@@ -16,6 +16,7 @@ wherever a process dies:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
@@ -96,7 +97,14 @@ class FileStore:
         self, user: User, staged: StagedBlob, name: str | None
     ) -> tuple[FileRecord, bool]:
         blob = BlobInfo(staged.hash, staged.size, staged.crc32, guess_type(name, staged.head))
-        async with self.locks.hold(staged.hash):
+        async with contextlib.AsyncExitStack() as held:
+            try:
+                await held.enter_async_context(self.locks.hold(staged.hash))
+            except BaseException:
+                # No lock (the lock's database connection is gone): nothing was committed;
+                # the staged copy must not outlive the request.
+                await self.blobs.discard(staged)
+                raise
             created_blob = await self.blobs.commit(staged)
             self.crash.reached("upload.blob-committed")
             try:

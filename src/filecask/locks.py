@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 POLL_START = 0.0005
+QUERY_TIMEOUT = 10.0
+"""Seconds a lock query may take before its connection is taken for dead and replaced."""
 POLL_MAX = 0.02
 LOCK_CLASS = 0x66636B73
 """The advisory lock class id of filecask's hash stripes ("fcks"); the stripe is the object
@@ -186,9 +188,16 @@ class AdvisoryHashLocks:
                 conn = await self._connection()
                 try:
                     got = await conn.fetchval(
-                        "SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS, objid
+                        "SELECT pg_try_advisory_lock($1, $2)",
+                        LOCK_CLASS,
+                        objid,
+                        timeout=QUERY_TIMEOUT,
                     )
-                except Exception:
+                except Exception as exc:
+                    if isinstance(exc, TimeoutError):
+                        # A silently dead peer (a NAT timeout, a failover) would otherwise
+                        # hold every stripe of this process for the TCP retransmission time.
+                        conn.terminate()
                     if retry or not _is_broken(conn):
                         raise
                     self._conn = None

@@ -288,8 +288,9 @@ async def copy_metadata(old: Services, new: Services, summary: Summary) -> None:
         for table in migrated_tables():
             await _copy_table(reader, writer, table)
         await _advance_sequences(writer)
-    # A server started too early would have cached the dropped admin; make it forget.
-    new.meta.stamps.bump(*Topic)
+    # A server started too early (on any machine) would have cached the dropped admin or a
+    # miss for a migrated hash; make every one forget.
+    await new.meta.announce(*Topic)
 
 
 def migrated_tables() -> list[sa.Table]:

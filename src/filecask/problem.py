@@ -17,10 +17,12 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
+import sqlalchemy.exc
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from filecask.errors import PROBLEM_BASE, FilecaskError
+from filecask.errors import PROBLEM_BASE, FilecaskError, ServiceUnavailable
 
 PROBLEM_TYPE = "application/problem+json"
 STREAMING = web.RequestKey("streaming", bool)
@@ -97,5 +99,30 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             if exc.status < 400:
                 raise
             return from_http_exception(exc, request)
+        if _is_database_unavailable(exc):
+            log.warning("%s %s: the database cannot be used: %s", request.method, request.path, exc)
+            unavailable = ServiceUnavailable(
+                "The database cannot be reached right now; nothing was changed. Try again."
+            )
+            response = from_error(unavailable, request)
+            response.headers["Retry-After"] = "5"
+            return response
         log.exception("unhandled error on %s %s", request.method, request.path)
         return from_error(FilecaskError(), request)
+
+
+_DATABASE_UNAVAILABLE = (
+    sqlalchemy.exc.OperationalError,  # a lost connection, SQLite busy past its timeout
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,  # no pool connection in time
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    ConnectionRefusedError,
+    TimeoutError,
+)
+
+
+def _is_database_unavailable(exc: BaseException) -> bool:
+    """A database (or its network) that is down or overloaded: 503 and Retry-After, not a
+    500 with a traceback per request. (A full disk is mapped to 507 where it happens.)"""
+    return isinstance(exc, _DATABASE_UNAVAILABLE)

@@ -14,6 +14,7 @@ from typing import Any
 import psutil
 import pytest
 
+from tests import backends
 from tests.e2e.conftest import ADMIN_CREDENTIALS, HOST, Server, StartServer
 
 pytestmark = pytest.mark.slow
@@ -137,3 +138,55 @@ def test_one_gib_chunked_upload_keeps_server_rss_growth_under_64_mib(
 
     assert request(server, "DELETE", f"/files/{generated.hexdigest}")[0] == 204
     assert not blob.exists()
+
+
+S3_UPLOAD_SIZE = 256 * MiB
+"""Enough for 32 parts of the default 8 MiB; moto keeps the object in its own memory."""
+
+
+def test_s3_upload_and_download_stream_with_bounded_memory(
+    start_server: StartServer, postgres_database: str, s3_server: backends.S3Server
+) -> None:
+    """Through PostgreSQL + S3: the upload goes out as a multipart upload one part at a
+    time, and the download streams back in ranged pieces; neither grows the server."""
+    bucket = s3_server.create_bucket()
+    environment = {
+        "FILECASK_DATABASE_URL": postgres_database,
+        **backends.s3_environment(s3_server, bucket),
+    }
+    server = start_server(env=environment)
+    warm = os.urandom(9 * MiB)  # two parts: the multipart path is warm too
+    status, body = request(server, "POST", "/files?name=warm.bin", warm)
+    assert status == 201, body
+    assert request(server, "DELETE", f"/files/{body['hash']}")[0] == 204
+
+    sampler = RssSampler(server.pid)
+    baseline = sampler.rss()
+    generated = GeneratedBody(S3_UPLOAD_SIZE)
+    sampler.start()
+    try:
+        status, body = request(server, "POST", "/files?name=big.bin", generated)
+        assert status == 201, body
+        downloaded = hashlib.sha256()
+        conn = http.client.HTTPConnection(HOST, server.port, timeout=300)
+        try:
+            conn.request("GET", f"/files/{body['hash']}")
+            response = conn.getresponse()
+            assert response.status == 200
+            while chunk := response.read(MiB):
+                downloaded.update(chunk)
+        finally:
+            conn.close()
+    finally:
+        peak = sampler.stop()
+
+    assert body["hash"] == generated.hexdigest == downloaded.hexdigest()
+    key = f"fc/store/{body['hash'][:2]}/{body['hash']}"
+    assert s3_server.client().head_object(Bucket=bucket, Key=key)["ContentLength"] == (
+        S3_UPLOAD_SIZE
+    )
+    growth = peak - baseline
+    assert growth < RSS_GROWTH_LIMIT, (
+        f"server RSS grew by {growth / MiB:.1f} MiB during a 256 MiB upload and download "
+        f"through S3 (baseline {baseline / MiB:.1f} MiB, peak {peak / MiB:.1f} MiB)"
+    )

@@ -56,7 +56,7 @@ from botocore.exceptions import (
 )
 
 from filecask.blobstore import Leftover, OpenBlob, StagedBlob, StoredBlob
-from filecask.errors import NotFound, PayloadTooLarge, ServiceUnavailable
+from filecask.errors import InsufficientStorage, NotFound, PayloadTooLarge, ServiceUnavailable
 from filecask.hashes import StreamHasher, fanout
 from filecask.settings import Settings
 
@@ -69,6 +69,12 @@ log = logging.getLogger("filecask.s3")
 HEAD_BYTES = 8192
 READ_CHUNK = 256 << 10
 """Largest piece a ranged read hands out; the next one is read only once it is written."""
+READ_WINDOW = 1 << 20
+"""Bytes one ranged GetObject fetches for a download (held in memory until written)."""
+POOL_CONNECTIONS = 64
+"""HTTP connections to S3 per process (botocore's default of 10 is easily used up)."""
+READY_TIMEOUT = 5.0
+"""Seconds /readyz waits for the bucket before it calls the store unusable."""
 DIGEST_CHUNK = 1 << 20
 COPY_LIMIT = 5 << 30
 """Largest object CopyObject copies in one request; larger ones go by UploadPartCopy."""
@@ -84,7 +90,7 @@ INTENT_PREFIX = "commit-"
 MULTIPART_MARK = "?uploadId="
 """Joins a key and an upload id in the name of a leftover multipart upload."""
 _HASH = re.compile(r"[0-9a-f]{64}")
-_MISSING = frozenset({"NoSuchKey", "NotFound", "404"})
+_MISSING = frozenset({"NoSuchKey", "NotFound", "NoSuchUpload", "404"})
 _UNAVAILABLE = frozenset(
     {
         "SlowDown",
@@ -102,6 +108,8 @@ _UNAVAILABLE = frozenset(
         "InvalidToken",
     }
 )
+_FULL = frozenset({"XMinioStorageFull", "QuotaExceeded", "507"})
+"""The store has no room (MinIO, Ceph RGW quotas): 507, as a full disk is."""
 """Codes that mean the store cannot be used right now (or at all, as configured): 503."""
 
 
@@ -118,7 +126,8 @@ class S3BlobStore:
         self.store_prefix = self.prefix + "store/"
         self.tmp_prefix = self.prefix + "tmp/"
         self.quarantine_prefix = self.prefix + "quarantine/"
-        self.part_size = settings.s3_part_size
+        # S3 takes at most MAX_PARTS parts: the largest allowed upload must fit in them.
+        self.part_size = max(settings.s3_part_size, -(-settings.max_upload_size // MAX_PARTS))
         self.copy_limit = COPY_LIMIT
         self.copy_part = COPY_PART
         self.leftover_grace = LEFTOVER_GRACE
@@ -139,7 +148,14 @@ class S3BlobStore:
         config = AioConfig(
             signature_version="s3v4",
             # Most S3-compatible servers (MinIO, Ceph) want path-style URLs; AWS decides.
-            s3={"addressing_style": "path" if settings.s3_endpoint_url else "auto"},
+            s3={
+                "addressing_style": "path" if settings.s3_endpoint_url else "auto",
+                # UNSIGNED-PAYLOAD: botocore would otherwise SHA-256 every part a second time
+                # inside the request signer, on the event loop (ms per 8 MiB part); the
+                # content is hashed already, off the loop, and checked before it is named.
+                "payload_signing_enabled": False,
+            },
+            max_pool_connections=POOL_CONNECTIONS,
             retries={"mode": "standard", "max_attempts": 3},
             connect_timeout=10,
             read_timeout=60,
@@ -342,29 +358,31 @@ class S3BlobStore:
     async def read_range(
         self, hex_hash: str, offset: int, length: int
     ) -> AsyncGenerator[bytes, None]:
-        """`length` bytes from `offset` (one ranged GetObject), in pieces of at most
-        READ_CHUNK; the next piece is read only when the caller asks for it, so a slow
-        client holds one piece, not the object. EOFError if the object is shorter."""
-        if length <= 0:
-            return
+        """`length` bytes from `offset`, as ranged GetObjects of at most READ_WINDOW bytes,
+        each read in full before it is handed out. A slow client therefore holds one window
+        of memory but never an S3 connection: were a response body left open while the
+        client dawdles, a few slow downloads would take every connection of the pool and
+        stall every S3 call of the process. EOFError if the object is shorter."""
+        end = offset + length
+        while offset < end:
+            size = min(READ_WINDOW, end - offset)
+            window = await self._read_window(hex_hash, offset, size)
+            if len(window) != size:
+                raise EOFError(f"blob {hex_hash} ended {end - offset - len(window)} bytes early")
+            offset += size
+            for start in range(0, size, READ_CHUNK):
+                yield window[start : start + READ_CHUNK]
+
+    async def _read_window(self, hex_hash: str, offset: int, size: int) -> bytes:
         with _s3_errors("GetObject", missing=_not_found(hex_hash)):
             response = await self.client.get_object(
                 Bucket=self.bucket,
                 Key=self.blob_key(hex_hash),
-                Range=f"bytes={offset}-{offset + length - 1}",
+                Range=f"bytes={offset}-{offset + size - 1}",
             )
-        body = response["Body"]
-        try:
-            remaining = length
-            while remaining:
-                with _s3_errors("GetObject"):
-                    piece = await body.read(min(READ_CHUNK, remaining))
-                if not piece:
-                    raise EOFError(f"blob {hex_hash} ended {remaining} bytes early")
-                remaining -= len(piece)
-                yield piece
-        finally:
-            body.close()
+            async with response["Body"] as body:
+                data: bytes = await body.read()
+        return data
 
     async def download_url(
         self, hex_hash: str, *, content_type: str, disposition: str
@@ -391,8 +409,9 @@ class S3BlobStore:
     async def ready(self) -> bool:
         """The bucket answers (HeadBucket), and resumable uploads have their local dir."""
         try:
-            await self.client.head_bucket(Bucket=self.bucket)
-        except (BotoCoreError, ClientError):
+            async with asyncio.timeout(READY_TIMEOUT):
+                await self.client.head_bucket(Bucket=self.bucket)
+        except (BotoCoreError, ClientError, TimeoutError):
             return False
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, os.access, self.tmp_dir, os.W_OK)
@@ -687,9 +706,15 @@ def _s3_errors(operation: str, *, missing: Exception | None = None) -> Iterator[
     except ClientError as exc:
         code = _code(exc)
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in _FULL or status == 507:
+            raise InsufficientStorage(
+                f"The object store has no room for this upload ({operation}: {code})."
+            ) from exc
         if missing is not None and code not in _UNAVAILABLE and (code in _MISSING or status == 404):
             raise missing from exc
-        if code in _UNAVAILABLE or status >= 500 or status == 403:
+        # NoSuchUpload (with no `missing`): a multipart upload aborted under a running
+        # upload (gc/fsck past LEFTOVER_GRACE, a lifecycle rule); the client sends it again.
+        if code in _UNAVAILABLE or code == "NoSuchUpload" or status >= 500 or status == 403:
             raise ServiceUnavailable(
                 f"The object store cannot be used right now ({operation}: {code})."
             ) from exc

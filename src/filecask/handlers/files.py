@@ -38,6 +38,10 @@ LIST_DEFAULT = 100
 LIST_MAX = 1000
 CACHE_FOREVER = "public, max-age=31536000, immutable"
 CACHED_BODY_MAX = 256 << 10
+WHOLE_READ_MAX = 1 << 20
+"""Blobs without an fd (S3) up to this size are read whole before their response starts;
+larger ones are read in windows as they are sent (a delete meanwhile cuts the body short,
+which the client sees against Content-Length)."""
 """Blobs up to this size are served from memory once read (see `Services.bodies`)."""
 
 
@@ -228,6 +232,11 @@ async def download(request: web.Request) -> web.StreamResponse:
     if cached is not None:
         return await _send_bytes(request, cached.body, headers, blob.content_type)
     opened = await services.blobs.open_blob(hex_hash)
+    if opened.fd is None and opened.size <= WHOLE_READ_MAX:
+        # No fd to keep the content alive (S3): read it before the response starts, so a
+        # delete racing this download gives a clean 404, never a body cut short.
+        body = await services.blobs.read_blob(hex_hash)
+        return await _send_bytes(request, body, headers, blob.content_type)
     try:
         return await _send_blob(request, services, hex_hash, opened, headers, blob.content_type)
     finally:

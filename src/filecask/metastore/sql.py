@@ -106,6 +106,9 @@ async def connect_raw(url: str) -> Any:
     sa_url = make_url(_async_url(url))
     dialect: Any = postgresql.asyncpg.dialect()  # type: ignore[no-untyped-call]
     _, kwargs = dialect.create_connect_args(sa_url)
+    # Options SQLAlchemy's asyncpg adapter takes for itself, not asyncpg.connect's.
+    for option in ("prepared_statement_cache_size", "prepared_statement_name_func"):
+        kwargs.pop(option, None)
     return await asyncpg.connect(**kwargs, timeout=CONNECT_TIMEOUT)
 
 
