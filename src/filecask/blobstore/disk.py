@@ -285,7 +285,10 @@ class DiskBlobStore:
         found = []
         for entry in sorted(self.tmp_dir.iterdir()):
             if entry.name.startswith(SCRATCH_PREFIX) and _is_abandoned(entry):
-                stat = entry.stat()
+                try:
+                    stat = entry.stat()
+                except FileNotFoundError:  # its owner was dropping it: not a leftover
+                    continue
                 found.append(Leftover(entry.name, stat.st_size, stat.st_mtime))
         return found
 
