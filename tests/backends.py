@@ -69,6 +69,14 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+def require(postgres: Postgres | None) -> Postgres:
+    """The session's PostgreSQL, or skip (fail under FILECASK_TEST_REQUIRE_POSTGRES=1)."""
+    if postgres is None:
+        skip_or_fail(postgres_unavailable() or "PostgreSQL unreachable")
+    assert postgres is not None
+    return postgres
+
+
 def database_url(name: str) -> str:
     base, _, _ = POSTGRES_ADMIN_URL.rpartition("/")
     return f"{base}/{name}"

@@ -127,14 +127,12 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[backends.S3S
 @pytest.fixture
 def postgres_database(postgres: backends.Postgres | None) -> Iterator[str]:
     """The URL of a migrated database of its own, empty (new, or emptied for this test)."""
-    if postgres is None:
-        backends.skip_or_fail(backends.postgres_unavailable() or "PostgreSQL unreachable")
-    assert postgres is not None
-    name = postgres.create()
+    server = backends.require(postgres)
+    name = server.create()
     try:
         yield backends.database_url(name)
     finally:
-        postgres.release(name)
+        server.release(name)
 
 
 @pytest.fixture

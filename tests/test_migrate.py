@@ -291,14 +291,12 @@ async def test_target_with_another_user_is_refused(
 @pytest.fixture
 def empty_database(postgres: backends.Postgres | None) -> Iterator[str]:
     """The URL of a PostgreSQL database with no tables at all (`createdb`)."""
-    if postgres is None:
-        backends.skip_or_fail(backends.postgres_unavailable() or "PostgreSQL unreachable")
-    assert postgres is not None
-    name = postgres.create_empty()
+    server = backends.require(postgres)
+    name = server.create_empty()
     try:
         yield backends.database_url(name)
     finally:
-        postgres.drop(name)
+        server.drop(name)
 
 
 async def test_database_with_no_tables_yet_is_set_up(
