@@ -10,12 +10,14 @@ from typing import Any
 
 import pytest
 from aiohttp import encode_basic_auth, web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web_runner import BaseRunner
 from blockbuster import BlockBuster, blockbuster_ctx
 
 import filecask.handlers.pages
 import filecask.metrics
 from filecask.app import SERVICES, Services, close_services, create_app, open_services
+from filecask.connections import make_runner
 from filecask.hashes import fanout
 from filecask.settings import Settings
 from tests import backends
@@ -297,11 +299,24 @@ def store_view(settings: Settings) -> StoreView:
     return StoreView(settings)
 
 
+class ServeTestServer(TestServer):
+    """aiohttp's test server on the protocol `filecask serve` runs (filecask.connections:
+    its timeouts, problem+json protocol errors and the small-download fast path), so the
+    in-process tests go through what clients really meet."""
+
+    def __init__(self, app: web.Application, settings: Settings) -> None:
+        super().__init__(app)
+        self.settings = settings
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return make_runner(self.app, self.settings, **kwargs)
+
+
 @pytest.fixture
 async def client(
-    aiohttp_client: Callable[[web.Application], Awaitable[AppClient]], settings: Settings
+    aiohttp_client: Callable[[TestServer], Awaitable[AppClient]], settings: Settings
 ) -> AppClient:
-    return await aiohttp_client(create_app(settings))
+    return await aiohttp_client(ServeTestServer(create_app(settings), settings))
 
 
 @pytest.fixture

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http import HttpVersion
 
 from filecask.app import SETTINGS
 from filecask.auth import client_address
@@ -36,33 +37,61 @@ def log_request(
     sent: int,
     time: float,
 ) -> None:
-    trusted = _trusted_proxies(request)
-    address = client_address(request.remote, request.headers.get("X-Forwarded-For"), trusted)
-    user = request.get(USER) or "-"
-    agent = request.headers.get("User-Agent", "-")
-    version = request.version
+    log_line(
+        logger,
+        remote=request.remote,
+        headers=request.headers,
+        trusted=_trusted_proxies(request),
+        user=request.get(USER),
+        method=request.method,
+        path=request.path_qs,
+        version=request.version,
+        status=status,
+        sent=sent,
+        seconds=time,
+    )
+
+
+def log_line(
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    *,
+    remote: str | None,
+    headers: Mapping[str, str],
+    trusted: tuple[IPNetwork, ...],
+    user: str | None,
+    method: str,
+    path: str,
+    version: HttpVersion,
+    status: int,
+    sent: int,
+    seconds: float,
+) -> None:
+    """The line itself, from plain values: the fast path (filecask.fastpath) has no
+    request object to give."""
+    address = client_address(remote, headers.get("X-Forwarded-For"), trusted)
+    agent = headers.get("User-Agent", "-")
     fields = {
         "client": address,
-        "user": user,
-        "method": request.method,
-        "path": request.path_qs,
+        "user": user or "-",
+        "method": method,
+        "path": path,
         "protocol": f"HTTP/{version.major}.{version.minor}",
         "status": status,
         "bytes": sent,
-        "duration": round(time, 6),
+        "duration": round(seconds, 6),
         "user_agent": agent,
     }
     logger.info(
         '%s %s "%s %s HTTP/%d.%d" %d %d %.4f "%s"',
         address,
-        user,
-        request.method,
-        request.path_qs,
+        user or "-",
+        method,
+        path,
         version.major,
         version.minor,
         status,
         sent,
-        time,
+        seconds,
         agent,
         extra={FIELDS: fields},
     )

@@ -44,6 +44,8 @@ class CachedBody:
     body: bytes
     content_type: str
     headers: Mapping[str, str]
+    head: bytes
+    """The same answer's status line and headers up to `Date` (filecask.fastpath)."""
 
 
 @dataclass(frozen=True)

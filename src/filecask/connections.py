@@ -20,6 +20,9 @@ time a client may take to send that head, nor a response the client never reads:
 - **408 answers** (here or from an upload whose body stalled, `--body-timeout`) close
   the connection at once instead of lingering to read the rest of a stalled body.
 
+It also gives each parsed request head to the small-download fast path
+(`filecask.fastpath`) before aiohttp's request loop sees it, when that loop is idle.
+
 `make_runner` builds the aiohttp runner that uses this protocol, with the keep-alive and
 header size settings; `filecask serve` and the tests that start a real server use it.
 """
@@ -32,15 +35,19 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.streams import EMPTY_PAYLOAD
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from filecask.errors import PROBLEM_BASE, BadRequest, FilecaskError, RequestTimeout
 from filecask.problem import PROBLEM_TYPE, problem_response
 from filecask.settings import Settings
+
+if TYPE_CHECKING:
+    from filecask.fastpath import SmallDownloads
 
 __all__ = [
     "ConnectionLimits",
@@ -129,6 +136,7 @@ class FilecaskRequestHandler(RequestHandler):
 
     __slots__ = (
         "_bytes_seen",
+        "_fast",
         "_header_timer",
         "_in_request",
         "_limits",
@@ -136,9 +144,17 @@ class FilecaskRequestHandler(RequestHandler):
         "_send_timer",
     )
 
-    def __init__(self, manager: web.Server, *, limits: ConnectionLimits, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        manager: web.Server,
+        *,
+        limits: ConnectionLimits,
+        fast: SmallDownloads | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(manager, **kwargs)
         self._limits = limits
+        self._fast = fast
         self._header_timer: asyncio.TimerHandle | None = None
         self._bytes_seen = False
         """Whether any byte of the request head now awaited has arrived."""
@@ -163,10 +179,65 @@ class FilecaskRequestHandler(RequestHandler):
             if self._keepalive_handle is not None:
                 self._keepalive_handle.cancel()
                 self._keepalive_handle = None
-        super().data_received(data)
+        waiter = self._waiter
+        if self._fast is not None and waiter is not None and self._loop_idle(waiter):
+            self._waiter = None  # parse without waking the request loop...
+            try:
+                super().data_received(data)
+            finally:
+                self._waiter = waiter
+            if not self._buffer_paused:
+                self._answer_fast(self._fast)
+            if self._messages and not waiter.done():  # ...which takes what is left
+                waiter.set_result(None)
+        else:
+            super().data_received(data)
         if self._messages:  # a complete head (or a parse error, answered at once)
             self._in_request = True
             self._cancel_header_timer()
+
+    def _loop_idle(self, waiter: asyncio.Future[None]) -> bool:
+        """aiohttp's request loop waits for a request head and has nothing queued: a head
+        answered now cannot overtake the answer to an earlier one."""
+        return (
+            not waiter.done()
+            and not self._messages
+            and self._payload_parser is None
+            and not self._upgraded
+            and not self._close
+            and not self._force_close
+        )
+
+    def _answer_fast(self, fast: SmallDownloads) -> None:
+        """Answer queued heads from the front while the fast path takes them and the
+        client keeps reading (a paused transport leaves the rest to the request loop,
+        which waits for the client)."""
+        answered = False
+        transport = self.transport
+        while self._messages and transport is not None and not self._paused:
+            message, payload = self._messages[0]
+            if payload is not EMPTY_PAYLOAD or isinstance(message, _ErrInfo):
+                break
+            if not fast.answer(message, transport, self.peername):
+                break
+            self._messages.popleft()
+            if self._parser is not None:
+                self._parser.message_consumed()
+            self._manager.requests_count += 1  # type: ignore[union-attr]
+            answered = True
+        if answered and not self._messages:
+            self._idle_after_fast_answers()
+
+    def _idle_after_fast_answers(self) -> None:
+        """What aiohttp's request loop does after a kept-alive answer: start the idle
+        keep-alive timer; and ours: the next head's clock starts with its first byte."""
+        self._bytes_seen = False
+        self._cancel_header_timer()
+        self._keepalive = True
+        close_time = self._loop.time() + self._keepalive_timeout
+        self._next_keepalive_close_time = close_time
+        if self._keepalive_handle is None:
+            self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
 
     def _awaiting_head(self) -> bool:
         """Idle, waiting for the next request (not still taking in the body of the last
@@ -321,12 +392,22 @@ class FilecaskRequestHandler(RequestHandler):
 class FilecaskServer(web.Server):
     """aiohttp's low-level server, making a FilecaskRequestHandler per connection."""
 
-    def __init__(self, handler: Handler, *, limits: ConnectionLimits, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        limits: ConnectionLimits,
+        fast: SmallDownloads | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(handler, **kwargs)
         self._limits = limits
+        self.fast = fast
 
     def __call__(self) -> RequestHandler:
-        return FilecaskRequestHandler(self, loop=self._loop, limits=self._limits, **self._kwargs)
+        return FilecaskRequestHandler(
+            self, loop=self._loop, limits=self._limits, fast=self.fast, **self._kwargs
+        )
 
 
 class FilecaskAppRunner(web.AppRunner):
@@ -351,7 +432,27 @@ class FilecaskAppRunner(web.AppRunner):
             handler_cancellation=standard.handler_cancellation,
             loop=standard._loop,
             limits=self._limits,
+            fast=self._small_downloads(standard._kwargs.get("access_log")),
             **standard._kwargs,
+        )
+
+    def _small_downloads(self, access_log: logging.Logger | None) -> SmallDownloads | None:
+        """The fast path for the app's file API, once its services exist (after startup)."""
+        # Imported here: the fast path logs like filecask.accesslog, which needs the
+        # handlers, which need this module.
+        from filecask.app import SERVICES
+        from filecask.fastpath import SmallDownloads
+        from filecask.metrics import METRICS
+
+        app = self.app
+        if SERVICES not in app or METRICS not in app or not app[SERVICES].settings.file_api:
+            return None
+        services = app[SERVICES]
+        return SmallDownloads(
+            services.bodies,
+            app[METRICS],
+            access_log=access_log,
+            trusted_proxies=services.settings.trusted_proxies,
         )
 
 

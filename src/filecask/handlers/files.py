@@ -21,6 +21,7 @@ from filecask.errors import (
     QuotaExceeded,
     Unauthorized,
 )
+from filecask.fastpath import response_head
 from filecask.handlers import base_url, require_user
 from filecask.handlers.bodies import send_body, write_blob_range
 from filecask.hashes import parse_hash
@@ -259,7 +260,7 @@ async def _read_small(services: Services, hex_hash: str, content_type: str) -> C
     body = await services.blobs.read_blob(hex_hash)
     headers = _download_headers(hex_hash, content_type, None)
     headers[hdrs.CONTENT_TYPE] = content_type
-    return CachedBody(body, content_type, headers)
+    return CachedBody(body, content_type, headers, response_head(headers, len(body)))
 
 
 def _download_headers(hex_hash: str, content_type: str, name: str | None) -> dict[str, str]:

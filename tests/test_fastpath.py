@@ -1,0 +1,373 @@
+"""The small-download fast path answers exactly as the download handler would, only for
+the requests it may take, in order with the rest, and keeps the connection's rules.
+
+The server is the in-process app behind the protocol `filecask serve` runs (the `client`
+fixture); raw sockets send the requests so every byte of the answers can be compared."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+from aiohttp.test_utils import TestServer
+from hypothesis import HealthCheck, example, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from filecask.accesslog import AccessLogger
+from filecask.app import create_app
+from filecask.connections import FilecaskServer
+from filecask.fastpath import SmallDownloads
+from filecask.settings import Settings, parse_networks
+from tests.conftest import ADMIN, AppClient, ServeTestServer
+
+HOST = "127.0.0.1"
+SMALL = b"small file\n" * 300
+SMALL_SHA = hashlib.sha256(SMALL).hexdigest()
+BIG = b"b" * (300 << 10)  # over the small-body cache's per-blob limit
+BIG_SHA = hashlib.sha256(BIG).hexdigest()
+HTML = b"<html><script>alert(1)</script></html>"
+HTML_SHA = hashlib.sha256(HTML).hexdigest()
+SENTINEL = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+DATE = re.compile(rb"\r\nDate: [^\r]*\r\n")
+
+
+def plain(path: str, *headers: str, method: str = "GET", version: str = "1.1") -> bytes:
+    lines = [f"{method} {path} HTTP/{version}", "Host: t", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def server_of(client: AppClient) -> FilecaskServer:
+    assert client.server.runner is not None
+    server = client.server.runner.server
+    assert isinstance(server, FilecaskServer)
+    return server
+
+
+def fast_of(client: AppClient) -> SmallDownloads:
+    fast = server_of(client).fast
+    assert fast is not None
+    return fast
+
+
+@asynccontextmanager
+async def connection(
+    client: AppClient, *, fast: bool = True
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A raw connection whose handler has the fast path on or off (it is chosen when the
+    connection is accepted)."""
+    server = server_of(client)
+    kept = server.fast
+    if not fast:
+        server.fast = None
+    try:
+        reader, writer = await asyncio.open_connection(HOST, client.port)
+        await exchange_ready(client)
+    finally:
+        server.fast = kept
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+
+
+async def exchange_ready(client: AppClient) -> None:
+    """Let the server accept the connection before its fast path is switched back."""
+    for _ in range(100):
+        if server_of(client).connections:
+            return
+        await asyncio.sleep(0.001)
+
+
+async def exchange(client: AppClient, raw: bytes, *, fast: bool = True) -> bytes:
+    """Everything the server sends for `raw` followed by a closing request, Date blanked."""
+    async with connection(client, fast=fast) as (reader, writer):
+        writer.write(raw + SENTINEL)
+        answer = await asyncio.wait_for(reader.read(-1), 10)
+    return DATE.sub(b"\r\nDate: -\r\n", answer)
+
+
+@pytest.fixture
+async def stored(client: AppClient) -> AppClient:
+    """SMALL, BIG and HTML stored, and SMALL and HTML in the small-body cache."""
+    for body in (SMALL, BIG, HTML):
+        assert (await client.post("/files", data=body, headers=ADMIN)).status in (200, 201)
+    for sha in (SMALL_SHA, HTML_SHA):
+        assert (await client.get(f"/files/{sha}")).status == 200
+    return client
+
+
+# -- which requests it takes ---------------------------------------------------------------
+
+
+async def test_a_plain_get_of_a_cached_blob_is_answered_by_the_fast_path(
+    stored: AppClient,
+) -> None:
+    fast = fast_of(stored)
+    before = fast.answered
+    answer = await exchange(stored, plain(f"/files/{SMALL_SHA}"))
+    assert fast.answered == before + 1
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert SMALL + b"HTTP/1.1 200 OK" in answer  # then the sentinel's answer
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(plain(f"/files/{SMALL_SHA}", method="HEAD"), id="head"),
+        pytest.param(plain(f"/files/{SMALL_SHA}?name=a.txt"), id="query"),
+        pytest.param(plain(f"/files/{SMALL_SHA}?"), id="empty-query"),
+        pytest.param(plain(f"/files/{SMALL_SHA.upper()}"), id="upper-case"),
+        pytest.param(plain(f"/files/%{ord(SMALL_SHA[0]):02x}{SMALL_SHA[1:]}"), id="encoded"),
+        pytest.param(plain(f"/files/{SMALL_SHA}", "Range: bytes=0-9"), id="range"),
+        pytest.param(plain(f"/files/{SMALL_SHA}", f'If-None-Match: "{SMALL_SHA}"'), id="inm"),
+        pytest.param(plain(f"/files/{SMALL_SHA}", "Expect: 100-continue"), id="expect"),
+        pytest.param(plain(f"/files/{SMALL_SHA}", "Connection: close"), id="close"),
+        pytest.param(plain(f"/files/{SMALL_SHA}", version="1.0"), id="http-1.0"),
+        pytest.param(
+            plain(f"/files/{SMALL_SHA}", "Connection: keep-alive", version="1.0"),
+            id="http-1.0-keep-alive",
+        ),
+        pytest.param(
+            plain(f"/files/{SMALL_SHA}", "Content-Length: 3")[:-2] + b"\r\nabc", id="body"
+        ),
+        pytest.param(plain(f"/files/{BIG_SHA}"), id="not-small"),
+        pytest.param(plain(f"/files/{'0' * 64}"), id="unknown"),
+        pytest.param(plain(f"/files//{SMALL_SHA[1:]}"), id="malformed"),
+    ],
+)
+async def test_everything_else_goes_the_usual_way(stored: AppClient, raw: bytes) -> None:
+    fast = fast_of(stored)
+    before = fast.answered
+    await exchange(stored, raw)
+    assert fast.answered == before
+
+
+async def test_a_blob_deleted_is_a_404_at_once(stored: AppClient) -> None:
+    """The cache's stamps make a deleted blob a miss: the request reaches the handler."""
+    assert (await stored.delete(f"/files/{SMALL_SHA}", headers=ADMIN)).status == 204
+    answer = await exchange(stored, plain(f"/files/{SMALL_SHA}"))
+    assert answer.startswith(b"HTTP/1.1 404 ")
+
+
+async def test_no_fast_path_without_the_file_api(
+    aiohttp_client: Callable[[TestServer], Awaitable[AppClient]], settings: Settings
+) -> None:
+    off = settings.replace(file_api=False)
+    client = await aiohttp_client(ServeTestServer(create_app(off), off))
+    assert server_of(client).fast is None
+
+
+# -- what it sends -------------------------------------------------------------------------
+
+REQUEST_HEADERS = [
+    "Range: bytes=0-9",
+    f'If-None-Match: "{SMALL_SHA}"',
+    'If-None-Match: "other"',
+    "If-Range: x",
+    "Connection: close",
+    "Connection: keep-alive",
+    "Expect: 100-continue",
+    "Accept-Encoding: gzip",
+    "User-Agent: curl/8",
+    "X-Forwarded-For: 10.1.2.3",
+    f"Authorization: {ADMIN['Authorization']}",
+    "Content-Length: 0",
+]
+TARGETS = [
+    f"/files/{SMALL_SHA}",
+    f"/files/{HTML_SHA}",
+    f"/files/{BIG_SHA}",
+    f"/files/{SMALL_SHA}?name=x.txt",
+    f"/files/{SMALL_SHA.upper()}",
+    f"/files/{'f' * 64}",
+    "/healthz",
+]
+
+
+@hypothesis_settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    target=st.sampled_from(TARGETS),
+    method=st.sampled_from(["GET", "GET", "HEAD"]),
+    version=st.sampled_from(["1.1", "1.1", "1.0"]),
+    headers=st.lists(st.sampled_from(REQUEST_HEADERS), max_size=3, unique=True),
+    repeat=st.integers(1, 3),
+)
+@example(target=TARGETS[0], method="GET", version="1.1", headers=[], repeat=2)
+@example(target=TARGETS[0], method="GET", version="1.0", headers=[REQUEST_HEADERS[5]], repeat=2)
+@example(target=TARGETS[1], method="GET", version="1.1", headers=[REQUEST_HEADERS[8]], repeat=1)
+async def test_its_answers_are_the_handlers_to_the_byte(
+    stored: AppClient,
+    target: str,
+    method: str,
+    version: str,
+    headers: list[str],
+    repeat: int,
+) -> None:
+    """Any request, pipelined a few times and followed by another: the bytes that come
+    back are the same whether the connection has the fast path or not (Date aside)."""
+    raw = plain(target, *headers, method=method, version=version) * repeat
+    assert await exchange(stored, raw) == await exchange(stored, raw, fast=False)
+
+
+async def test_pipelined_requests_are_answered_in_order(stored: AppClient) -> None:
+    """Fast, slow, fast, slow in one write: four answers in the order asked."""
+    raw = b"".join(
+        [
+            plain(f"/files/{SMALL_SHA}"),
+            plain(f"/files/{BIG_SHA}"),
+            plain(f"/files/{HTML_SHA}"),
+            plain(f"/files/{SMALL_SHA}?name=a.txt"),
+        ]
+    )
+    fast = fast_of(stored)
+    before = fast.answered
+    answer = await exchange(stored, raw)
+    bodies = [SMALL, BIG, HTML, SMALL]
+    positions = [answer.index(b) for b in bodies[:1]]
+    for body in bodies[1:]:
+        positions.append(answer.index(body, positions[-1] + 1))
+    assert positions == sorted(positions)
+    assert answer.count(b"HTTP/1.1 200 OK") == 5
+    assert b'filename="a.txt"' in answer
+    assert fast.answered - before == 1  # the third waited behind the second: order first
+
+
+async def test_a_request_split_across_packets_is_still_answered(stored: AppClient) -> None:
+    async with connection(stored) as (reader, writer):
+        raw = plain(f"/files/{SMALL_SHA}")
+        for piece in (raw[:5], raw[5:40], raw[40:]):
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        assert await reader.readexactly(len(SMALL)) == SMALL
+
+
+# -- the connection's rules ----------------------------------------------------------------
+
+
+async def test_keepalive_timeout_still_closes_an_idle_connection(
+    aiohttp_client: Callable[[TestServer], Awaitable[AppClient]], settings: Settings
+) -> None:
+    short = settings.replace(keepalive_timeout=0.3)
+    client = await aiohttp_client(ServeTestServer(create_app(short), short))
+    await client.post("/files", data=SMALL, headers=ADMIN)
+    await client.get(f"/files/{SMALL_SHA}")
+    async with connection(client) as (reader, writer):
+        before = fast_of(client).answered
+        writer.write(plain(f"/files/{SMALL_SHA}"))
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        await reader.readexactly(len(SMALL))
+        assert fast_of(client).answered == before + 1
+        assert await asyncio.wait_for(reader.read(1), 3) == b""  # closed by the server
+
+
+async def test_header_timeout_still_applies_after_a_fast_answer(
+    aiohttp_client: Callable[[TestServer], Awaitable[AppClient]], settings: Settings
+) -> None:
+    short = settings.replace(header_timeout=0.3, keepalive_timeout=30)
+    client = await aiohttp_client(ServeTestServer(create_app(short), short))
+    await client.post("/files", data=SMALL, headers=ADMIN)
+    await client.get(f"/files/{SMALL_SHA}")
+    async with connection(client) as (reader, writer):
+        writer.write(plain(f"/files/{SMALL_SHA}"))
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        await reader.readexactly(len(SMALL))
+        await asyncio.sleep(0.5)  # idle: the keep-alive timeout governs, not the header one
+        writer.write(plain(f"/files/{SMALL_SHA}"))
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(
+            b"HTTP/1.1 200 OK"
+        )
+        await reader.readexactly(len(SMALL))
+        writer.write(b"GET /files/")  # a head that never ends
+        rest = await asyncio.wait_for(reader.read(-1), 5)
+    assert rest.startswith(b"HTTP/1.1 408 ")
+
+
+async def test_a_client_that_reads_nothing_gets_no_unbounded_buffer(stored: AppClient) -> None:
+    """Thousands of pipelined requests from a client that reads nothing, in batches small
+    enough for the fast path (aiohttp hands over at most 32 heads at a time): it stops when
+    the transport pushes back (the request loop then waits for the client), and every
+    answer still arrives, in order, once the client reads."""
+    batches, batch = 200, 10
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (HOST, stored.port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
+    fast = fast_of(stored)
+    before = fast.answered
+    try:
+        for _ in range(batches):
+            writer.write(plain(f"/files/{SMALL_SHA}") * batch)
+            await asyncio.sleep(0.01)  # one batch per read: no 32-head hand-over
+        await asyncio.sleep(0.5)
+        # What the kernel's socket buffers take is the kernel's; what waits in the
+        # process is bounded by the transport's high-water mark (64 KiB), plus a batch.
+        local = sock.getsockname()
+        (handler,) = [h for h in server_of(stored).connections if h.peername == local]
+        assert handler.transport is not None
+        waiting = handler.transport.get_write_buffer_size()
+        assert waiting <= (64 << 10) + batch * (len(SMALL) + 512), waiting
+        assert fast.answered - before < batches * batch
+        for _ in range(batches * batch):
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert await reader.readexactly(len(SMALL)) == SMALL
+    finally:
+        writer.close()
+
+
+# -- how it is counted ---------------------------------------------------------------------
+
+
+async def test_metrics_count_fast_answers(stored: AppClient) -> None:
+    def downloads(text: str) -> float:
+        labels = r'method="GET",route="/files/\{hash\}",status="200"'
+        pattern = r"filecask_http_requests_total\{" + labels + r"\} (\S+)"
+        match = re.search(pattern, text)
+        return float(match.group(1)) if match else 0.0
+
+    before = downloads(await (await stored.get("/metrics")).text())
+    fast = fast_of(stored)
+    answered = fast.answered
+    await exchange(stored, plain(f"/files/{SMALL_SHA}") * 5)
+    assert fast.answered == answered + 5
+    after = downloads(await (await stored.get("/metrics")).text())
+    assert after - before == 5
+
+
+async def test_access_log_lines_are_the_handlers(
+    aiohttp_client: Callable[[TestServer], Awaitable[AppClient]],
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    trusted = settings.replace(trusted_proxies=parse_networks("127.0.0.1/32"))
+    server = ServeTestServer(create_app(trusted), trusted)
+    await server.start_server(
+        access_log_class=AccessLogger, access_log=logging.getLogger("filecask.access")
+    )
+    client = await aiohttp_client(server)
+    await client.post("/files", data=SMALL, headers=ADMIN)
+    await client.get(f"/files/{SMALL_SHA}")
+    raw = plain(f"/files/{SMALL_SHA}", "User-Agent: probe/1", "X-Forwarded-For: 10.9.8.7")
+    lines: dict[bool, list[str]] = {}
+    for fast in (True, False):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="filecask.access"):
+            await exchange(client, raw, fast=fast)
+        records = [r for r in caplog.records if r.name == "filecask.access"]
+        # the duration differs; everything else must not
+        lines[fast] = [re.sub(r" \d+\.\d{4} ", " - ", r.getMessage()) for r in records]
+    assert lines[True] == lines[False]
+    assert lines[True][0].startswith(f'10.9.8.7 - "GET /files/{SMALL_SHA} HTTP/1.1" 200 ')
+    assert lines[True][0].endswith('"probe/1"')
