@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import resource
+import statistics
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
 from bench import clients, servers
 from bench.context import Bench, alternate
-from bench.report import Row, Sample, per_s, ratio_row
+from bench.report import QUICK_VERDICT, Row, Sample, per_s, ratio_row
 from bench.servers import Server
 
 WARM_SECONDS = 1.0
@@ -62,48 +66,91 @@ def me(bench: Bench) -> list[Row]:
     return [_compare(bench, "me: signed-in GET /me (vs GET /healthz)", 0.5, signed_in, health)]
 
 
+@dataclass
+class _Costs:
+    """Per run of one side: requests per server CPU-second, and the CPU microseconds one
+    request cost the server and the load generator."""
+
+    efficiency: list[Sample] = field(default_factory=list)
+    server_us: list[float] = field(default_factory=list)
+    wrk_us: list[float] = field(default_factory=list)
+
+
 def workers(bench: Bench) -> list[Row]:
     """The small-files load on `--workers 2` vs `--workers 1`, both on the same data.
 
     A second row divides each run's requests by the CPU seconds the server's processes
     used: on a machine whose cores the load generator shares, the raw ratio is capped by
     what wrk leaves over, and this one shows whether a second worker is as efficient as
-    the first (1.0x: every core added serves as many requests as the first one)."""
+    the first (1.0x: every core added serves as many requests as the first one). A third
+    row is that cap: with C cores, a request costing the server f and wrk w CPU seconds,
+    and one worker using a whole core, no number of workers can exceed C·f/(f+w) times
+    one worker's rate: the cheaper a request is to serve, the lower the cap."""
     script = bench.small_script(False)
     data_dir = bench.filecask.data_dir
-    efficiency: dict[int, list[Sample]] = {2: [], 1: []}
+    costs = {2: _Costs(), 1: _Costs()}
     with (
         bench.start_filecask("filecask-w2", data_dir, workers=2) as two,
         bench.start_filecask("filecask-w1", data_dir, workers=1) as one,
     ):
-        sides = [_measured_side(bench, s, script, efficiency[n]) for n, s in ((2, two), (1, one))]
+        sides = [_measured_side(bench, s, script, costs[n]) for n, s in ((2, two), (1, one))]
         name = "workers: --workers 2 on the small case (vs --workers 1)"
         rows = [_compare(bench, name, 1.6, *sides)]
-    del efficiency[2][:1], efficiency[1][:1]  # the warm-up runs
+    for cost in costs.values():  # the warm-up runs
+        del cost.efficiency[:1], cost.server_us[:1], cost.wrk_us[:1]
     rows.append(
         ratio_row(
             "workers: requests per server CPU-second (2 vs 1)",
-            list(zip(efficiency[2], efficiency[1], strict=True)),
+            list(zip(costs[2].efficiency, costs[1].efficiency, strict=True)),
             per_s,
             0.8,
             quick=bench.quick,
         )
     )
+    rows.append(_ceiling_row(costs[1], bench.quick))
     return rows
 
 
-def _measured_side(bench: Bench, server: Server, script: Path, out: list[Sample]) -> Side:
-    """A wrk side that also records requests per CPU second of the server's processes."""
+def _ceiling_row(one: _Costs, quick: bool) -> Row:
+    cores = len(os.sched_getaffinity(0))
+    server = statistics.median(one.server_us)
+    wrk = statistics.median(one.wrk_us)
+    cap = min(2.0, cores * server / (server + wrk)) if server + wrk > 0 else 0.0
+    return Row(
+        case=f"workers: the most 2 workers can reach on {cores} cores shared with wrk",
+        filecask=f"{server:.1f} µs CPU/request",
+        reference=f"wrk {wrk:.1f} µs CPU/request",
+        ratio=f"{cap:.2f}x",
+        spread="—",
+        target="—",
+        verdict=QUICK_VERDICT if quick else "info",
+    )
+
+
+def _measured_side(bench: Bench, server: Server, script: Path, out: _Costs) -> Side:
+    """A wrk side that also records what each request cost the server's processes and
+    wrk in CPU time."""
     run = _side(bench, server, "/", script)
 
     def measured(seconds: float) -> Sample:
-        before = _cpu_seconds(server.pid)
+        before, wrk_before = _cpu_seconds(server.pid), _children_cpu_seconds()
         sample = run(seconds)
         used = _cpu_seconds(server.pid) - before
-        out.append(Sample(sample.value * seconds / used if used > 0 else 0.0, sample.errors))
+        wrk_used = _children_cpu_seconds() - wrk_before  # wrk has exited: it counts here
+        requests = sample.value * seconds
+        out.efficiency.append(Sample(requests / used if used > 0 else 0.0, sample.errors))
+        if requests > 0:
+            out.server_us.append(used / requests * 1e6)
+            out.wrk_us.append(wrk_used / requests * 1e6)
         return sample
 
     return measured
+
+
+def _children_cpu_seconds() -> float:
+    """User plus system CPU time of this process's finished children (the wrk runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _cpu_seconds(pid: int) -> float:
