@@ -85,7 +85,9 @@ def workers(bench: Bench) -> list[Row]:
     the first (1.0x: every core added serves as many requests as the first one). A third
     row is that cap: with C cores, a request costing the server f and wrk w CPU seconds,
     and one worker using a whole core, no number of workers can exceed C·f/(f+w) times
-    one worker's rate: the cheaper a request is to serve, the lower the cap."""
+    one worker's rate: the cheaper a request is to serve, the lower the cap. A fourth row
+    runs the same comparison for nginx, the reference elsewhere: what any server can show
+    here."""
     script = bench.small_script(False)
     data_dir = bench.filecask.data_dir
     costs = {2: _Costs(), 1: _Costs()}
@@ -108,7 +110,23 @@ def workers(bench: Bench) -> list[Row]:
         )
     )
     rows.append(_ceiling_row(costs[1], bench.quick))
+    rows.append(_nginx_workers(bench))
     return rows
+
+
+def _nginx_workers(bench: Bench) -> Row:
+    """The same comparison for nginx (2 workers vs 1, the same files): what this machine
+    and load generator let any server show for a second worker."""
+    script = bench.small_script(True)
+    run_dir = bench.tmp / "nginx-w2"
+    two = servers.nginx(
+        bench.tools["nginx"], run_dir, bench.filecask.data_dir, bench.ref_dir, workers=2
+    )
+    bench.logs.append(run_dir / "error.log")
+    with two as nginx_two:
+        sides = (_side(bench, nginx_two, "/", script), _side(bench, bench.nginx, "/", script))
+        name = "workers: nginx, 2 workers vs 1 on the same case (what this machine allows)"
+        return _compare(bench, name, None, *sides)
 
 
 def _ceiling_row(one: _Costs, quick: bool) -> Row:

@@ -250,7 +250,7 @@ def ceiling(run_dir: Path) -> Iterator[Server]:
 
 
 NGINX_CONF = """\
-worker_processes 1;
+worker_processes {workers};
 {user}
 pid {run}/nginx.pid;
 error_log {run}/error.log warn;
@@ -277,7 +277,9 @@ http {{
 
 
 @contextlib.contextmanager
-def nginx(binary: str, run_dir: Path, root: Path, ref_dir: Path) -> Iterator[Server]:
+def nginx(
+    binary: str, run_dir: Path, root: Path, ref_dir: Path, *, workers: int = 1
+) -> Iterator[Server]:
     """nginx in the foreground, its prefix, pid, logs and temp paths all in `run_dir`.
 
     `root` is filecask's data directory, so `/store/ab/<hash>` is the very file filecask
@@ -289,7 +291,9 @@ def nginx(binary: str, run_dir: Path, root: Path, ref_dir: Path) -> Iterator[Ser
     user = f"user {pwd.getpwuid(0).pw_name};" if os.geteuid() == 0 else ""
     conf = run_dir / "nginx.conf"
     conf.write_text(
-        NGINX_CONF.format(user=user, run=run_dir, host=HOST, port=port, root=root, ref=ref_dir)
+        NGINX_CONF.format(
+            workers=workers, user=user, run=run_dir, host=HOST, port=port, root=root, ref=ref_dir
+        )
     )
     command = [binary, "-p", str(run_dir), "-c", str(conf), "-e", str(run_dir / "error.log")]
     command += ["-g", "daemon off;"]

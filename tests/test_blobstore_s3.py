@@ -362,3 +362,37 @@ async def test_clients_that_read_nothing_hold_no_s3_connection(
     finally:
         for writer in stalled:
             writer.transport.abort()
+
+
+async def test_a_bundle_archive_reads_each_member_without_asking_its_size_first(
+    aiohttp_client: Callable[[web.Application], Awaitable[AppClient]],
+    make_settings: MakeSettings,
+    s3_server: backends.S3Server,
+) -> None:
+    """The bundle's sizes are in the database: an archive of 20 small stored files makes
+    one ranged GetObject per member and no HeadObject (was one of each per member)."""
+    import zipfile
+
+    from filecask.app import SERVICES
+
+    settings = make_settings(**backends.s3_settings(s3_server, s3_server.create_bucket()))
+    client = await aiohttp_client(create_app(settings))
+    members = {f"m{i:02}.txt": f"member {i}\n".encode() * (i + 1) for i in range(20)}
+    files = []
+    for path, data in members.items():
+        response = await client.post("/files", data=data, headers=ADMIN)
+        files.append({"hash": (await response.json())["hash"], "path": path})
+    created = await client.post("/archives", json={"name": "b.zip", "files": files}, headers=ADMIN)
+    assert created.status == 201, await created.text()
+    calls: list[str] = []
+    blobs = client.app[SERVICES].blobs
+    assert isinstance(blobs, S3BlobStore)
+    blobs.client.meta.events.register(
+        "before-call.s3.*", lambda model, **_: calls.append(model.name)
+    )
+    response = await client.get(f"/archive/{(await created.json())['id']}/")
+    assert response.status == 200
+    archive = zipfile.ZipFile(io.BytesIO(await response.read()))
+    assert {name: archive.read(name) for name in archive.namelist()} == members
+    assert calls.count("HeadObject") == 0
+    assert calls.count("GetObject") == len(members)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -108,6 +110,30 @@ def test_download_whole_file_with_curl(server: Server, curl: Curl, tmp_path: Pat
     assert result.headers["content-length"] == str(len(data))
     assert result.headers["etag"] == f'"{digest}"'
     assert result.headers["accept-ranges"] == "bytes"
+
+
+def test_small_file_downloads_alike_on_one_kept_alive_connection(
+    server: Server, curl: Curl, tmp_path: Path
+) -> None:
+    """The first download of a small file goes through the handler and fills the cache;
+    the next ones on the same connection are answered by the fast path
+    (filecask.fastpath): curl sees the same status, headers (Date aside) and bytes."""
+    data = os.urandom(4096)
+    digest = upload(curl, server, data, tmp_path, "small.bin").json()["hash"]
+    url = server.url(f"/files/{digest}")
+    dump, outputs = tmp_path / "small.headers", [tmp_path / f"small-{i}" for i in range(3)]
+    command = [curl.executable, "-sS", "-D", str(dump), "-w", "%{num_connects} "]
+    for output in outputs:
+        command += ["-o", str(output), url]
+    done = subprocess.run(command, capture_output=True, check=True, timeout=60)
+    assert done.stdout.split() == [b"1", b"0", b"0"]  # one connection, kept alive
+    heads = [b for b in dump.read_bytes().split(b"\r\n\r\n") if b]
+    assert len(heads) == 3
+    assert heads[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    blank = [re.sub(rb"\r\nDate: [^\r]*", b"\r\nDate: -", h) for h in heads]
+    assert blank[1] == blank[0]
+    assert blank[2] == blank[0]
+    assert [o.read_bytes() for o in outputs] == [data] * 3
 
 
 def test_download_range_with_curl(server: Server, curl: Curl, tmp_path: Path) -> None:

@@ -72,6 +72,10 @@ class Leftover:
 
 
 class BlobStore(Protocol):
+    gives_fds: bool
+    """Whether `open_blob` hands out a file descriptor (disk) or only the size (S3): a
+    reader that would only ask for the size of a blob it then reads in ranges anyway can
+    skip that round trip when there is no fd to be had."""
     tmp_dir: Path
     """The local directory for resumable uploads' partial files (on disk whatever the
     store: a tus upload is appended to in place until it is finished, then `adopt`ed)."""

@@ -48,6 +48,8 @@ _NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENO
 
 
 class DiskBlobStore:
+    gives_fds = True
+
     def __init__(self, data_dir: Path, *, reap_on_open: bool = True) -> None:
         self.reap_on_open = reap_on_open
         """fsck and gc open the store without reaping: they report what they remove."""

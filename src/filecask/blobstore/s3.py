@@ -116,6 +116,8 @@ _FULL = frozenset({"XMinioStorageFull", "QuotaExceeded", "507"})
 class S3BlobStore:
     """The `BlobStore` protocol over one aiobotocore client, opened in `open`."""
 
+    gives_fds = False
+
     def __init__(self, settings: Settings) -> None:
         bucket = settings.s3_bucket
         if bucket is None:

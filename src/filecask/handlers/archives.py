@@ -183,7 +183,10 @@ class _ZipRangeWriter:
         if isinstance(source, DirectoryFile):
             return await run_owned(open_directory_file, source, release=os.close)
         assert isinstance(source, str)
-        opened = await self._services.blobs.open_blob(source)
+        blobs = self._services.blobs
+        if not blobs.gives_fds:  # ranged reads follow; a missing blob fails the first one
+            return None
+        opened = await blobs.open_blob(source)
         return opened.fd
 
     async def _pause(self) -> None:
