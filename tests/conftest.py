@@ -3,6 +3,7 @@ fails any test whose code blocks the event loop."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from blockbuster import BlockBuster, blockbuster_ctx
 
 import filecask.handlers.pages
 import filecask.metrics
+from filecask.accesslog import AccessLogger
 from filecask.app import SERVICES, Services, close_services, create_app, open_services
 from filecask.connections import make_runner
 from filecask.hashes import fanout
@@ -309,6 +311,10 @@ class ServeTestServer(TestServer):
         self.settings = settings
 
     async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        # Access logging as `filecask serve` sets it up (`start_server` may override it).
+        kwargs.setdefault("access_log_class", AccessLogger)
+        enabled = self.settings.access_log
+        kwargs.setdefault("access_log", logging.getLogger("filecask.access") if enabled else None)
         return make_runner(self.app, self.settings, **kwargs)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,6 +17,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 from aiohttp.test_utils import TestServer
+from aiohttp.web_log import AccessLogger as AioAccessLogger
 from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -204,6 +206,11 @@ TARGETS = [
 @example(target=TARGETS[0], method="GET", version="1.1", headers=[], repeat=2)
 @example(target=TARGETS[0], method="GET", version="1.0", headers=[REQUEST_HEADERS[5]], repeat=2)
 @example(target=TARGETS[1], method="GET", version="1.1", headers=[REQUEST_HEADERS[8]], repeat=1)
+@example(target=TARGETS[0], method="GET", version="1.1", headers=[REQUEST_HEADERS[0]], repeat=1)
+@example(target=TARGETS[0], method="GET", version="1.1", headers=[REQUEST_HEADERS[1]], repeat=1)
+@example(target=TARGETS[0], method="GET", version="1.1", headers=[REQUEST_HEADERS[2]], repeat=1)
+@example(target=TARGETS[0], method="GET", version="1.1", headers=[REQUEST_HEADERS[6]], repeat=1)
+@example(target=TARGETS[0], method="GET", version="1.1", headers=[REQUEST_HEADERS[4]], repeat=2)
 async def test_its_answers_are_the_handlers_to_the_byte(
     stored: AppClient,
     target: str,
@@ -213,9 +220,22 @@ async def test_its_answers_are_the_handlers_to_the_byte(
     repeat: int,
 ) -> None:
     """Any request, pipelined a few times and followed by another: the bytes that come
-    back are the same whether the connection has the fast path or not (Date aside)."""
+    back are the same whether the connection has the fast path or not (Date aside), and
+    the fast path took exactly the requests it is meant to."""
     raw = plain(target, *headers, method=method, version=version) * repeat
-    assert await exchange(stored, raw) == await exchange(stored, raw, fast=False)
+    fast = fast_of(stored)
+    before = fast.answered
+    with_fast = await exchange(stored, raw)
+    taken = fast.answered - before
+    assert with_fast == await exchange(stored, raw, fast=False)
+    skipped = ("Range:", "If-None-Match:", "Expect:", "Connection: close")
+    plain_get = (
+        method == "GET"
+        and version == "1.1"
+        and target in (f"/files/{SMALL_SHA}", f"/files/{HTML_SHA}")
+        and not any(h.startswith(skipped) for h in headers)
+    )
+    assert taken == (repeat if plain_get else 0)
 
 
 async def test_pipelined_requests_are_answered_in_order(stored: AppClient) -> None:
@@ -242,6 +262,7 @@ async def test_pipelined_requests_are_answered_in_order(stored: AppClient) -> No
 
 
 async def test_a_request_split_across_packets_is_still_answered(stored: AppClient) -> None:
+    before = fast_of(stored).answered
     async with connection(stored) as (reader, writer):
         raw = plain(f"/files/{SMALL_SHA}")
         for piece in (raw[:5], raw[5:40], raw[40:]):
@@ -251,6 +272,7 @@ async def test_a_request_split_across_packets_is_still_answered(stored: AppClien
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         assert head.startswith(b"HTTP/1.1 200 OK")
         assert await reader.readexactly(len(SMALL)) == SMALL
+        assert fast_of(stored).answered == before + 1
 
 
 # -- the connection's rules ----------------------------------------------------------------
@@ -279,6 +301,7 @@ async def test_header_timeout_still_applies_after_a_fast_answer(
     client = await aiohttp_client(ServeTestServer(create_app(short), short))
     await client.post("/files", data=SMALL, headers=ADMIN)
     await client.get(f"/files/{SMALL_SHA}")
+    before = fast_of(client).answered
     async with connection(client) as (reader, writer):
         writer.write(plain(f"/files/{SMALL_SHA}"))
         await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
@@ -289,6 +312,7 @@ async def test_header_timeout_still_applies_after_a_fast_answer(
             b"HTTP/1.1 200 OK"
         )
         await reader.readexactly(len(SMALL))
+        assert fast_of(client).answered == before + 2
         writer.write(b"GET /files/")  # a head that never ends
         rest = await asyncio.wait_for(reader.read(-1), 5)
     assert rest.startswith(b"HTTP/1.1 408 ")
@@ -319,7 +343,7 @@ async def test_a_client_that_reads_nothing_gets_no_unbounded_buffer(stored: AppC
         assert handler.transport is not None
         waiting = handler.transport.get_write_buffer_size()
         assert waiting <= (64 << 10) + batch * (len(SMALL) + 512), waiting
-        assert fast.answered - before < batches * batch
+        assert 0 < fast.answered - before < batches * batch
         for _ in range(batches * batch):
             await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             assert await reader.readexactly(len(SMALL)) == SMALL
@@ -361,6 +385,7 @@ async def test_access_log_lines_are_the_handlers(
     await client.get(f"/files/{SMALL_SHA}")
     raw = plain(f"/files/{SMALL_SHA}", "User-Agent: probe/1", "X-Forwarded-For: 10.9.8.7")
     lines: dict[bool, list[str]] = {}
+    before = fast_of(client).answered
     for fast in (True, False):
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="filecask.access"):
@@ -368,6 +393,173 @@ async def test_access_log_lines_are_the_handlers(
         records = [r for r in caplog.records if r.name == "filecask.access"]
         # the duration differs; everything else must not
         lines[fast] = [re.sub(r" \d+\.\d{4} ", " - ", r.getMessage()) for r in records]
+    assert fast_of(client).answered == before + 1
     assert lines[True] == lines[False]
     assert lines[True][0].startswith(f'10.9.8.7 - "GET /files/{SMALL_SHA} HTTP/1.1" 200 ')
     assert lines[True][0].endswith('"probe/1"')
+
+
+# -- a fast answer bigger than the transport takes at once ---------------------------------
+
+MID = os.urandom(200 << 10)  # under the small-body cache's limit, over the write buffer's
+MID_SHA = hashlib.sha256(MID).hexdigest()
+
+
+@asynccontextmanager
+async def squeezed(
+    client: AppClient, rcvbuf: int = 4096
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A connection whose socket buffers are small and whose reader stops taking bytes
+    from the socket past 16 KiB unread, so a 200 KiB answer leaves the server only as
+    fast as the test reads it."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (HOST, client.port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=8192)
+    local = sock.getsockname()
+    for _ in range(100):
+        handlers = [h for h in server_of(client).connections if h.peername == local]
+        if handlers:
+            break
+        await asyncio.sleep(0.005)
+    (handler,) = handlers
+    assert handler.transport is not None
+    server_socket = handler.transport.get_extra_info("socket")
+    server_socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+
+
+async def read_answer(reader: asyncio.StreamReader, body: bytes, pace: float = 0.0) -> None:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200 OK"), head
+    received = b""
+    while len(received) < len(body):
+        received += await asyncio.wait_for(reader.read(min(16384, len(body) - len(received))), 10)
+        if pace:
+            await asyncio.sleep(pace)
+    assert received == body
+
+
+async def mid_server(
+    aiohttp_client: Callable[[TestServer], Awaitable[AppClient]], settings: Settings
+) -> AppClient:
+    client = await aiohttp_client(ServeTestServer(create_app(settings), settings))
+    assert (await client.post("/files", data=MID, headers=ADMIN)).status == 201
+    assert (await client.get(f"/files/{MID_SHA}")).status == 200  # now cached
+    return client
+
+
+async def test_a_request_behind_an_unsent_fast_answer_waits_for_the_client(
+    aiohttp_client: Callable[[TestServer], Awaitable[AppClient]], settings: Settings
+) -> None:
+    """Two pipelined requests for 200 KiB: the first fills the transport, so the second
+    is left to the request loop, which waits for the client to read (backpressure)."""
+    client = await mid_server(aiohttp_client, settings)
+    fast = fast_of(client)
+    before = fast.answered
+    async with squeezed(client) as (reader, writer):
+        writer.write(plain(f"/files/{MID_SHA}") * 2)
+        await asyncio.sleep(0.3)
+        assert fast.answered == before + 1
+        await read_answer(reader, MID)
+        await read_answer(reader, MID)
+
+
+async def test_a_slow_reader_keeps_its_connection_past_the_keepalive_timeout(
+    aiohttp_client: Callable[[TestServer], Awaitable[AppClient]], settings: Settings
+) -> None:
+    """The keep-alive timeout counts idle time, not time spent sending an answer: a client
+    that takes longer than it to read a fast answer still gets the next one."""
+    client = await mid_server(aiohttp_client, settings.replace(keepalive_timeout=0.3))
+    fast = fast_of(client)
+    before = fast.answered
+    async with squeezed(client) as (reader, writer):
+        writer.write(plain(f"/files/{MID_SHA}"))
+        await read_answer(reader, MID, pace=0.05)  # about a second
+        writer.write(plain(f"/files/{MID_SHA}"))
+        await read_answer(reader, MID)
+    assert fast.answered == before + 2
+
+
+async def test_a_client_that_stops_reading_a_fast_answer_is_dropped_by_the_send_timeout(
+    aiohttp_client: Callable[[TestServer], Awaitable[AppClient]], settings: Settings
+) -> None:
+    client = await mid_server(
+        aiohttp_client, settings.replace(keepalive_timeout=0.2, send_timeout=0.8)
+    )
+    fast = fast_of(client)
+    before = fast.answered
+    async with squeezed(client) as (_reader, writer):
+        writer.write(plain(f"/files/{MID_SHA}"))
+        await asyncio.sleep(0.2)
+        assert fast.answered == before + 1
+        assert len(server_of(client).connections) >= 1
+        local = writer.get_extra_info("sockname")
+        for _ in range(60):
+            await asyncio.sleep(0.1)
+            if not [h for h in server_of(client).connections if h.peername == local]:
+                break
+        else:
+            pytest.fail("the connection of a client that reads nothing was never dropped")
+
+
+async def test_a_half_closed_client_gets_its_answer(stored: AppClient) -> None:
+    """A request followed by shutdown(SHUT_WR), as `nc -N` sends it, is answered (nginx
+    does the same; aiohttp's request loop would close without an answer)."""
+    before = fast_of(stored).answered
+    reader, writer = await asyncio.open_connection(HOST, stored.port)
+    try:
+        writer.write(plain(f"/files/{SMALL_SHA}"))
+        writer.write_eof()
+        answer = await asyncio.wait_for(reader.read(-1), 5)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    assert answer.endswith(SMALL)
+    assert fast_of(stored).answered == before + 1
+
+
+async def test_a_failure_while_counting_loses_no_answer(
+    aiohttp_client: Callable[[TestServer], Awaitable[AppClient]],
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The answer is out before it is counted and logged: an access-log handler that
+    raises costs a log line, not the answer or the connection."""
+
+    def explode(record: logging.LogRecord) -> bool:
+        raise RuntimeError("broken log filter")
+
+    server = ServeTestServer(create_app(settings), settings)
+    access = logging.getLogger("filecask.access")
+    await server.start_server(access_log_class=AccessLogger, access_log=access)
+    client = await aiohttp_client(server)
+    await client.post("/files", data=SMALL, headers=ADMIN)
+    await client.get(f"/files/{SMALL_SHA}")
+    before = fast_of(client).answered
+    access.addFilter(explode)
+    try:
+        with caplog.at_level(logging.INFO, logger="filecask.access"):
+            answer = await exchange(client, plain(f"/files/{SMALL_SHA}") * 2)
+    finally:
+        access.removeFilter(explode)
+    assert fast_of(client).answered == before + 2
+    assert answer.count(SMALL) == 2
+    assert answer.count(b"HTTP/1.1 200 OK") == 3  # and the closing request's, after them
+    assert any("counting a small download" in r.getMessage() for r in caplog.records)
+
+
+async def test_no_fast_path_when_another_access_log_is_configured(
+    aiohttp_client: Callable[[TestServer], Awaitable[AppClient]], settings: Settings
+) -> None:
+    """aiohttp's own access logger (its default) would miss the fast path's answers."""
+    server = ServeTestServer(create_app(settings), settings)
+    await server.start_server(
+        access_log_class=AioAccessLogger, access_log=logging.getLogger("aiohttp.access")
+    )
+    client = await aiohttp_client(server)
+    assert server_of(client).fast is None

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.log import access_logger as aiohttp_access_logger
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
@@ -138,6 +139,7 @@ class FilecaskRequestHandler(RequestHandler):
         "_bytes_seen",
         "_fast",
         "_header_timer",
+        "_idle_when_sent",
         "_in_request",
         "_limits",
         "_send_backlog",
@@ -155,6 +157,8 @@ class FilecaskRequestHandler(RequestHandler):
         super().__init__(manager, **kwargs)
         self._limits = limits
         self._fast = fast
+        self._idle_when_sent = False
+        """Fast answers were written but not yet all sent: go idle when they are."""
         self._header_timer: asyncio.TimerHandle | None = None
         self._bytes_seen = False
         """Whether any byte of the request head now awaited has arrived."""
@@ -226,13 +230,18 @@ class FilecaskRequestHandler(RequestHandler):
             self._manager.requests_count += 1  # type: ignore[union-attr]
             answered = True
         if answered and not self._messages:
-            self._idle_after_fast_answers()
+            self._bytes_seen = False
+            self._cancel_header_timer()  # the next head's clock starts with its first byte
+            if self._paused:
+                # Still being sent: the request loop would be waiting in drain(), where no
+                # keep-alive timer runs and the send timeout governs. Idle once it is out.
+                self._idle_when_sent = True
+            else:
+                self._start_keepalive()
 
-    def _idle_after_fast_answers(self) -> None:
-        """What aiohttp's request loop does after a kept-alive answer: start the idle
-        keep-alive timer; and ours: the next head's clock starts with its first byte."""
-        self._bytes_seen = False
-        self._cancel_header_timer()
+    def _start_keepalive(self) -> None:
+        """What aiohttp's request loop does after a kept-alive answer: the idle
+        keep-alive timer starts."""
         self._keepalive = True
         close_time = self._loop.time() + self._keepalive_timeout
         self._next_keepalive_close_time = close_time
@@ -295,6 +304,11 @@ class FilecaskRequestHandler(RequestHandler):
     def resume_writing(self) -> None:
         super().resume_writing()
         self._cancel_send_timer()
+        if self._idle_when_sent:
+            self._idle_when_sent = False
+            waiter = self._waiter
+            if waiter is not None and not waiter.done() and not self._messages:
+                self._start_keepalive()
 
     def _arm_send_timer(self) -> None:
         self._cancel_send_timer()
@@ -432,20 +446,28 @@ class FilecaskAppRunner(web.AppRunner):
             handler_cancellation=standard.handler_cancellation,
             loop=standard._loop,
             limits=self._limits,
-            fast=self._small_downloads(standard._kwargs.get("access_log")),
+            fast=self._small_downloads(standard._kwargs),
             **standard._kwargs,
         )
 
-    def _small_downloads(self, access_log: logging.Logger | None) -> SmallDownloads | None:
-        """The fast path for the app's file API, once its services exist (after startup)."""
+    def _small_downloads(self, options: dict[str, Any]) -> SmallDownloads | None:
+        """The fast path for the app's file API, once its services exist (after startup).
+
+        It writes filecask's access-log line or none: with another access-log class (or
+        aiohttp's default) configured, its answers would be missing from that log, so
+        there is no fast path then."""
         # Imported here: the fast path logs like filecask.accesslog, which needs the
         # handlers, which need this module.
+        from filecask.accesslog import AccessLogger
         from filecask.app import SERVICES
         from filecask.fastpath import SmallDownloads
         from filecask.metrics import METRICS
 
         app = self.app
         if SERVICES not in app or METRICS not in app or not app[SERVICES].settings.file_api:
+            return None
+        access_log = options.get("access_log", aiohttp_access_logger)
+        if access_log is not None and options.get("access_log_class") is not AccessLogger:
             return None
         services = app[SERVICES]
         return SmallDownloads(
