@@ -563,3 +563,82 @@ async def test_no_fast_path_when_another_access_log_is_configured(
     )
     client = await aiohttp_client(server)
     assert server_of(client).fast is None
+
+
+async def test_a_connection_goes_idle_once_a_big_fast_answer_is_out(
+    aiohttp_client: Callable[[TestServer], Awaitable[AppClient]], settings: Settings
+) -> None:
+    """Its keep-alive timer starts when the answer is sent, so an idle client is closed."""
+    client = await mid_server(aiohttp_client, settings.replace(keepalive_timeout=0.3))
+    before = fast_of(client).answered
+    async with squeezed(client) as (reader, writer):
+        writer.write(plain(f"/files/{MID_SHA}"))
+        await read_answer(reader, MID, pace=0.05)
+        assert fast_of(client).answered == before + 1
+        assert await asyncio.wait_for(reader.read(1), 3) == b""
+
+
+async def test_a_head_begun_while_a_fast_answer_is_sent_is_under_the_header_timeout(
+    aiohttp_client: Callable[[TestServer], Awaitable[AppClient]], settings: Settings
+) -> None:
+    """Part of the next head arrives while the answer is still going out: when it is out,
+    the header timeout governs (a 408), not the keep-alive one (a silent close)."""
+    limits = settings.replace(keepalive_timeout=0.3, header_timeout=1.5)
+    client = await mid_server(aiohttp_client, limits)
+    async with squeezed(client) as (reader, writer):
+        writer.write(plain(f"/files/{MID_SHA}"))
+        await asyncio.sleep(0.1)
+        writer.write(b"GET /fi")
+        await read_answer(reader, MID, pace=0.02)
+        rest = await asyncio.wait_for(reader.read(-1), 5)
+    assert rest.startswith(b"HTTP/1.1 408 ")
+
+
+async def test_graceful_shutdown_lets_a_fast_answer_finish(
+    aiohttp_client: Callable[[TestServer], Awaitable[AppClient]], settings: Settings
+) -> None:
+    """As for a request in progress: shutdown waits (within its timeout) until the answer
+    is out, rather than closing with it half sent."""
+    client = await mid_server(aiohttp_client, settings)
+    server = server_of(client)
+    async with squeezed(client) as (reader, writer):
+        writer.write(plain(f"/files/{MID_SHA}"))
+        await asyncio.sleep(0.1)
+        local = writer.get_extra_info("sockname")
+        (handler,) = [h for h in server.connections if h.peername == local]
+        transport = handler.transport
+        assert transport is not None
+        assert transport.get_write_buffer_size() > 0
+        server.pre_shutdown()  # as the runner's cleanup does, then shutdown
+        shutdown = asyncio.create_task(server.shutdown(10))
+        unsent_when_done: list[int] = []
+        shutdown.add_done_callback(
+            lambda _: unsent_when_done.append(transport.get_write_buffer_size())
+        )
+        await read_answer(reader, MID, pace=0.02)
+        await asyncio.wait_for(shutdown, 10)
+    assert unsent_when_done == [0]
+
+
+async def test_a_client_reading_nothing_is_dropped_after_a_shutdown_gives_up(
+    aiohttp_client: Callable[[TestServer], Awaitable[AppClient]], settings: Settings
+) -> None:
+    """The send timeout still aborts the connection after shutdown's close forgot it."""
+    client = await mid_server(aiohttp_client, settings.replace(send_timeout=0.6))
+    server = server_of(client)
+    async with squeezed(client) as (_reader, writer):
+        writer.write(plain(f"/files/{MID_SHA}"))
+        await asyncio.sleep(0.1)
+        local = writer.get_extra_info("sockname")
+        (handler,) = [h for h in server.connections if h.peername == local]
+        transport = handler.transport
+        assert transport is not None
+        server.pre_shutdown()
+        await server.shutdown(0.2)
+        assert handler.transport is None  # forgotten by the close
+        for _ in range(50):  # only an abort empties it: the client reads nothing
+            if not transport.get_write_buffer_size():
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("a client that reads nothing kept its buffer after shutdown")

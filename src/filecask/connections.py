@@ -30,6 +30,7 @@ header size settings; `filecask serve` and the tests that start a real server us
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -299,7 +300,7 @@ class FilecaskRequestHandler(RequestHandler):
         super().pause_writing()
         if self._limits.send_timeout > 0 and self.transport is not None:
             self._send_backlog = self.transport.get_write_buffer_size()
-            self._arm_send_timer()
+            self._arm_send_timer(self.transport)
 
     def resume_writing(self) -> None:
         super().resume_writing()
@@ -307,27 +308,46 @@ class FilecaskRequestHandler(RequestHandler):
         if self._idle_when_sent:
             self._idle_when_sent = False
             waiter = self._waiter
-            if waiter is not None and not waiter.done() and not self._messages:
+            idle = waiter is not None and not waiter.done() and not self._messages
+            if idle and not self._bytes_seen:  # a head under way: the header timer governs
                 self._start_keepalive()
 
-    def _arm_send_timer(self) -> None:
+    async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 (aiohttp's)
+        """aiohttp lets a request in progress finish within `timeout`; a fast answer still
+        being sent is not one to it, so it gets the same grace here before the close."""
+        deadline = None if timeout is None else self._loop.time() + timeout
+        transport = self.transport
+        if self._idle_when_sent and self._paused and transport is not None:
+            # Told to resume only once every byte is out, then waited for like a drain.
+            high, _low = transport.get_write_buffer_limits()
+            transport.set_write_buffer_limits(high=high, low=0)
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                async with asyncio.timeout_at(deadline):
+                    await self._drain_helper()
+        left = None if deadline is None else max(deadline - self._loop.time(), 0.0)
+        await super().shutdown(left)
+
+    def _arm_send_timer(self, transport: asyncio.Transport) -> None:
+        """The timer keeps the transport: a graceful shutdown's force_close() forgets it,
+        and a client that reads nothing must still be dropped then."""
         self._cancel_send_timer()
-        self._send_timer = self._loop.call_later(self._limits.send_timeout, self._send_stalled)
+        self._send_timer = self._loop.call_later(
+            self._limits.send_timeout, self._send_stalled, transport
+        )
 
     def _cancel_send_timer(self) -> None:
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
 
-    def _send_stalled(self) -> None:
+    def _send_stalled(self, transport: asyncio.Transport) -> None:
         self._send_timer = None
-        transport = self.transport
-        if transport is None or not self.writing_paused:
+        if not self.writing_paused or not transport.get_write_buffer_size():
             return
         backlog = transport.get_write_buffer_size()
         if backlog < self._send_backlog:  # the client took some: it is slow, not gone
             self._send_backlog = backlog
-            self._arm_send_timer()
+            self._arm_send_timer(transport)
             return
         log.info(
             "dropped %s: read nothing of the response for %g s",
