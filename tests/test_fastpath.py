@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 import pytest
 from aiohttp.test_utils import TestServer
 from aiohttp.web_log import AccessLogger as AioAccessLogger
+from aiohttp.web_protocol import RequestHandler
 from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -56,6 +57,17 @@ def fast_of(client: AppClient) -> SmallDownloads:
     fast = server_of(client).fast
     assert fast is not None
     return fast
+
+
+def handlers_of(client: AppClient, writer: asyncio.StreamWriter) -> list[RequestHandler]:
+    """The server's handler of the connection `writer` writes to (none once it is gone)."""
+    local = writer.get_extra_info("sockname")
+    return [h for h in server_of(client).connections if h.peername == local]
+
+
+def handler_of(client: AppClient, writer: asyncio.StreamWriter) -> RequestHandler:
+    (handler,) = handlers_of(client, writer)
+    return handler
 
 
 @asynccontextmanager
@@ -338,8 +350,7 @@ async def test_a_client_that_reads_nothing_gets_no_unbounded_buffer(stored: AppC
         await asyncio.sleep(0.5)
         # What the kernel's socket buffers take is the kernel's; what waits in the
         # process is bounded by the transport's high-water mark (64 KiB), plus a batch.
-        local = sock.getsockname()
-        (handler,) = [h for h in server_of(stored).connections if h.peername == local]
+        handler = handler_of(stored, writer)
         assert handler.transport is not None
         waiting = handler.transport.get_write_buffer_size()
         assert waiting <= (64 << 10) + batch * (len(SMALL) + 512), waiting
@@ -417,13 +428,11 @@ async def squeezed(
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, (HOST, client.port))
     reader, writer = await asyncio.open_connection(sock=sock, limit=8192)
-    local = sock.getsockname()
     for _ in range(100):
-        handlers = [h for h in server_of(client).connections if h.peername == local]
-        if handlers:
+        if handlers_of(client, writer):
             break
         await asyncio.sleep(0.005)
-    (handler,) = handlers
+    handler = handler_of(client, writer)
     assert handler.transport is not None
     server_socket = handler.transport.get_extra_info("socket")
     server_socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
@@ -498,10 +507,9 @@ async def test_a_client_that_stops_reading_a_fast_answer_is_dropped_by_the_send_
         await asyncio.sleep(0.2)
         assert fast.answered == before + 1
         assert len(server_of(client).connections) >= 1
-        local = writer.get_extra_info("sockname")
         for _ in range(60):
             await asyncio.sleep(0.1)
-            if not [h for h in server_of(client).connections if h.peername == local]:
+            if not handlers_of(client, writer):
                 break
         else:
             pytest.fail("the connection of a client that reads nothing was never dropped")
@@ -604,8 +612,7 @@ async def test_graceful_shutdown_lets_a_fast_answer_finish(
     async with squeezed(client) as (reader, writer):
         writer.write(plain(f"/files/{MID_SHA}"))
         await asyncio.sleep(0.1)
-        local = writer.get_extra_info("sockname")
-        (handler,) = [h for h in server.connections if h.peername == local]
+        handler = handler_of(client, writer)
         transport = handler.transport
         assert transport is not None
         assert transport.get_write_buffer_size() > 0
@@ -629,8 +636,7 @@ async def test_a_client_reading_nothing_is_dropped_after_a_shutdown_gives_up(
     async with squeezed(client) as (_reader, writer):
         writer.write(plain(f"/files/{MID_SHA}"))
         await asyncio.sleep(0.1)
-        local = writer.get_extra_info("sockname")
-        (handler,) = [h for h in server.connections if h.peername == local]
+        handler = handler_of(client, writer)
         transport = handler.transport
         assert transport is not None
         server.pre_shutdown()
