@@ -674,10 +674,18 @@ async def test_multipart_upload_past_quota_is_413_and_stores_nothing(
     response = await client.post("/files", data=form, headers=bob)
     await assert_quota_problem(response, quota=1000, used=0, size=1001)
     assert_nothing_stored(settings, hashlib.sha256(b"m" * 1001).hexdigest())
-    # A multipart body longer than the room left, whose file fits, is not refused early.
+    # The other fields count as upload bytes (issue 14): a file that fits alone, sent with
+    # a 2,000-byte comment, is past the room left (cut once it passes it)...
     form = aiohttp.FormData()
     form.add_field("comment", "c" * 2000)
     form.add_field("file", b"m" * 1000, filename="fits.bin")
+    response = await client.post("/files", data=form, headers=bob)
+    await assert_quota_problem(response, quota=1000, used=0, size=1001)
+    assert_nothing_stored(settings, hashlib.sha256(b"m" * 1000).hexdigest())
+    # ...while a body longer than the room left only by its framing is not refused early.
+    form = aiohttp.FormData()
+    form.add_field("comment", "c" * 100)
+    form.add_field("file", b"m" * 600, filename="fits.bin")
     assert (await client.post("/files", data=form, headers=bob)).status == 201
 
 

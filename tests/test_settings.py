@@ -209,6 +209,8 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "s3_secret_access_key": ("s3-secret-from-env", "s3-secret-from-env"),
     "s3_presign": ("5m", 300.0),
     "s3_part_size": ("16M", 16 * MIB),
+    "multipart_max_parts": ("20", 20),
+    "multipart_max_form_size": ("16K", 16 << 10),
 }
 """For each setting: a text an operator might write, and the value it means."""
 

@@ -12,13 +12,13 @@ import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from filecask.archives import FolderPlans
+from filecask.archives import BundlePlans, FolderPlans
 from filecask.auth import Authenticator, generate_password
 from filecask.blobstore import BlobStore, make_blob_store
 from filecask.changes import ChangeStamps, StampedCache, Topic
@@ -60,6 +60,8 @@ class Services:
     bodies: StampedCache[str, CachedBody]
     """Small blobs in memory: a plain download of one is a dict lookup and one write."""
     plans: FolderPlans
+    bundle_plans: BundlePlans = field(default_factory=BundlePlans)
+    """Bundles' ZIP plans, made off the event loop once per process (issue 14 §3)."""
 
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -17,7 +17,8 @@ members and response headers (``WWW-Authenticate``, ``Retry-After``, ``Content-R
     ├── Gone                         410
     ├── PreconditionFailed           412
     ├── PayloadTooLarge              413
-    │   └── QuotaExceeded            413
+    │   ├── QuotaExceeded            413
+    │   └── FormTooLarge             413
     ├── UnsupportedMediaType         415
     ├── RangeNotSatisfiable          416
     ├── Locked                       423
@@ -129,6 +130,12 @@ class PayloadTooLarge(FilecaskError):
     status = 413
     slug = "payload-too-large"
     title = "Payload too large"
+
+
+class FormTooLarge(PayloadTooLarge):
+    """A multipart upload with more parts, or more bytes besides its file, than allowed
+    (`--multipart-max-parts`, `--multipart-max-form-size`): a limit on the form, never
+    turned into a quota refusal."""
 
 
 class RequestTimeout(FilecaskError):

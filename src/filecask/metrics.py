@@ -18,6 +18,14 @@ scraped, and every `FLUSH_INTERVAL` seconds for the other workers' scrapes. Reco
 through prometheus-client on every request (label lookups, per-value locks, the histogram's
 bucket search) cost about a quarter of the 4 KiB download rate (see the README).
 
+`filecask_event_loop_lag_seconds` says whether one request held the event loop (every other
+client waits meanwhile): a timer due every `LAG_INTERVAL` seconds notes how late it fires,
+and the gauge is the largest lateness of the last `LAG_WINDOW` seconds, in each process
+(with workers, the largest of the live workers'). A window rather than "since the last
+scrape": scrapes from several Prometheus servers, or landing on any worker, would
+otherwise each see part of the picture; a minute covers any usual scrape interval, so a
+stall shows in at least one scrape.
+
 The store's size and file count come from the metadata store (a count and a sum over the
 blob rows), computed when scraped and kept for `STORE_STATS_TTL` seconds, so a flood of
 scrapes costs one query every few seconds. They describe the shared store, not a worker,
@@ -33,6 +41,7 @@ import logging
 import os
 import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +88,10 @@ UPLOAD_ROUTE_PREFIXES = ("/files", "/uploads")
 """Uploads are bodies sent to these routes: `/files`, `/files/{hash}`, resumable uploads."""
 FLUSH_INTERVAL = 1.0
 """Seconds a worker's tallies may wait before another worker's scrape sees them."""
+LAG_INTERVAL = 0.1
+"""Seconds between two ticks of the event-loop lag timer."""
+LAG_WINDOW = 60.0
+"""Seconds over which `filecask_event_loop_lag_seconds` is the largest lag seen."""
 CLIENT_GONE = "499"
 """Status label of a request whose client left before its response was complete (nginx's)."""
 
@@ -115,6 +128,25 @@ class StoreStats(Collector):
             "filecask_store_bytes", "Bytes of content stored (each blob once).", self.bytes
         )
         yield GaugeMetricFamily("filecask_store_files", "Blobs stored.", self.files)
+
+
+class WindowMax:
+    """The largest value recorded over the last `window` seconds (a monotonic deque:
+    O(1) amortised per value, at most one entry per value still in the window)."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._values: deque[tuple[float, float]] = deque()
+
+    def record(self, now: float, value: float) -> float:
+        """Add `value` seen at `now` (monotonic seconds, never decreasing); the maximum."""
+        values = self._values
+        while values and values[-1][1] <= value:
+            values.pop()
+        values.append((now, value))
+        while values[0][0] <= now - self.window:
+            values.popleft()
+        return values[0][1]
 
 
 @dataclass(slots=True)
@@ -191,6 +223,13 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.loop_lag = Gauge(
+            "filecask_event_loop_lag_seconds",
+            f"Largest delay of the event loop over the last {LAG_WINDOW:g} s: how late a"
+            f" timer due every {LAG_INTERVAL:g} s ran (with workers, the worst live worker).",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         self.store = StoreStats()
         if multiprocess_dir is None:
             registry.register(self.store)
@@ -251,6 +290,7 @@ def install_metrics(app: web.Application) -> None:
     the middleware itself goes in the app's list (see `create_app`)."""
     app[METRICS] = Metrics.for_this_process()
     app.cleanup_ctx.append(_flush_periodically)
+    app.cleanup_ctx.append(_watch_loop_lag)
     app.router.add_get("/metrics", metrics_handler)
 
 
@@ -268,6 +308,31 @@ async def _flush_periodically(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     metrics.flush()
+
+
+async def _watch_loop_lag(app: web.Application) -> AsyncIterator[None]:
+    """Every LAG_INTERVAL seconds: how late did this timer fire? Anything that holds the
+    event loop (a request's CPU work, a blocking call) delays it by as much."""
+    gauge = app[METRICS].loop_lag
+    worst = WindowMax(LAG_WINDOW)
+
+    async def watch() -> None:
+        shown = -1.0
+        while True:
+            due = time.monotonic() + LAG_INTERVAL
+            await asyncio.sleep(LAG_INTERVAL)
+            now = time.monotonic()
+            lag = worst.record(now, max(0.0, now - due))
+            if lag != shown:
+                gauge.set(lag)
+                shown = lag
+
+    gauge.set(0.0)
+    task = asyncio.create_task(watch())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def route_label(request: web.BaseRequest) -> str:

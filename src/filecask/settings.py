@@ -340,6 +340,20 @@ SETTINGS: tuple[Setting, ...] = (
         "SIZE",
     ),
     Setting("argon2_parallelism", parse_count, "argon2id lanes per password hash.", "N"),
+    # Issue 14 §3, no request stalls the event loop: multipart uploads.
+    Setting(
+        "multipart_max_parts",
+        parse_count,
+        "Most parts in a multipart upload, its file included; 413 beyond.",
+        "N",
+    ),
+    Setting(
+        "multipart_max_form_size",
+        parse_size,
+        "Most bytes of a multipart upload besides its file (other fields, part headers);"
+        " 413 beyond. Other fields also count toward the upload size and the quota.",
+        "SIZE",
+    ),
 )
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
@@ -388,6 +402,9 @@ class Settings:
     argon2_time_cost: int = 3
     argon2_memory: int = 64 << 20
     argon2_parallelism: int = 4
+    # Issue 14 §3, no request stalls the event loop: multipart uploads.
+    multipart_max_parts: int = 100
+    multipart_max_form_size: int = 64 << 10
 
     def __post_init__(self) -> None:
         # Absolute once, here, so nothing later depends on the working directory.

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 from urllib.parse import quote
 
-from aiohttp import BodyPartReader, hdrs, web
+from aiohttp import hdrs, web
 
 from filecask.app import SERVICES, CachedBody, Services
 from filecask.blobstore import OpenBlob
@@ -16,6 +16,7 @@ from filecask.connections import receive
 from filecask.errors import (
     BadRequest,
     FilecaskError,
+    FormTooLarge,
     NotFound,
     PayloadTooLarge,
     QuotaExceeded,
@@ -27,6 +28,7 @@ from filecask.handlers.bodies import send_body, write_blob_range
 from filecask.hashes import parse_hash
 from filecask.mediatypes import is_active
 from filecask.metastore import FileRecord, User
+from filecask.multipart import FormLimits, FormReader, boundary_of
 from filecask.names import validate_file_name
 from filecask.problem import from_error
 from filecask.ranges import if_none_match_matches
@@ -134,20 +136,25 @@ async def _store(request: web.Request, *, expected_hash: str | None) -> web.Resp
     services = request.app[SERVICES]
     user = await require_user(request)
     await _check_declared_length(request, user)
-    name, chunks = await _body_source(request)
     limit = services.settings.max_upload_size
     allowance = await _quota_allowance(services, user)
+    budget = limit if allowance is None else min(limit, allowance)
     try:
+        name, chunks = await _body_source(request, budget)
         record, created = await services.files.upload(
             user,
             chunks,
             name=name,
-            max_size=limit if allowance is None else min(limit, allowance),
+            max_size=budget,
             reserve=services.settings.min_free_space,
             expected_hash=expected_hash,
         )
     except PayloadTooLarge as exc:
-        if allowance is None or allowance >= limit or isinstance(exc, QuotaExceeded):
+        if (
+            allowance is None
+            or allowance >= limit
+            or isinstance(exc, (QuotaExceeded, FormTooLarge))
+        ):
             raise
         assert user.quota is not None
         used = (await services.meta.usage(user.id)).bytes
@@ -171,30 +178,30 @@ async def _quota_allowance(services: Services, user: User) -> int | None:
     return max(user.quota - used, await services.meta.largest_ref_size(user.id))
 
 
-async def _body_source(request: web.Request) -> tuple[str | None, AsyncIterator[bytes]]:
+async def _body_source(
+    request: web.Request, budget: int
+) -> tuple[str | None, AsyncIterator[bytes]]:
     """The upload's name and chunks. Every read is bounded by --body-timeout (`receive`):
     a client that stalls gets 408 and, since the chunks feed the staging file, nothing is
-    stored; a body aiohttp cannot parse is a 400."""
+    stored; a body aiohttp cannot parse is a 400. A multipart body is read by
+    `filecask.multipart` (its limits, and its other fields counted in `budget`)."""
     name = request.query.get("name")
-    stall = request.app[SERVICES].settings.body_timeout
+    settings = request.app[SERVICES].settings
+    stall = settings.body_timeout
     if request.content_type != "multipart/form-data":
         return name, _raw_chunks(request, stall)
-    try:
-        reader = await request.multipart()
-        while (part := await receive(reader.next(), stall)) is not None:
-            if isinstance(part, BodyPartReader) and part.name == "file":
-                return name or part.filename, _part_chunks(part, stall)
-            if isinstance(part, BodyPartReader):  # skip another field, read for read
-                while await receive(part.read_chunk(RECEIVE_CHUNK), stall):
-                    pass
-    except ValueError as exc:
-        raise BadRequest(f"Malformed multipart body: {exc}") from None
-    raise BadRequest("A multipart upload needs a form field named 'file'.")
+    limits = FormLimits(
+        max_parts=settings.multipart_max_parts,
+        max_form_size=settings.multipart_max_form_size,
+        max_line=settings.max_header_size,
+    )
 
+    def read() -> Awaitable[bytes]:
+        return receive(request.content.readany(), stall)
 
-async def _part_chunks(part: BodyPartReader, stall: float) -> AsyncIterator[bytes]:
-    while chunk := await receive(part.read_chunk(RECEIVE_CHUNK), stall):
-        yield chunk
+    form = FormReader(read, boundary_of(request.headers[hdrs.CONTENT_TYPE]), limits, budget=budget)
+    filename = await form.open_file()
+    return name or filename, form.file_content()
 
 
 async def _raw_chunks(request: web.Request, stall: float) -> AsyncIterator[bytes]:

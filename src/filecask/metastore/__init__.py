@@ -267,6 +267,10 @@ class MetaStore(Protocol):
 
     async def get_bundle(self, bundle_id: str) -> Bundle | None: ...
 
+    async def bundle_created_at(self, bundle_id: str) -> datetime | None:
+        """When the bundle was made, or None if it does not exist: one indexed lookup,
+        enough to tell whether a cached plan of it still holds (see `BundlePlans`)."""
+
     async def list_bundles(self, user_id: int) -> list[BundleSummary]: ...
 
     async def release_bundle(self, user_id: int, bundle_id: str) -> tuple[RemoveOutcome, list[str]]:

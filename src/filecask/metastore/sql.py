@@ -91,6 +91,8 @@ FAILURE_ROWS_MAX = 100_000
 FAILURE_PRUNE_ODDS = 64
 """One recorded failure in this many also deletes the rows that have been forgotten."""
 CONNECT_TIMEOUT = 10.0
+BUNDLE_PAGE = 500
+"""Bundle entries read per query (`get_bundle`): a few ms of rows to objects at a time."""
 
 
 def is_postgres_url(url: str) -> bool:
@@ -499,8 +501,28 @@ class SqlMetaStore:
             return result.rowcount == 1
 
     async def get_bundle(self, bundle_id: str) -> Bundle | None:
-        entries_query = (
+        """The bundle with its entries, read in pages of BUNDLE_PAGE rows (keyset on the
+        position): each page is a short query and a few milliseconds of turning rows into
+        objects, with the event loop free in between, where 11,500 rows at once held it
+        for 50 ms. A bundle never changes, it is only deleted (and perhaps made again,
+        with a new `created_at`): its row is read again after the pages, and if it went
+        or was remade meanwhile (the pages may be cut short) the read starts over."""
+        head = sa.select(bundles).where(bundles.c.id == bundle_id)
+        for _attempt in range(3):
+            async with self.engine.connect() as conn:
+                row = (await conn.execute(head)).first()
+                if row is None:
+                    return None
+                entries = await self._bundle_entries(conn, bundle_id)
+                again = (await conn.execute(head)).first()
+            if again is not None and again.created_at == row.created_at:
+                return Bundle(row.id, row.name, _utc(row.created_at), entries)
+        return None
+
+    async def _bundle_entries(self, conn: AsyncConnection, bundle_id: str) -> list[BundleEntry]:
+        query = (
             sa.select(
+                bundle_entries.c.position,
                 bundle_entries.c.path,
                 blobs.c.hash,
                 blobs.c.size,
@@ -510,16 +532,24 @@ class SqlMetaStore:
             .select_from(bundle_entries.join(blobs))
             .where(bundle_entries.c.bundle_id == bundle_id)
             .order_by(bundle_entries.c.position)
+            .limit(BUNDLE_PAGE)
         )
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(sa.select(bundles).where(bundles.c.id == bundle_id))).first()
-            if row is None:
-                return None
-            entries = [
-                BundleEntry(r.path, BlobInfo(r.hash, r.size, r.crc32, r.content_type))
-                for r in await conn.execute(entries_query)
+        entries: list[BundleEntry] = []
+        last = -1
+        while True:
+            page = (await conn.execute(query.where(bundle_entries.c.position > last))).all()
+            entries += [
+                BundleEntry(r.path, BlobInfo(r.hash, r.size, r.crc32, r.content_type)) for r in page
             ]
-        return Bundle(row.id, row.name, _utc(row.created_at), entries)
+            if len(page) < BUNDLE_PAGE:
+                return entries
+            last = page[-1].position
+
+    async def bundle_created_at(self, bundle_id: str) -> datetime | None:
+        query = sa.select(bundles.c.created_at).where(bundles.c.id == bundle_id)
+        async with self.engine.connect() as conn:
+            created = await conn.scalar(query)
+        return None if created is None else _utc(created)
 
     async def list_bundles(self, user_id: int) -> list[BundleSummary]:
         query = (
