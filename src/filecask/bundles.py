@@ -83,7 +83,7 @@ def _entry(index: int, item: Any) -> tuple[str, str]:
         raise BadRequest(f"files[{index}].path must be a string.", entry=index)
     problem = path_problem(path)
     if problem:
-        error = BadRequest(f"files[{index}].path {shown(path)!r} {problem}.", entry=index)
+        error = BadRequest(f"files[{index}].path '{shown(path)}' {problem}.", entry=index)
         error.extensions["path"] = shown(path)
         found = refused_character(path)
         if found is not None:
@@ -103,18 +103,18 @@ def _reject_collisions(indexed: list[tuple[str, str, int]]) -> None:
         entry = indexed[clash.second][2]
         if clash.folder:
             folder = next(p for p in parents(first) if fold(p) == fold(second))
-            detail = f"{shown(second)!r} is both a file and a folder in this bundle."
+            detail = f"'{shown(second)}' is both a file and a folder in this bundle."
             if folder != second:
                 detail = (
-                    f"The file {shown(second)!r} and the folder {shown(folder)!r} of "
-                    f"{shown(first)!r} are one name on Windows and macOS (case and Unicode "
+                    f"The file '{shown(second)}' and the folder '{shown(folder)}' of "
+                    f"'{shown(first)}' are one name on Windows and macOS (case and Unicode "
                     "forms are ignored there)."
                 )
         elif first == second:
-            detail = f"The path {shown(second)!r} appears more than once."
+            detail = f"The path '{shown(second)}' appears more than once."
         else:
             detail = (
-                f"The paths {shown(first)!r} and {shown(second)!r} are the same file on "
+                f"The paths '{shown(first)}' and '{shown(second)}' are the same file on "
                 "Windows and macOS (case and Unicode forms are ignored there)."
             )
         raise BadRequest(
