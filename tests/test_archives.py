@@ -252,3 +252,115 @@ async def test_a_folder_swapped_for_a_symlink_mid_walk_never_leads_outside(
     assert "top.txt" in names
     assert not any("secret" in n for n in names), names
     assert b"TOP SECRET" not in render(archive.plan)
+
+
+# issue 14: an archive holds only what lies under its own folder
+
+
+def published(archive: Archive) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(render(archive.plan))) as opened:
+        return {n: opened.read(n) for n in opened.namelist() if not n.endswith("/")}
+
+
+def linked_root(settings: Settings) -> Path:
+    """`pub` with links to the root, another folder, a dot-folder and a file elsewhere;
+    `alias` (a top-level link to `pub`) and `hidden-alias` (to `.private`)."""
+    base = settings.archives_dir
+    for name, data in {
+        "pub/p.txt": b"public",
+        "pub/sub/s.txt": b"sub",
+        "private/secret.txt": b"private",
+        ".private/hidden.txt": b"hidden",
+    }.items():
+        (base / name).parent.mkdir(parents=True, exist_ok=True)
+        (base / name).write_bytes(data)
+    pub = base / "pub"
+    (pub / "rootlink").symlink_to(base, target_is_directory=True)
+    (pub / "otherlink").symlink_to(base / "private", target_is_directory=True)
+    (pub / "hiddenlink").symlink_to(base / ".private", target_is_directory=True)
+    (pub / "filelink.txt").symlink_to(base / "private" / "secret.txt")
+    (pub / "sub-link.txt").symlink_to(pub / "sub" / "s.txt")
+    (base / "alias").symlink_to(pub, target_is_directory=True)
+    (base / "hidden-alias").symlink_to(base / ".private", target_is_directory=True)
+    (base / "deep-alias").symlink_to(base / ".private", target_is_directory=True)
+    return base
+
+
+async def test_links_to_other_folders_of_the_root_publish_nothing(
+    settings: Settings, services: Services
+) -> None:
+    linked_root(settings)
+    archive = await directory_archive(settings.archives_dir, "pub", services.meta)
+    assert published(archive) == {
+        "p.txt": b"public",
+        "sub/s.txt": b"sub",
+        "sub-link.txt": b"sub",  # a link within the folder itself is fine
+    }
+
+
+async def test_a_top_level_link_serves_its_target_folder_but_never_a_dot_folder(
+    settings: Settings, services: Services
+) -> None:
+    linked_root(settings)
+    alias = await directory_archive(settings.archives_dir, "alias", services.meta)
+    assert published(alias)["p.txt"] == b"public"
+    for name in ("hidden-alias", "deep-alias"):
+        with pytest.raises(NotFound):
+            await directory_archive(settings.archives_dir, name, services.meta)
+
+
+async def test_left_out_links_are_logged_once_per_folder_and_cache_entry(
+    settings: Settings, services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    linked_root(settings)
+    plans = FolderPlans()
+    with caplog.at_level("WARNING", logger="filecask.archives"):
+        for _ in range(5):
+            await directory_archive(settings.archives_dir, "pub", services.meta, plans)
+        lines = [r.getMessage() for r in caplog.records]
+        assert len(lines) == 1, lines
+        assert "left out 4 symlink(s)" in lines[0]
+        (settings.archives_dir / "pub" / "new.txt").write_bytes(b"new")  # a new cache entry
+        await directory_archive(settings.archives_dir, "pub", services.meta, plans)
+        await directory_archive(settings.archives_dir, "pub", services.meta, plans)
+        assert len(caplog.records) == 1  # the same links are left out: nothing new to say
+        (settings.archives_dir / "pub" / "more").symlink_to(settings.archives_dir)
+        await directory_archive(settings.archives_dir, "pub", services.meta, plans)
+        await directory_archive(settings.archives_dir, "pub", services.meta, plans)
+    assert len(caplog.records) == 2
+    assert "left out 5 symlink(s)" in caplog.records[1].getMessage()
+
+
+async def test_names_unsafe_on_some_client_are_renamed_not_dropped(
+    settings: Settings, services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = settings.archives_dir / "names"
+    root.mkdir(parents=True)
+    files = {
+        b"a\xffb.txt": b"not utf-8",
+        b"CON.txt": b"device",
+        b"notes: v2.txt": b"colon",
+        b"Readme.txt": b"one",
+        b"README.TXT": b"two",
+        b"invoice\xe2\x80\xaefdp.exe": b"bidi",
+    }
+    for name, data in files.items():
+        with open(os.path.join(os.fsencode(root), name), "wb") as handle:
+            handle.write(data)
+    plans = FolderPlans()
+    with caplog.at_level("WARNING", logger="filecask.archives"):
+        archive = await directory_archive(settings.archives_dir, "names", services.meta, plans)
+        await directory_archive(settings.archives_dir, "names", services.meta, plans)
+    assert published(archive) == {
+        "README.TXT": b"two",
+        "Readme (2).txt": b"one",
+        "_CON.txt": b"device",
+        "a_b.txt": b"not utf-8",
+        "invoice_fdp.exe": b"bidi",
+        "notes_ v2.txt": b"colon",
+    }
+    assert len(caplog.records) == 1
+    message = caplog.records[0].getMessage()
+    assert "renamed 5 entries" in message
+    assert "\u202e" not in message
+    assert "\udcff" not in message

@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from filecask.bundles import DEFAULT_NAME, PATH_MAX_BYTES, parse_manifest, path_problem
 from filecask.errors import BadRequest
@@ -80,7 +82,9 @@ def test_path_problem_names_the_reason(path: str, problem: str) -> None:
     assert problem in found
 
 
-@pytest.mark.parametrize("path", ["a", "a/b/c.txt", ".hidden", "a..b", "x" * PATH_MAX_BYTES, "ф/ё"])
+@pytest.mark.parametrize(
+    "path", ["a", "a/b/c.txt", ".hidden", "a..b", "/".join(["x" * 204] * 5), "ф/ё"]
+)
 def test_path_problem_accepts_plain_relative_paths(path: str) -> None:
     assert path_problem(path) is None
 
@@ -125,3 +129,95 @@ def test_file_and_folder_clash_names_the_parent() -> None:
 def test_sibling_prefix_is_not_a_clash() -> None:
     manifest = parse_manifest(body(("a", H1), ("ab/c", H2), ("a.d/e", H3)))
     assert [p for p, _ in manifest.entries] == ["a", "a.d/e", "ab/c"]
+
+
+# -- issue 14: names and paths that are safe on every client ---------------------------------
+
+
+def problem_bytes(error: BadRequest) -> bytes:
+    """The 400 body as the server encodes it: must never fail."""
+    return json.dumps(error.to_problem("/archives"), ensure_ascii=False).encode()
+
+
+@pytest.mark.parametrize(
+    ("path", "point"),
+    [
+        ("invoice\u202efdp.exe", "U+202E"),
+        ("a\u2066b", "U+2066"),
+        ("a/\u200fb", "U+200F"),
+        ("zero\u200bwidth", "U+200B"),
+        ("bom\ufeff", "U+FEFF"),
+        ("c1\x9b", "U+009B"),
+        ("a\udcffb", "U+DCFF"),
+    ],
+)
+def test_disguising_characters_in_paths_are_refused_naming_the_code_point(
+    path: str, point: str
+) -> None:
+    with pytest.raises(BadRequest) as caught:
+        parse_manifest(body(("ok", H1), (path, H2)))
+    error = caught.value
+    assert error.extensions["code_point"] == point
+    assert error.extensions["entry"] == 1
+    assert point in error.detail
+    assert path not in error.detail
+    problem_bytes(error)
+
+
+def test_a_lone_surrogate_in_the_bundle_name_is_a_400_that_encodes() -> None:
+    with pytest.raises(BadRequest) as caught:
+        parse_manifest(body(("a", H1), name="x\udcff.zip"))
+    assert caught.value.extensions["code_point"] == "U+DCFF"
+    problem_bytes(caught.value)
+
+
+@pytest.mark.parametrize(
+    "path", ["C:/x", "C:x", "CON", "aux.txt", "a/COM1.log", "LPT\u00b9", "a:stream", "a./b", "b "]
+)
+def test_paths_harmful_on_windows_are_refused(path: str) -> None:
+    with pytest.raises(BadRequest) as caught:
+        parse_manifest(body((path, H1)))
+    assert caught.value.extensions["entry"] == 0
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("Readme.txt", "README.TXT"),
+        ("caf\u00e9.txt", "cafe\u0301.txt"),
+        ("a", "A/b"),
+        ("A", "a/b/c"),
+    ],
+)
+def test_entries_that_collide_after_nfc_and_case_fold_are_refused(first: str, second: str) -> None:
+    with pytest.raises(BadRequest) as caught:
+        parse_manifest(body((first, H1), (second, H2)))
+    error = caught.value
+    assert {error.extensions["path"], error.extensions["conflicts_with"]} <= {
+        first,
+        second,
+        *(second.split("/")[:1]),
+    }
+    assert "Windows and macOS" in error.detail or "both a file and a folder" in error.detail
+    problem_bytes(error)
+
+
+def test_folders_that_differ_in_case_only_are_accepted() -> None:
+    manifest = parse_manifest(body(("Docs/a", H1), ("docs/b", H2)))
+    assert [p for p, _ in manifest.entries] == ["Docs/a", "docs/b"]
+
+
+json_text = st.text() | st.sampled_from(["CON", "a:b", "\udcff", "\u202e", "a/../b", "x. "])
+
+
+@given(st.lists(st.tuples(json_text, st.sampled_from([H1, H2, H3])), min_size=1, max_size=5))
+def test_any_manifest_is_accepted_or_a_400_that_encodes(
+    entries: list[tuple[str, str]],
+) -> None:
+    try:
+        manifest = parse_manifest(body(*entries))
+    except BadRequest as error:
+        problem_bytes(error)
+        return
+    for path, _ in manifest.entries:
+        assert path_problem(path) is None

@@ -306,14 +306,29 @@ async def test_symlink_to_file_outside_root_is_skipped(
     assert SECRET not in body
 
 
-async def test_symlink_to_file_inside_root_is_included(
+async def test_symlink_to_a_file_of_another_folder_is_left_out(
     client: AppClient, settings: Settings
 ) -> None:
+    """An archive holds only what lies under its own folder (issue 14): a link to a file of
+    another folder of the root would publish it under this folder's id."""
     other = folder(settings, "other", {"shared.txt": b"shared bytes"})
     root = folder(settings, "links", {"real.txt": b"real"})
     (root / "shared.txt").symlink_to(other / "shared.txt")
     _, body = await fetch(client, "/archive/links/")
-    assert file_contents(open_zip(body)) == {"real.txt": b"real", "shared.txt": b"shared bytes"}
+    assert file_contents(open_zip(body)) == {"real.txt": b"real"}
+
+
+async def test_symlink_to_a_file_of_its_own_folder_is_included(
+    client: AppClient, settings: Settings
+) -> None:
+    root = folder(settings, "links", {"real.txt": b"real", "sub/deep.txt": b"deep"})
+    (root / "alias.txt").symlink_to(root / "sub" / "deep.txt")
+    _, body = await fetch(client, "/archive/links/")
+    assert file_contents(open_zip(body)) == {
+        "alias.txt": b"deep",
+        "real.txt": b"real",
+        "sub/deep.txt": b"deep",
+    }
 
 
 # settings: file API off, legacy environment, delay

@@ -1,8 +1,18 @@
 """Archive id -> a planned ZIP: a folder under the archive root, or a saved bundle.
 
 Folders: resolved inside the archive root with realpath/commonpath, so no name and no
-symlink can reach outside it; a symlink whose target is outside the root is skipped. The
-walk is depth-first in sorted order, so the same tree always gives the same bytes.
+symlink can reach outside it. An archive holds only what lies under its own folder: a
+symlink met in the walk whose target is outside that folder (another folder of the root,
+the root itself, a dot-folder, anything outside) is left out; a folder of the root that is
+itself a symlink is served only if its target is a folder of the root that is neither the
+root nor in a dot-folder. Left-out symlinks are logged once per folder and set of
+left-out entries (not per request). The walk is depth-first in sorted order, so the same
+tree always gives the same bytes.
+
+Entry names follow the rules of `names.py` (safe to extract on Windows and macOS): a name
+that breaks them (a non-UTF-8 name on disk, `CON.txt`, `a:b`, `Readme`/`README`...) is
+served renamed (`safe_entry_names`), never dropped; bundles saved before those rules
+existed are served the same way. The renames are logged with the left-out symlinks.
 
 CRC-32s must be known before each entry's data (no data descriptors): for bundles they were
 computed at upload; for folders they are computed once and cached in the metadata store by
@@ -29,9 +39,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
-from filecask.bundles import path_problem
 from filecask.errors import BadRequest, NotFound
 from filecask.metastore import Bundle, CachedCrc, MetaStore
+from filecask.names import PATH_MAX_BYTES, safe_entry_names, safe_file_name, shown
 from filecask.zipwriter import Member, ZipPlan
 
 log = logging.getLogger("filecask.archives")
@@ -39,6 +49,10 @@ log = logging.getLogger("filecask.archives")
 T = TypeVar("T")
 
 FOLDER_NAME_MAX = 255
+REPORTED_FOLDERS = 4096
+"""Folders whose last warning (left-out symlinks, renamed entries) is remembered, so it is
+logged again only when it changes."""
+REPORT_EXAMPLES = 5
 CRC_READ = 1 << 20
 ARCHIVE_MISSING = "The archive does not exist or has been deleted."
 
@@ -81,6 +95,19 @@ class FolderPlans:
         self._max_members = max_members
         self._members = 0
         self._plans: OrderedDict[str, tuple[list[Found], Archive]] = OrderedDict()
+        self._reported: OrderedDict[str, int] = OrderedDict()
+
+    def is_new_report(self, folder: str, report: str) -> bool:
+        """Whether `report` (a warning about `folder`) differs from the last one logged."""
+        digest = hash(report)
+        if self._reported.get(folder) == digest:
+            self._reported.move_to_end(folder)
+            return False
+        self._reported[folder] = digest
+        self._reported.move_to_end(folder)
+        while len(self._reported) > REPORTED_FOLDERS:
+            self._reported.popitem(last=False)
+        return True
 
     def get(self, folder: str, scanned: list[Found]) -> Archive | None:
         entry = self._plans.get(folder)
@@ -182,15 +209,52 @@ async def directory_archive(
     root: Path, folder: str, meta: MetaStore, plans: FolderPlans | None = None
 ) -> Archive:
     validate_folder_name(folder)
-    found = await _run(_scan_folder, root, folder)
+    found, left_out = await _run(_scan_folder, root, folder)
     known = plans.get(folder, found) if plans is not None else None
     if known is not None:
+        _report(plans, folder, left_out, [])
         return known
-    members, files = await _run(_members, found)
+    members, files, renamed = await _run(_members, found)
+    _report(plans, folder, left_out, renamed)
     archive = await _plan_folder(members, files, meta)
     if plans is not None:
         plans.put(folder, found, archive)
     return archive
+
+
+def _report(
+    plans: FolderPlans | None,
+    folder: str,
+    left_out: list[tuple[str, str]],
+    renamed: list[tuple[str, str]],
+) -> None:
+    """One warning line for a folder's left-out symlinks and renamed entries, logged when
+    it differs from the last one for that folder (not on every request)."""
+    if not left_out and not renamed:
+        return
+    parts = []
+    if left_out:
+        shown_links = ", ".join(f"{shown(n)} -> {shown(t)}" for n, t in left_out[:REPORT_EXAMPLES])
+        more = (
+            f" and {len(left_out) - REPORT_EXAMPLES} more"
+            if len(left_out) > REPORT_EXAMPLES
+            else ""
+        )
+        parts.append(
+            f"left out {len(left_out)} symlink(s) leading outside the folder: {shown_links}{more}"
+        )
+    if renamed:
+        shown_names = ", ".join(f"{shown(a)} -> {shown(b)}" for a, b in renamed[:REPORT_EXAMPLES])
+        more = (
+            f" and {len(renamed) - REPORT_EXAMPLES} more" if len(renamed) > REPORT_EXAMPLES else ""
+        )
+        parts.append(
+            f"renamed {len(renamed)} entr{'y' if len(renamed) == 1 else 'ies'} to names safe "
+            f"on Windows and macOS: {shown_names}{more}"
+        )
+    report = "; ".join(parts)
+    if plans is None or plans.is_new_report(folder, report):
+        log.warning("archive folder %s: %s", shown(folder), report)
 
 
 async def _plan_folder(
@@ -206,29 +270,35 @@ async def _plan_folder(
     plan = ZipPlan(members)
     identity = hashlib.sha256(plan.etag_material)
     for file in files:
-        identity.update(f"{file.path}\0{file.inode}\0{file.mtime_ns}\n".encode())
+        identity.update(os.fsencode(file.path) + f"\0{file.inode}\0{file.mtime_ns}\n".encode())
     newest = max((m.mtime for m in members), default=None)
     return Archive(plan, "archive.zip", f'"{identity.hexdigest()}"', newest)
 
 
 def bundle_archive(bundle: Bundle) -> Archive:
     """Blobs never change under their hash, so the plan alone identifies the bytes. CPU
-    bound (0.1 s for 11,500 entries): call it from a worker thread (`BundlePlans`)."""
+    bound (0.1 s for 11,500 entries): call it from a worker thread (`BundlePlans`).
+
+    A bundle saved before the rules of `names.py` may hold paths they refuse (`CON.txt`,
+    `Readme`/`README`, a bidi control...): it is still served under its id, with those
+    entries renamed to safe names (`safe_entry_names`) and a safe download name."""
     mtime = bundle.created_at.timestamp()
+    names = safe_entry_names([(e.path, False) for e in bundle.entries])
     members = [
-        Member(e.path, e.blob.size, e.blob.crc32, mtime, source=e.blob.hash) for e in bundle.entries
+        Member(name or e.path, e.blob.size, e.blob.crc32, mtime, source=e.blob.hash)
+        for e, name in zip(bundle.entries, names, strict=True)
     ]
     plan = ZipPlan(members)
     etag = hashlib.sha256(plan.etag_material + bundle.id.encode()).hexdigest()
-    return Archive(plan, bundle.name, f'"{etag}"', mtime)
+    return Archive(plan, safe_file_name(bundle.name, "archive.zip"), f'"{etag}"', mtime)
 
 
 async def _folder_crcs(files: list[DirectoryFile], meta: MetaStore) -> dict[str, int]:
-    cached = await meta.get_crcs([f.path for f in files])
+    cached = await meta.get_crcs([_cache_key(f.path) for f in files])
     crcs: dict[str, int] = {}
     stale: list[DirectoryFile] = []
     for file in files:
-        hit = cached.get(file.path)
+        hit = cached.get(_cache_key(file.path))
         if hit and (hit.size, hit.mtime_ns, hit.inode) == (file.size, file.mtime_ns, file.inode):
             crcs[file.path] = hit.crc32
         else:
@@ -236,8 +306,19 @@ async def _folder_crcs(files: list[DirectoryFile], meta: MetaStore) -> dict[str,
     if stale:
         computed = await _run(_compute_crcs, stale)
         await meta.put_crcs(computed)
-        crcs.update({c.path: c.crc32 for c in computed})
+        crcs.update({file.path: c.crc32 for file, c in zip(stale, computed, strict=True)})
     return crcs
+
+
+def _cache_key(path: str) -> str:
+    """A real path as the CRC cache's text key. A path that is not UTF-8 on disk (decoded
+    with surrogate escapes) cannot be stored as text: it is keyed by `hex:` and its bytes,
+    which no real (absolute) path starts with."""
+    try:
+        path.encode()
+    except UnicodeEncodeError:
+        return "hex:" + os.fsencode(path).hex()
+    return path
 
 
 Found = tuple[str, str, int, int, float, int, int]
@@ -248,36 +329,46 @@ st_ino. A folder's list of these is what a cached plan is checked against."""
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _scan_folder(root: Path, folder: str) -> list[Found]:
-    """Call from an executor: walks the filesystem."""
+def _scan_folder(root: Path, folder: str) -> tuple[list[Found], list[tuple[str, str]]]:
+    """Call from an executor: walks the filesystem. The entries found, and the symlinks
+    left out (name in the archive, target) because they lead outside the folder."""
     real_root = os.path.realpath(root)
     start = os.path.realpath(os.path.join(real_root, folder))
-    if not _inside(real_root, start) or start == real_root or not os.path.isdir(start):
+    if (
+        not _inside(real_root, start)
+        or start == real_root
+        or any(part.startswith(".") for part in Path(os.path.relpath(start, real_root)).parts)
+        or not os.path.isdir(start)
+    ):
         raise NotFound(ARCHIVE_MISSING, id=folder)
     found: list[Found] = []
+    left_out: list[tuple[str, str]] = []
     try:
         fd = os.open(start, _DIR_FLAGS)
     except OSError:
         raise NotFound(ARCHIVE_MISSING, id=folder) from None
     try:
-        _walk(real_root, fd, start, "", found, {_dir_key(start)})
+        _walk(start, fd, start, "", found, left_out, {_dir_key(start)})
     finally:
         os.close(fd)
-    return found
+    return found, left_out
 
 
 def _walk(
-    root: str,
+    top: str,
     dir_fd: int,
     directory: str,
     prefix: str,
     found: list[Found],
+    left_out: list[tuple[str, str]],
     seen_dirs: set[tuple[int, int]],
 ) -> None:
     """Lists `dir_fd` and descends through fds opened relative to it, each checked to be
     the directory that was stat()ed: a folder swapped for a symlink mid-walk can never
-    lead outside the root. Only a symlink met in the listing is resolved (realpath and
-    commonpath are too slow to run on every entry) and must land inside the root."""
+    lead outside the archive's folder `top`. Only a symlink met in the listing is resolved
+    (realpath and commonpath are too slow to run on every entry) and must land inside
+    `top`, the archive's own (real) folder: not merely inside the archive root, where it
+    could publish another folder, the root itself or a dot-folder."""
     with os.scandir(dir_fd) as scan:
         entries = sorted(scan, key=lambda e: e.name)
     for entry in entries:
@@ -285,8 +376,8 @@ def _walk(
         path = os.path.join(directory, entry.name)
         linked = entry.is_symlink()
         target = os.path.realpath(path) if linked else path
-        if linked and not _inside(root, target):
-            log.warning("skipping %s: its target %s is outside the archive root", path, target)
+        if linked and not _inside(top, target):
+            left_out.append((name, target))
             continue
         try:
             if linked:
@@ -300,17 +391,18 @@ def _walk(
         elif stat.S_ISDIR(info.st_mode) and (info.st_dev, info.st_ino) not in seen_dirs:
             seen_dirs.add((info.st_dev, info.st_ino))  # also ends symlink loops
             opened_as = target if linked else entry.name
-            _descend(root, dir_fd, opened_as, target, info, name, found, seen_dirs)
+            _descend(top, dir_fd, opened_as, target, info, name, found, left_out, seen_dirs)
 
 
 def _descend(
-    root: str,
+    top: str,
     parent_fd: int,
     opened_as: str,
     target: str,
     info: os.stat_result,
     name: str,
     found: list[Found],
+    left_out: list[tuple[str, str]],
     seen_dirs: set[tuple[int, int]],
 ) -> None:
     try:
@@ -325,7 +417,7 @@ def _descend(
             log.warning("skipping %s: it changed while the folder was read", target)
             return
         found.append(_found(name, target, info))
-        _walk(root, child, target, name + "/", found, seen_dirs)
+        _walk(top, child, target, name + "/", found, left_out, seen_dirs)
     finally:
         os.close(child)
 
@@ -334,22 +426,31 @@ def _found(name: str, target: str, info: os.stat_result) -> Found:
     return (name, target, info.st_mode, info.st_size, info.st_mtime, info.st_mtime_ns, info.st_ino)
 
 
-def _members(found: list[Found]) -> tuple[list[Member], list[DirectoryFile]]:
-    """Call from an executor: the archive entries of a walk, without names a ZIP cannot
-    hold (nor anything under such a folder)."""
+def _members(
+    found: list[Found],
+) -> tuple[list[Member], list[DirectoryFile], list[tuple[str, str]]]:
+    """Call from an executor: the archive entries of a walk, named safely for every client
+    (`safe_entry_names`), and the entries renamed so (name on disk, name in the ZIP). A
+    path over PATH_MAX_BYTES (with anything under it) is left out."""
+    kept = [entry for entry in found if len(os.fsencode(entry[0])) <= PATH_MAX_BYTES]
+    names = safe_entry_names([(entry[0], stat.S_ISDIR(entry[2])) for entry in kept])
     members: list[Member] = []
     files: list[DirectoryFile] = []
-    for name, target, mode, size, mtime, mtime_ns, inode in found:
-        if path_problem(name):
-            log.warning("skipping %s: the name cannot be stored in a ZIP", target)
+    renamed: list[tuple[str, str]] = []
+    for (original, target, mode, size, mtime, mtime_ns, inode), name in zip(
+        kept, names, strict=True
+    ):
+        if name is None:  # a folder that became the same as an earlier one: merged
             continue
+        if name != original:
+            renamed.append((original, name))
         if stat.S_ISDIR(mode):
             members.append(Member.directory(name, mtime, 0o40000 | (mode & 0o777)))
             continue
         file = DirectoryFile(target, size, mtime_ns, inode)
         files.append(file)
         members.append(Member(name, size, 0, mtime, stat.S_IFREG | (mode & 0o777), file))
-    return members, files
+    return members, files, renamed
 
 
 def _compute_crcs(files: list[DirectoryFile]) -> list[CachedCrc]:
@@ -363,7 +464,7 @@ def _compute_crcs(files: list[DirectoryFile]) -> list[CachedCrc]:
             info = os.fstat(handle.fileno())
         if (info.st_size, info.st_mtime_ns) != (file.size, file.mtime_ns):
             raise ArchiveChanged(file.path)
-        results.append(CachedCrc(file.path, file.size, file.mtime_ns, file.inode, crc))
+        results.append(CachedCrc(_cache_key(file.path), file.size, file.mtime_ns, file.inode, crc))
     return results
 
 

@@ -14,10 +14,28 @@ from typing import Any
 
 from filecask.errors import BadRequest, InvalidHash
 from filecask.hashes import parse_hash
-from filecask.names import validate_file_name
+from filecask.names import (
+    PATH_MAX_BYTES,
+    Collision,
+    check_collisions,
+    fold,
+    parents,
+    path_problem,
+    refused_character,
+    shown,
+    validate_file_name,
+)
+
+__all__ = [
+    "DEFAULT_NAME",
+    "MAX_ENTRIES",
+    "PATH_MAX_BYTES",
+    "Manifest",
+    "parse_manifest",
+    "path_problem",
+]
 
 MAX_ENTRIES = 100_000
-PATH_MAX_BYTES = 1024
 DEFAULT_NAME = "archive.zip"
 
 
@@ -39,8 +57,9 @@ def parse_manifest(body: dict[str, Any]) -> Manifest:
         raise BadRequest("'files' must be a non-empty list of {hash, path}.", field="files")
     if len(files) > MAX_ENTRIES:
         raise BadRequest(f"A bundle has at most {MAX_ENTRIES} files.", field="files")
-    entries = sorted(_entry(i, item) for i, item in enumerate(files))
-    _reject_duplicates(entries)
+    indexed = sorted((*_entry(i, item), i) for i, item in enumerate(files))
+    _reject_collisions(indexed)
+    entries = [(path, hex_hash) for path, hex_hash, _ in indexed]
     canonical = json.dumps(
         {"name": name, "files": [{"path": p, "hash": h} for p, h in entries]},
         sort_keys=True,
@@ -64,37 +83,40 @@ def _entry(index: int, item: Any) -> tuple[str, str]:
         raise BadRequest(f"files[{index}].path must be a string.", entry=index)
     problem = path_problem(path)
     if problem:
-        raise BadRequest(f"files[{index}].path {path!r}: {problem}.", entry=index, path=path)
+        error = BadRequest(f"files[{index}].path '{shown(path)}' {problem}.", entry=index)
+        error.extensions["path"] = shown(path)
+        found = refused_character(path)
+        if found is not None:
+            error.extensions["code_point"] = found.code
+        raise error
     return path, hex_hash
 
 
-def path_problem(path: str) -> str | None:
-    """Why `path` cannot name a file inside an archive, or None if it can."""
-    if not path:
-        return "is empty"
-    if len(path.encode()) > PATH_MAX_BYTES:
-        return f"is longer than {PATH_MAX_BYTES} bytes"
-    if path.startswith("/") or "\\" in path:
-        return "must be relative, with '/' separators"
-    if any(ord(c) < 32 or ord(c) == 127 for c in path):
-        return "contains control characters"
-    parts = path.split("/")
-    if any(part in {"", ".", ".."} for part in parts):
-        return "has an empty, '.' or '..' component"
-    return None
-
-
-def _reject_duplicates(entries: list[tuple[str, str]]) -> None:
-    paths = [p for p, _ in entries]
-    folded = set()
-    for path in paths:
-        if path in folded:
-            raise BadRequest(f"The path {path!r} appears more than once.", path=path)
-        folded.add(path)
-    for path in paths:
-        for i in range(1, path.count("/") + 1):
-            parent = path.rsplit("/", i)[0]
-            if parent in folded:
-                raise BadRequest(
-                    f"{parent!r} is both a file and a folder in this bundle.", path=parent
+def _reject_collisions(indexed: list[tuple[str, str, int]]) -> None:
+    """Entries that would be one file once extracted on a case-insensitive, normalising
+    file system (Windows, macOS) are refused: 400, naming both."""
+    paths = [path for path, _, _ in indexed]
+    try:
+        check_collisions(paths)
+    except Collision as clash:
+        first, second = paths[clash.first], paths[clash.second]
+        entry = indexed[clash.second][2]
+        if clash.folder:
+            folder = next(p for p in parents(first) if fold(p) == fold(second))
+            detail = f"'{shown(second)}' is both a file and a folder in this bundle."
+            if folder != second:
+                detail = (
+                    f"The file '{shown(second)}' and the folder '{shown(folder)}' of "
+                    f"'{shown(first)}' are one name on Windows and macOS (case and Unicode "
+                    "forms are ignored there)."
                 )
+        elif first == second:
+            detail = f"The path '{shown(second)}' appears more than once."
+        else:
+            detail = (
+                f"The paths '{shown(first)}' and '{shown(second)}' are the same file on "
+                "Windows and macOS (case and Unicode forms are ignored there)."
+            )
+        raise BadRequest(
+            detail, entry=entry, path=shown(second), conflicts_with=shown(first)
+        ) from None

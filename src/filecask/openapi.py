@@ -21,6 +21,19 @@ from filecask.errors import PROBLEM_BASE
 from filecask.metastore import QUOTA_MAX
 from filecask.names import NAME_MAX_BYTES
 
+_NAME_CHARACTERS = (
+    "no control character (C0, DEL, C1), format character (bidi controls such as U+202E, "
+    "zero-width characters, U+FEFF...), line or paragraph separator, lone surrogate or "
+    "non-character (else 400, naming the `code_point`)."
+)
+_PATH_RULES = (
+    "Safe to extract on Windows and macOS: no drive letter, no ':' or any of "
+    "`< > \" | ? *`, no component ending with '.' or ' ', no device name (`CON`, `aux.txt`, "
+    "`COM1`...), no component over 255 bytes, and no two entries that are one file once "
+    "case and Unicode forms are ignored (`Readme.txt`/`README.TXT`, NFC/NFD, `a` next to "
+    "`A/b`): else 400."
+)
+
 Json = dict[str, Any]
 
 OPENAPI_VERSION = "3.1.0"
@@ -89,7 +102,24 @@ def _schemas() -> Json:
                 "field": {"type": "string", "description": "The JSON member that is wrong."},
                 "parameter": {"type": "string", "description": "The query parameter."},
                 "entry": {"type": "integer", "description": "Index of the bad bundle entry."},
-                "path": {"type": "string"},
+                "path": {
+                    "type": "string",
+                    "description": "The refused bundle path, characters that are not "
+                    "printable shown as \\uXXXX escapes.",
+                },
+                "conflicts_with": {
+                    "type": "string",
+                    "description": "The bundle path the refused one collides with once case "
+                    "and Unicode forms are ignored (as on Windows and macOS).",
+                },
+                "code_point": {
+                    "type": "string",
+                    "description": "The refused character of a name or path, e.g. `U+202E`.",
+                },
+                "position": {
+                    "type": "integer",
+                    "description": "Where in the file name the refused character is.",
+                },
                 "id": {"type": "string"},
                 "user": {"type": "string"},
                 "quota": {"type": "integer", "description": "The user's quota, in bytes."},
@@ -220,7 +250,7 @@ def _schemas() -> Json:
                     "type": "string",
                     "default": "archive.zip",
                     "description": f"The ZIP's file name: one segment, at most "
-                    f"{NAME_MAX_BYTES} bytes, no '/', '\\\\' or control characters.",
+                    f"{NAME_MAX_BYTES} bytes, no '/' or '\\\\'; {_NAME_CHARACTERS}",
                 },
                 "files": {
                     "type": "array",
@@ -234,7 +264,8 @@ def _schemas() -> Json:
                             "path": {
                                 "type": "string",
                                 "description": f"Relative, '/'-separated, at most "
-                                f"{PATH_MAX_BYTES} bytes, no empty, '.' or '..' component.",
+                                f"{PATH_MAX_BYTES} bytes, no empty, '.' or '..' component; "
+                                f"{_NAME_CHARACTERS} {_PATH_RULES}",
                             },
                         },
                     },
@@ -406,7 +437,7 @@ def _parameters() -> Json:
             "in": "query",
             "required": False,
             "description": f"The caller's name for the file: one path segment of at most "
-            f"{NAME_MAX_BYTES} bytes of UTF-8, without '/', '\\\\' or control characters. "
+            f"{NAME_MAX_BYTES} bytes of UTF-8, without '/' or '\\\\'; {_NAME_CHARACTERS} "
             "A multipart upload falls back to the part's filename.",
             "schema": {"type": "string"},
         },
