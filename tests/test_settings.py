@@ -209,6 +209,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "s3_secret_access_key": ("s3-secret-from-env", "s3-secret-from-env"),
     "s3_presign": ("5m", 300.0),
     "s3_part_size": ("16M", 16 * MIB),
+    "auth_memory_budget": ("128M", 128 * MIB),
 }
 """For each setting: a text an operator might write, and the value it means."""
 

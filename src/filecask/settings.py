@@ -340,6 +340,14 @@ SETTINGS: tuple[Setting, ...] = (
         "SIZE",
     ),
     Setting("argon2_parallelism", parse_count, "argon2id lanes per password hash.", "N"),
+    # Issue 14, sign-in (hostile users): argon2 memory bound.
+    Setting(
+        "auth_memory_budget",
+        parse_size,
+        "Memory per process that password hashing may take at once: argon2 runs beyond it"
+        " (each takes --argon2-memory) wait their turn instead of running in parallel.",
+        "SIZE",
+    ),
 )
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
@@ -388,6 +396,8 @@ class Settings:
     argon2_time_cost: int = 3
     argon2_memory: int = 64 << 20
     argon2_parallelism: int = 4
+    # Issue 14, sign-in: four default argon2 runs at once (a burst of sign-ins queues).
+    auth_memory_budget: int = 256 << 20
 
     def __post_init__(self) -> None:
         # Absolute once, here, so nothing later depends on the working directory.
