@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import ipaddress
 import threading
 import time
@@ -13,7 +14,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 import sqlalchemy as sa
 from aiohttp import ClientResponse, encode_basic_auth, web
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, extract_parameters
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,11 +23,15 @@ from filecask.auth import (
     FAILURE_MEMORY,
     Authenticator,
     FailureLimiter,
+    address_key,
     client_address,
     new_password_hasher,
     parse_basic,
+    user_name_key,
+    validate_password,
+    validate_user_name,
 )
-from filecask.errors import RateLimited, Unauthorized
+from filecask.errors import BadRequest, RateLimited, Unauthorized
 from filecask.metastore.schema import auth_failures
 from filecask.settings import IPNetwork, Settings
 from tests.conftest import (
@@ -486,11 +491,13 @@ async def test_repeated_wrong_password_gets_429(
     assert (await client.get("/me", headers=ADMIN)).status == 200
 
 
-async def test_limit_applies_per_user_and_per_address(
+async def test_limit_applies_per_address_and_per_pair_never_across_addresses(
     aiohttp_client: AiohttpClient, make_settings: MakeSettings
 ) -> None:
-    """Through a trusted proxy, each client has its own address key; the user key is
-    shared by every address."""
+    """Through a trusted proxy, each client has its own address key. Failures for a name
+    from one address refuse nobody at another address: the right password works from
+    anywhere else; a wrong guess from elsewhere is verified once, then that address waits
+    the name's delay (issue 14: the per-name limit slows guesses, never the real user)."""
     client = await aiohttp_client(
         create_app(make_settings(auth_max_failures=3, auth_max_delay=60, trusted_proxies=LOCALHOST))
     )
@@ -498,18 +505,27 @@ async def test_limit_applies_per_user_and_per_address(
         "/users", json={"name": "bob", "password": "bob-password"}, headers=ADMIN
     )
     assert created.status == 201
-    attacker, elsewhere, third = "203.0.113.66", "198.51.100.7", "192.0.2.1"
+    attacker, elsewhere, third, fourth = "203.0.113.66", "198.51.100.7", "192.0.2.1", "192.0.2.2"
     bob_wrong = basic("bob", "bad-guess-1")
     for _ in range(3):
         await assert_401(await client.get("/me", headers=from_address(bob_wrong, attacker)))
 
-    # bob's name is throttled from anywhere ...
+    # The attacker's address is throttled, for bob (even with the right password) and for
+    # any other name ...
     bob = basic("bob", "bob-password")
-    assert (await client.get("/me", headers=from_address(bob, elsewhere))).status == 429
-    # ... the attacker's address is throttled for any name ...
+    assert (await client.get("/me", headers=from_address(bob, attacker))).status == 429
     assert (await client.get("/me", headers=from_address(ADMIN, attacker))).status == 429
-    # ... and a different user from a different address is not affected.
+    # ... bob signs in from elsewhere, and so does anybody else.
+    assert (await client.get("/me", headers=from_address(bob, elsewhere))).status == 200
     assert (await client.get("/me", headers=from_address(ADMIN, third))).status == 200
+    # A guess at bob from a new address is verified (the right password would have worked),
+    # then that address waits the name's delay: 4 failures for bob, 2 s.
+    await assert_401(await client.get("/me", headers=from_address(bob_wrong, fourth)))
+    limited = await client.get("/me", headers=from_address(bob, fourth))
+    assert limited.status == 429
+    assert limited.headers["Retry-After"] == "2"
+    # bob, already verified from `elsewhere`, is not slowed there.
+    assert (await client.get("/me", headers=from_address(bob, elsewhere))).status == 200
 
 
 async def test_forged_forwarded_for_does_not_escape_the_limit(
@@ -632,8 +648,10 @@ async def test_sqlite_keeps_failures_in_the_process(services: Services) -> None:
 async def test_failures_are_shared_between_instances(
     postgres_database: str, make_settings: MakeSettings
 ) -> None:
-    """Two authenticators on two stores (two machines) of one database: failures at one
-    throttle the other, and a right password at the other clears them for both."""
+    """Two authenticators on two stores (two machines) of one database: failures from an
+    address at one throttle that address at the other; the user signed in from another
+    address keeps working at both; a name's count carries over to a new address's pair at
+    the other instance; a right password verified at one clears that pair for both."""
     from filecask.changes import ChangeStamps
     from filecask.metastore.sql import SqlMetaStore
 
@@ -647,23 +665,299 @@ async def test_failures_are_shared_between_instances(
         right = encode_basic_auth("bob", "right-password")
         wrong = encode_basic_auth("bob", "wrong-password")
         assert (await two.authenticate(right, "10.0.0.2")).name == "bob"
-        for _ in range(2):
-            with pytest.raises(Unauthorized):
-                await one.authenticate(wrong, "10.0.0.1")
+        with pytest.raises(Unauthorized):
+            await one.authenticate(wrong, "10.0.0.5")  # a typo, below every threshold
+        # The name's second failure: it is now under attack, and this address takes on the
+        # name's count at once (2, throttled).
+        with pytest.raises(Unauthorized):
+            await one.authenticate(wrong, "10.0.0.1")
+        with pytest.raises(RateLimited):
+            await one.authenticate(wrong, "10.0.0.1")
         deadline = time.monotonic() + 1.0
         while True:
+            # The attacked name, signed in from elsewhere: never refused.
+            assert (await two.authenticate(right, "10.0.0.2")).name == "bob"
             try:
-                await two.authenticate(right, "10.0.0.2")  # cached at two, still refused
+                await two.authenticate(right, "10.0.0.1")  # known at two, still refused
             except RateLimited:
                 break
             assert time.monotonic() < deadline, "not throttled at the other instance"
             await asyncio.sleep(0.005)
-        await asyncio.sleep(1.1)  # the delay (1 s) runs out
-        assert (await two.authenticate(right, "10.0.0.2")).name == "bob"  # cached: no reset
-        assert (await one.authenticate(right, "10.0.0.1")).name == "bob"  # verified: reset
+        # A guess from a new address at two takes the name's count (3 >= 2) to its pair.
+        with pytest.raises(Unauthorized):
+            await two.authenticate(wrong, "10.0.0.3")
+        deadline = time.monotonic() + 1.0
+        while True:
+            try:
+                await one.authenticate(right, "10.0.0.3")
+            except RateLimited:
+                break
+            assert time.monotonic() < deadline, "the pair is not throttled at the other instance"
+            await asyncio.sleep(0.005)
+        # The typist signs in (verified at one): their pair's failure is forgotten, the
+        # name's count and the others' pairs are not.
+        assert (await one.authenticate(right, "10.0.0.5")).name == "bob"
         async with stores[0].engine.connect() as conn:
-            rows = await conn.execute(sa.select(auth_failures.c.key))
-            assert "user:bob" not in set(rows.scalars())
+            rows = set((await conn.execute(sa.select(auth_failures.c.key))).scalars())
+        assert "pair:bob@10.0.0.5" not in rows
+        assert {"addr:10.0.0.5", "user:bob", "pair:bob@10.0.0.1", "pair:bob@10.0.0.3"} <= rows
     finally:
         for store in stores:
             await store.close()
+
+
+# --- issue 14: nobody can lock a user out, nor learn who exists ---------------------------
+
+
+def test_user_name_key_folds_case_and_width_not_accents() -> None:
+    fullwidth = "\uff41\uff44\uff4d\uff49\uff4e"  # "admin" in fullwidth letters
+    assert {user_name_key(n) for n in ("admin", "Admin", "ADMIN", fullwidth)} == {"admin"}
+    assert user_name_key("ädmin") == "ädmin" != user_name_key("admin")
+    assert user_name_key("Straße") == user_name_key("STRASSE") == "strasse"
+    assert user_name_key("\udcff") == "\\udcff"  # a lone surrogate never raises
+
+
+@given(st.text(max_size=40))
+def test_user_name_key_is_stable(name: str) -> None:
+    key = user_name_key(name)
+    assert user_name_key(key) == key
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [("admin", True), ("Admin", True), ("ädmin", True), ("\uff41dmin", True), ("a\udcff", False)],
+)
+def test_validate_user_name(name: str, valid: bool) -> None:
+    if valid:
+        assert validate_user_name(name) == name
+    else:
+        with pytest.raises(BadRequest):
+            validate_user_name(name)
+
+
+def test_validate_password_refuses_a_lone_surrogate() -> None:
+    with pytest.raises(BadRequest) as refused:
+        validate_password("abcdefgh\udcff")
+    assert "surrogate" in refused.value.detail
+
+
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("203.0.113.9", "203.0.113.9"),
+        ("::ffff:203.0.113.9", "203.0.113.9"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff::1", "2001:db8:1:2::/64"),
+        ("unknown", "unknown"),
+    ],
+)
+def test_address_key_counts_ipv6_by_its_64(address: str, key: str) -> None:
+    assert address_key(address) == key
+
+
+@pytest.mark.parametrize("token", ["\xff\xfe", "YWRtaW46\xe9", "\udcff\udcfe", "é"])
+def test_parse_basic_non_ascii_is_unauthorized(token: str) -> None:
+    """aiohttp hands header bytes beyond ASCII over as text (Latin-1 or surrogate
+    escapes); base64 refuses them with ValueError, which was a 500."""
+    with pytest.raises(Unauthorized):
+        parse_basic("Basic " + token)
+
+
+@given(st.text(max_size=40))
+def test_parse_basic_raises_nothing_but_unauthorized(token: str) -> None:
+    with contextlib.suppress(Unauthorized):
+        parse_basic("Basic " + token)
+
+
+def settings_for(services: Services, **overrides: object) -> Settings:
+    return services.settings.replace(**{"auth_max_delay": 60, **overrides})
+
+
+async def test_failures_elsewhere_never_refuse_the_right_password(services: Services) -> None:
+    """The issue's lockout: one address keeps failing for a name; the real user, fresh or
+    already verified, signs in from another address throughout."""
+    hasher = CountingHasher()
+    auth = Authenticator(services.meta, settings_for(services, auth_max_failures=3), hasher=hasher)
+    await services.meta.create_user("carol", auth.hash_password("carol-password"), is_admin=True)
+    right = encode_basic_auth("carol", "carol-password")
+    wrong = encode_basic_auth("carol", "a-guess-at-it")
+    outcomes = []
+    for _ in range(20):
+        try:
+            await auth.authenticate(wrong, "203.0.113.66")
+        except (Unauthorized, RateLimited) as exc:
+            outcomes.append(exc.status)
+        assert (await auth.authenticate(right, "198.51.100.7")).name == "carol"  # cached
+    assert outcomes[:3] == [401, 401, 401]
+    assert set(outcomes[3:]) == {429}
+    # Fresh: first sign-ins from new addresses, and after the password changed.
+    await services.meta.set_password("carol", auth.hash_password("new-password"))
+    fresh = encode_basic_auth("carol", "new-password")
+    for address in ("198.51.100.7", "198.51.100.8", "2001:db8::7"):
+        assert (await auth.authenticate(fresh, address)).name == "carol"
+    # The attacker's address stays refused, with the right password too.
+    with pytest.raises(RateLimited):
+        await auth.authenticate(fresh, "203.0.113.66")
+
+
+async def test_a_name_guessed_from_many_addresses_is_still_slowed(services: Services) -> None:
+    """Once the name has had its share of failures, each further address gets one guess
+    before it waits the name's delay; the right password from an address that has not
+    failed is let in."""
+    hasher = CountingHasher()
+    auth = Authenticator(services.meta, settings_for(services, auth_max_failures=3), hasher=hasher)
+    await services.meta.create_user("carol", auth.hash_password("carol-password"), is_admin=False)
+    statuses: list[int] = []
+    addresses = [f"198.51.100.{i}" for i in range(1, 13)]
+    for round_ in range(5):
+        for address in addresses:
+            try:
+                await auth.authenticate(encode_basic_auth("carol", f"guess-{round_}"), address)
+            except (Unauthorized, RateLimited) as exc:
+                statuses.append(exc.status)
+    verified = statuses.count(401)
+    # Without a per-name limit: 3 guesses from each of 12 addresses, 36 (and more later).
+    assert verified <= 3 + len(addresses), statuses
+    assert statuses.count(429) >= 60 - verified
+    assert hasher.verifications == verified
+    assert (
+        await auth.authenticate(encode_basic_auth("carol", "carol-password"), "192.0.2.1")
+    ).name == "carol"
+
+
+async def test_a_signed_in_client_passes_its_own_throttled_address(services: Services) -> None:
+    """Behind one NAT (or a proxy not configured as trusted) the address is throttled by
+    somebody else's failures: a client verified from it keeps working, others are slowed."""
+    auth = Authenticator(
+        services.meta, settings_for(services, auth_max_failures=3), hasher=CountingHasher()
+    )
+    await services.meta.create_user("carol", auth.hash_password("carol-password"), is_admin=False)
+    await services.meta.create_user("dave", auth.hash_password("dave-password"), is_admin=False)
+    nat = "192.0.2.50"
+    carol = encode_basic_auth("carol", "carol-password")
+    assert (await auth.authenticate(carol, nat)).name == "carol"
+    for i in range(3):
+        with pytest.raises(Unauthorized):
+            await auth.authenticate(encode_basic_auth(f"nobody{i}", "whatever-pw"), nat)
+    for _ in range(5):
+        assert (await auth.authenticate(carol, nat)).name == "carol"
+    with pytest.raises(RateLimited):  # dave has not signed in from here: slowed
+        await auth.authenticate(encode_basic_auth("dave", "dave-password"), nat)
+
+
+async def test_guessing_against_the_cache_at_a_throttled_address_stops(
+    services: Services,
+) -> None:
+    """At a throttled address where carol is signed in, a guess at carol's password is
+    refused without argon2, yet known to be wrong (it is not the verified one): it counts
+    against the pair, so after the threshold even the right password is refused there,
+    and the address is no oracle for right guesses."""
+    auth = Authenticator(
+        services.meta, settings_for(services, auth_max_failures=3), hasher=CountingHasher()
+    )
+    await services.meta.create_user("carol", auth.hash_password("carol-password"), is_admin=False)
+    nat = "192.0.2.50"
+    carol = encode_basic_auth("carol", "carol-password")
+    assert (await auth.authenticate(carol, nat)).name == "carol"
+    for i in range(3):
+        with pytest.raises(Unauthorized):
+            await auth.authenticate(encode_basic_auth(f"nobody{i}", "whatever-pw"), nat)
+    for i in range(3):
+        with pytest.raises(RateLimited):
+            await auth.authenticate(encode_basic_auth("carol", f"guess-{i}"), nat)
+    with pytest.raises(RateLimited):
+        await auth.authenticate(carol, nat)
+    # Elsewhere carol is not affected.
+    assert (await auth.authenticate(carol, "198.51.100.7")).name == "carol"
+
+
+async def test_unknown_names_are_never_merged(services: Services) -> None:
+    """Concurrent failed sign-ins with one password share an argon2 run only for one name:
+    two unknown names cost two runs, as a real and an unknown name do."""
+    hasher = CountingHasher()
+    auth = Authenticator(
+        services.meta, settings_for(services, auth_max_failures=1000), hasher=hasher
+    )
+    await services.meta.create_user("carol", auth.hash_password("carol-password"), is_admin=False)
+
+    async def probe(*names: str) -> int:
+        for name in names:  # the lookups answered from memory: the requests truly overlap
+            await services.meta.get_user(name)
+        before = hasher.verifications
+        headers = [encode_basic_auth(name, "same-password") for name in names]
+        results = await asyncio.gather(
+            *(auth.authenticate(h, f"203.0.113.{i}") for i, h in enumerate(headers)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, Unauthorized) for r in results), results
+        return hasher.verifications - before
+
+    assert await probe("carol", "zz-surely-unknown") == 2
+    assert await probe("ghost", "zz-surely-unknown") == 2
+    # One name (in any spelling) with one password is one run, real or not.
+    assert await probe("carol", "Carol") == 1
+    assert await probe("ghost", "GHOST") == 1
+
+
+async def test_a_stand_in_hash_costs_what_a_real_one_costs(services: Services) -> None:
+    auth = Authenticator(services.meta, services.settings)
+    real = extract_parameters(auth.hash_password("some-password"))
+    stand_ins = {auth._stand_in(user_name_key(n)) for n in ("ghost", "GHOST", "spectre")}
+    assert len(stand_ins) == 2
+    for stand_in in stand_ins:
+        assert extract_parameters(stand_in) == real
+        assert not auth._check(stand_in, "some-password")
+
+
+class ConcurrencyHasher(CountingHasher):
+    """Counts verifications running at once (each held a little, so they overlap)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = 0
+        self.peak = 0
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> bool:  # type: ignore[override]
+        with self._lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            time.sleep(0.05)
+            return super().verify(hash, password)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+async def test_verifications_in_flight_stay_within_the_memory_budget(
+    services: Services,
+) -> None:
+    """Each verification holds its hash's memory cost (1 MiB here); a 2 MiB budget runs two
+    at once, however many distinct sign-ins arrive together."""
+    hasher = ConcurrencyHasher()
+    settings = settings_for(services, auth_max_failures=1000, auth_memory_budget=2 << 20)
+    auth = Authenticator(services.meta, settings, hasher=hasher)
+    headers = [encode_basic_auth(f"user{i}", f"password-{i}") for i in range(12)]
+    await asyncio.gather(
+        *(auth.authenticate(h, f"203.0.113.{i}") for i, h in enumerate(headers)),
+        return_exceptions=True,
+    )
+    assert hasher.verifications == 12
+    assert hasher.peak == 2
+    assert auth.budget.used == 0
+
+
+async def test_a_queued_sign_in_whose_client_left_costs_no_argon2(services: Services) -> None:
+    hasher = ConcurrencyHasher()
+    settings = settings_for(services, auth_max_failures=1000, auth_memory_budget=1 << 20)
+    auth = Authenticator(services.meta, settings, hasher=hasher)
+    first = asyncio.ensure_future(auth.authenticate(encode_basic_auth("a", "pw-a"), "1.2.3.4"))
+    while not hasher.running:  # running, holding the whole budget
+        await asyncio.sleep(0.001)
+    queued = asyncio.ensure_future(auth.authenticate(encode_basic_auth("b", "pw-b"), "1.2.3.5"))
+    while not auth.budget.waiting:
+        await asyncio.sleep(0.001)
+    queued.cancel()
+    await asyncio.gather(first, queued, return_exceptions=True)
+    assert hasher.verifications == 1
+    assert auth.budget.used == 0

@@ -472,3 +472,53 @@ async def test_list_users_shows_quotas(client: AppClient, make_user: MakeUser) -
         "bob": None,
         "carol": 5 << 20,
     }
+
+
+# --- issue 14: look-alike names, lone surrogates -------------------------------------------
+
+FULLWIDTH_ADMIN = "\uff41\uff44\uff4d\uff49\uff4e"
+
+
+async def test_look_alike_names_conflict(client: AppClient) -> None:
+    """Names are unique by NFKC + case-fold: `Admin`, `ADMIN` and a fullwidth `admin`
+    cannot sit next to `admin`; `ädmin` is another name."""
+    for name in ("Admin", "ADMIN", FULLWIDTH_ADMIN):
+        response = await client.post(
+            "/users", json={"name": name, "password": "good-password"}, headers=ADMIN
+        )
+        await problem(response, 409, "conflict")
+        body = await response.json(content_type=PROBLEM_JSON)
+        assert "'admin'" in body["detail"], body
+    response = await client.post(
+        "/users", json={"name": "ädmin", "password": "good-password"}, headers=ADMIN
+    )
+    assert response.status == 201, await response.text()
+    assert set(await users(client)) == {"admin", "ädmin"}
+
+
+async def test_sign_in_and_manage_by_any_spelling_of_a_name(
+    client: AppClient, make_user: MakeUser
+) -> None:
+    """Like most logins, `Admin` signs in as `admin` (and is counted as `admin` by the
+    throttle); /users/BOB is bob."""
+    for spelling in ("ADMIN", "Admin", FULLWIDTH_ADMIN):
+        assert (await me(client, basic(spelling, "admin-password")))["name"] == "admin"
+    await make_user("bob")
+    response = await client.patch("/users/BOB", json={"quota": "1M"}, headers=ADMIN)
+    assert response.status == 200, await response.text()
+    assert (await response.json())["name"] == "bob"
+    assert (await users(client))["bob"]["quota"] == 1 << 20
+    assert (await client.delete("/users/Bob", headers=ADMIN)).status == 204
+    assert set(await users(client)) == {"admin"}
+
+
+async def test_lone_surrogates_in_user_name_or_password_are_400(client: AppClient) -> None:
+    """JSON allows `"\\udcff"`; such text cannot be stored or hashed (UTF-8). It was a 500
+    with a traceback, the problem body itself failing to encode."""
+    cases: dict[str, bytes | dict[str, Any]] = {
+        "name": b'{"name": "\\udcff", "password": "good-password"}',
+        "name-inside": b'{"name": "bo\\udcffb", "password": "good-password"}',
+        "password": b'{"name": "bob", "password": "good-\\udcff-password"}',
+    }
+    assert await refused_with_400(client, cases) == []
+    assert set(await users(client)) == {"admin"}

@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from filecask.locks import AdvisoryHashLocks, HashLocks, Locks
+from filecask.locks import AdvisoryHashLocks, HashLocks, Locks, MemoryBudget
 from filecask.metastore.sql import connect_raw
 from tests.backends import POSTGRES_ADMIN_URL
 
@@ -182,3 +182,91 @@ async def _terminate(pid: int) -> None:
         await conn.execute("SELECT pg_terminate_backend($1)", pid)
     finally:
         await conn.close()
+
+
+# --- MemoryBudget -------------------------------------------------------------------------
+
+
+async def test_memory_budget_bounds_what_is_held_at_once() -> None:
+    budget = MemoryBudget(100)
+    held = 0
+    peak = 0
+
+    async def use(amount: int) -> None:
+        nonlocal held, peak
+        async with budget.hold(amount):
+            held += amount
+            peak = max(peak, held)
+            await asyncio.sleep(0.002)
+            held -= amount
+
+    await asyncio.gather(*(use(a) for a in [40, 40, 40, 30, 60, 10, 100, 25] * 3))
+    assert peak <= 100
+    assert budget.used == 0
+    assert budget.waiting == 0
+
+
+async def test_memory_budget_is_first_come_first_served() -> None:
+    """A large request at the head is not overtaken by smaller ones behind it."""
+    budget = MemoryBudget(100)
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def use(label: str, amount: int, wait: bool = False) -> None:
+        async with budget.hold(amount):
+            order.append(label)
+            if wait:
+                await release.wait()
+
+    first = asyncio.ensure_future(use("first", 60, wait=True))
+    await asyncio.sleep(0)
+    rest = [asyncio.ensure_future(use(label, n)) for label, n in [("big", 80), ("small", 10)]]
+    await asyncio.sleep(0.01)
+    assert order == ["first"]  # small (10) would fit, but big came first
+    release.set()
+    await asyncio.gather(first, *rest)
+    assert order == ["first", "big", "small"]
+
+
+async def test_memory_budget_grants_an_oversized_request_alone() -> None:
+    budget = MemoryBudget(100)
+    async with budget.hold(1_000):
+        assert budget.used == 100
+    assert budget.used == 0
+
+
+async def test_memory_budget_cancelled_waiter_gives_way() -> None:
+    budget = MemoryBudget(100)
+    release = asyncio.Event()
+
+    async def hold_until_released() -> None:
+        async with budget.hold(100):
+            await release.wait()
+
+    holder = asyncio.ensure_future(hold_until_released())
+    await asyncio.sleep(0)
+    blocked = asyncio.ensure_future(budget.hold(100).__aenter__())
+    await asyncio.sleep(0)
+    assert budget.waiting == 1
+    blocked.cancel()
+    await asyncio.gather(blocked, return_exceptions=True)
+    assert budget.waiting == 0
+    release.set()
+    await holder
+    assert budget.used == 0
+    async with budget.hold(100):  # nothing was leaked by the cancelled waiter
+        assert budget.used == 100
+
+
+async def test_memory_budget_waiter_cancelled_as_it_is_granted_gives_it_back() -> None:
+    budget = MemoryBudget(100)
+    holder = budget.hold(100)
+    await holder.__aenter__()
+    waiter = asyncio.ensure_future(budget.hold(100).__aenter__())
+    await asyncio.sleep(0)
+    await holder.__aexit__(None, None, None)  # grants the waiter ...
+    assert budget.used == 100
+    waiter.cancel()  # ... which is cancelled before it runs again
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert waiter.cancelled()
+    assert budget.used == 0

@@ -211,6 +211,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "s3_part_size": ("16M", 16 * MIB),
     "multipart_max_parts": ("20", 20),
     "multipart_max_form_size": ("16K", 16 << 10),
+    "auth_memory_budget": ("128M", 128 * MIB),
 }
 """For each setting: a text an operator might write, and the value it means."""
 

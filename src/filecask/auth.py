@@ -1,12 +1,57 @@
 """HTTP Basic authentication: argon2id passwords, a verified-credentials cache, slow-down.
 
-Argon2id costs tens of milliseconds of CPU on purpose, which a signed-in client must not
-pay on every request. After one successful verification we remember an HMAC of the password
-(under a per-process random key, so no password is kept in memory) together with the stored
-argon2 hash it was checked against. Each request still looks up the user's row (from the
-metadata store's cache, which follows writes made by any process: see `filecask.changes`);
-if the stored hash changed (`user passwd`) or the row is gone, the cache entry no longer
-applies, so a changed or removed password stops working at once.
+Argon2id costs tens of milliseconds of CPU and `argon2_memory` of memory on purpose, which a
+signed-in client must not pay on every request. After one successful verification we
+remember an HMAC of the password (under a per-process random key, so no password is kept in
+memory) together with the stored argon2 hash it was checked against, and the client
+addresses it came from. Each request still looks up the user's row (from the metadata
+store's cache, which follows writes made by any process: see `filecask.changes`); if the
+stored hash changed (`user passwd`) or the row is gone, the cache entry no longer applies,
+so a changed or removed password stops working at once.
+
+The slow-down (issue 14: nobody can lock a user out, nor learn who exists). Failed attempts
+are counted under three keys, each with a capped exponential delay past `auth_max_failures`
+(429 with an honest Retry-After, without checking the password):
+
+- `addr:<address>`: failures from one client address, whatever the name (an IPv6 client
+  counts by its /64, which one subscriber usually holds whole);
+- `pair:<name>@<address>`: failures for one name from one address;
+- `user:<name>`: failures for one name from every address.
+
+Only the first two ever refuse an attempt, so failures made from one address never refuse
+anybody at another address. The per-name count spans addresses and so must never refuse (an
+attacker anywhere could keep the real user out): it only makes *unverified guesses* slower.
+Once a name has `auth_max_failures` failures, a failure for it from an address the user has
+not signed in from takes the name's count to its pair, so that address waits the name's
+delay (up to `auth_max_delay`) before its next guess at this name. A guessing run spread
+over many addresses gets one guess per address per delay, while any address that has not
+itself failed on the name, the real user's included, is still let in with the right
+password at once. (No limit can refuse the first guess of a new address without refusing
+the real user's first sign-in from it too: that is the trade a bank makes as well.)
+
+Credentials already verified from an address pass from that address without any throttle
+check but their own pair's: even while the address is throttled (a shared NAT, a proxy not
+configured as trusted), a signed-in client keeps working. A pair that failed
+`auth_max_failures` times is refused even with the right password, as is an address whose
+throttle is on for a client it has not signed in from: otherwise a guesser at that address
+would learn a right guess from a 200 among 429s answered without any argon2 cost. A known
+wrong password (it does not match the one verified) refused at an address where the user is
+signed in counts against the pair, so that guessing there stops after the same
+`auth_max_failures`.
+
+A success clears only its own pair: signing in to one's own account does not reset an
+address's failures at other names, and the real user's sign-in does not reset a name a
+guessing run has built up.
+
+Nothing here tells whether a name exists. User names are looked up, and counted, by their
+normalised form (`user_name_key`: NFKC + case-fold, so `Admin` signs in as `admin`). An
+unknown name is verified against a stand-in hash derived from the name under a secret of
+this process, with the configured argon2 cost, so it costs what a real user's hash costs;
+concurrent verifications are shared only between requests for one name (one stored or
+stand-in hash) and the same password, never across names, so timing and merging look the
+same for real and unknown names. Every argon2 run (verifications and new hashes) holds its
+memory cost of `auth_memory_budget` while it runs: a burst of distinct sign-ins queues
+instead of multiplying the process's memory.
 
 Where the failure counts live:
 - SQLite: in each process. With `--workers N` an attacker gets up to N times the attempts
@@ -23,12 +68,6 @@ Where the failure counts live:
   lets anything through once it has arrived. Ages rather than timestamps cross machines
   (seconds since the last failure, by the database's clock), so clock skew between
   instances does not shorten or lengthen a delay.
-
-Failed attempts are counted per user name and per client address; past a threshold each
-further attempt for that key must wait an exponentially growing delay (capped, so the real
-user is never locked out for long), answered with 429 and Retry-After without even checking
-the password. Unknown users cost the same argon2 verification as known ones, so timing does
-not reveal which names exist.
 """
 
 from __future__ import annotations
@@ -42,14 +81,17 @@ import ipaddress
 import math
 import secrets
 import time
+import unicodedata
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from filecask.errors import BadRequest, RateLimited, Unauthorized
+from filecask.locks import MemoryBudget
 from filecask.metastore import FailureStore, MetaStore, User
 from filecask.settings import IPNetwork, Settings
 
@@ -57,8 +99,12 @@ CACHE_SIZE = 10_000
 LIMITER_SIZE = 100_000
 FAILURE_MEMORY = 900.0
 """Seconds after the last failure when a key's failure count is forgotten."""
+FAMILIAR_ADDRESSES = 16
+"""Client addresses remembered per verified password (the most recent ones)."""
 
 USER_NAME_MAX = 64
+USER_NAME_KEY_MAX = 255
+"""The normalised form may be longer than the name (NFKC expands a few letters)."""
 SHARED_KEY_MAX = 200
 """Longer limiter keys (a user name the client made up) are stored as a digest."""
 FULL_RELOAD = 60.0
@@ -66,6 +112,8 @@ FULL_RELOAD = 60.0
 RELOAD_OVERLAP = 10.0
 """An incremental refresh also reads failures this much older than the previous refresh
 began: a failure is stamped as its statement runs, and committed a moment later."""
+IPV6_PREFIX = 64
+"""IPv6 clients are counted by network: one subscriber usually holds a whole /64."""
 
 
 def new_password_hasher(settings: Settings) -> PasswordHasher:
@@ -78,14 +126,32 @@ def new_password_hasher(settings: Settings) -> PasswordHasher:
     )
 
 
+def user_name_key(name: str) -> str:
+    """The form user names are unique by and looked up by: NFKC, case-folded, NFKC again
+    (Unicode's NFKC_Casefold, near enough). `Admin`, `ADMIN` and fullwidth `admin` (U+FF41...) are
+    all `admin`; `ädmin` stays `ädmin`. Never raises, whatever the text (a made-up name
+    from a Basic header, a lone surrogate)."""
+    if _has_surrogate(name):
+        name = name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+
+
 def validate_user_name(name: str) -> str:
     """User names become URL path segments and Basic user-ids (no ':', RFC 7617): keep
-    them plain."""
+    them plain. Their normalised form must be plain too (it is what makes them unique)."""
+    if _has_surrogate(name):
+        raise BadRequest(
+            "A user name must be valid Unicode text (it has a lone surrogate).",
+            user=name[:100].encode("utf-8", "backslashreplace").decode("utf-8"),
+        )
+    key = user_name_key(name)
     if (
         not name
         or len(name) > USER_NAME_MAX
         or not name[0].isalnum()
         or not all(c.isalnum() or c in "._-" for c in name)
+        or len(key) > USER_NAME_KEY_MAX
+        or not all(c.isalnum() or c in "._-" for c in key)
     ):
         raise BadRequest(
             "A user name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter"
@@ -96,6 +162,8 @@ def validate_user_name(name: str) -> str:
 
 
 def validate_password(password: str) -> str:
+    if _has_surrogate(password):
+        raise BadRequest("A password must be valid Unicode text (it has a lone surrogate).")
     if len(password) < 8:
         raise BadRequest("A password has at least 8 characters.")
     if len(password.encode()) > 1024:
@@ -103,12 +171,23 @@ def validate_password(password: str) -> str:
     return password
 
 
+def _has_surrogate(text: str) -> bool:
+    """A lone surrogate (JSON allows `"\\udcff"`): text that cannot be UTF-8 encoded."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def generate_password() -> str:
     return secrets.token_urlsafe(18)
 
 
 def parse_basic(header: str | None) -> tuple[str, str] | None:
-    """(user, password) from an `Authorization: Basic` header (RFC 7617 §2), or None."""
+    """(user, password) from an `Authorization: Basic` header (RFC 7617 §2), or None.
+    Anything else after `Basic ` (not base64, not UTF-8, non-ASCII bytes in the header
+    itself) is Unauthorized, like wrong credentials."""
     if not header:
         return None
     scheme, _, token = header.partition(" ")
@@ -116,7 +195,7 @@ def parse_basic(header: str | None) -> tuple[str, str] | None:
         return None
     try:
         decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, ValueError):  # ValueError: non-ASCII text, UnicodeDecodeError
         raise Unauthorized("Malformed Basic credentials.") from None
     user, sep, password = decoded.partition(":")
     if not sep:
@@ -139,6 +218,20 @@ def client_address(
         if not _is_trusted(hop, trusted):
             return hop
     return peer
+
+
+def address_key(address: str) -> str:
+    """What the throttle counts a client address as: an IPv4 address as itself (also when
+    written IPv4-mapped), an IPv6 address by its /64; anything else as given."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False))
+    return str(ip)
 
 
 def _is_ip(text: str) -> bool:
@@ -173,17 +266,25 @@ class FailureLimiter:
         self._entries: OrderedDict[str, _Failures] = OrderedDict()
 
     def check(self, keys: Sequence[str], now: float) -> None:
-        """RateLimited if any key must still wait."""
+        """RateLimited if any key must still wait; Retry-After is the longest wait, rounded
+        up, so a client that waits as told is not refused for the same failures again."""
         wait = max((self._wait(key, now) for key in keys), default=0.0)
         if wait > 0:
             raise RateLimited(max(1, math.ceil(wait)))
 
-    def fail(self, keys: Sequence[str], now: float) -> None:
+    def count(self, key: str, now: float) -> int:
+        """The key's failures still remembered at `now`."""
+        entry = self._live(key, now)
+        return 0 if entry is None else entry.count
+
+    def fail(self, keys: Sequence[str], now: float, *, floor: int = 0) -> None:
+        """One more failure for each key; a key's count becomes at least `floor` (a pair
+        taking on its name's count)."""
         for key in keys:
             entry = self._live(key, now)
             if entry is None:
                 entry = _Failures(0, now)
-            entry.count += 1
+            entry.count = max(entry.count + 1, floor)
             entry.last = now
             self._entries[key] = entry
             self._entries.move_to_end(key)
@@ -224,6 +325,64 @@ class FailureLimiter:
         return entry
 
 
+@dataclass(slots=True)
+class _Verified:
+    """A password verified for a user: under which stored hash, and from where."""
+
+    password_hash: str
+    digest: bytes
+    addresses: OrderedDict[str, None] = field(default_factory=OrderedDict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """One sign-in attempt's limiter keys."""
+
+    origin: str
+    """The client address as the throttle counts it (`address_key`)."""
+    addr: str
+    pair: str
+    user: str
+
+
+class _Argon2Run:
+    """One argon2 run in a worker thread, holding its memory cost of the budget from before
+    the thread starts until it has ended (a cancelled request never frees memory a thread
+    still uses). A run nobody waits for any more is dropped if it has not started."""
+
+    def __init__(
+        self, budget: MemoryBudget, cost: int, func: Callable[..., Any], *args: Any
+    ) -> None:
+        self.waiters = 0
+        self.started = False
+        self.task: asyncio.Task[Any] = asyncio.ensure_future(self._run(budget, cost, func, args))
+
+    async def _run(
+        self, budget: MemoryBudget, cost: int, func: Callable[..., Any], args: tuple[Any, ...]
+    ) -> Any:
+        async with budget.hold(cost):
+            self.started = True
+            # Shielded: were this task cancelled now, the budget would be given back while
+            # the thread still holds the memory.
+            work = asyncio.get_running_loop().run_in_executor(None, func, *args)
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                await asyncio.wait([work])
+                raise
+
+    async def result(self) -> Any:
+        """The run's result; a caller cancelled meanwhile leaves it to the others, and the
+        last one to leave cancels it if it is still queued for memory."""
+        self.waiters += 1
+        try:
+            return await asyncio.shield(self.task)
+        finally:
+            self.waiters -= 1
+            if self.waiters == 0 and not self.started and not self.task.done():
+                self.task.cancel()
+
+
 class Authenticator:
     def __init__(
         self,
@@ -235,9 +394,11 @@ class Authenticator:
         self._meta = meta
         self._hasher = hasher or new_password_hasher(settings)
         self._key = secrets.token_bytes(32)
-        self._cache: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
-        self._verifying: dict[tuple[str, bytes], asyncio.Future[bool]] = {}
-        self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+        self._cache: OrderedDict[str, _Verified] = OrderedDict()
+        self._verifying: dict[tuple[str, bytes], _Argon2Run] = {}
+        self.budget = MemoryBudget(settings.auth_memory_budget)
+        """Memory the argon2 runs in flight may take (`auth_memory_budget`)."""
+        self._memory_cost = self._hasher.memory_cost * 1024
         self.limiter = FailureLimiter(
             threshold=settings.auth_max_failures, max_delay=settings.auth_max_delay
         )
@@ -248,14 +409,17 @@ class Authenticator:
         self._mirror_since: float | None = None
         self._full_reload_at = 0.0
         self._refreshing: asyncio.Future[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     def hash_password(self, password: str) -> str:
         return self._hasher.hash(password)
 
     async def hash_password_async(self, password: str) -> str:
-        """argon2 is deliberately slow: keep it off the event loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, self._hasher.hash, password)
+        """argon2 is deliberately slow and memory-hungry: off the event loop, and within
+        the memory budget."""
+        run = _Argon2Run(self.budget, self._memory_cost, self._hasher.hash, password)
+        result: str = await run.result()
+        return result
 
     async def authenticate(self, header: str | None, address: str) -> User:
         """The signed-in user, or Unauthorized / RateLimited."""
@@ -263,31 +427,85 @@ class Authenticator:
         if credentials is None:
             raise Unauthorized("Sign in with HTTP Basic authentication.")
         name, password = credentials
-        keys = (_limiter_key("user", name), _limiter_key("addr", address))
+        key = user_name_key(name)
+        origin = address_key(address)
+        attempt = _Attempt(
+            origin,
+            _limiter_key("addr", origin),
+            _limiter_key("pair", f"{key}@{origin}"),
+            _limiter_key("user", key),
+        )
+        user = await self._meta.get_user(name)
+        verified = self._cached(user, password)
         if self._shared is not None and self._shared.failures_stamp() != self._mirrored:
             await self._refresh_mirror()
-        # Before the cache: were a cached password let through a throttled key, a guesser
-        # would learn a right guess at once while every wrong one got 429.
-        self.limiter.check(keys, time.monotonic())
-        user = await self._meta.get_user(name)
-        if user is not None and self._cached(user, password):
-            # Not a reset either: the real user's client polling with a cached password
-            # would otherwise wipe the failures a guesser has built up for this name.
-            return user
-        if await self._verify(user, password):
+        now = time.monotonic()
+        # This name's failures from this very address refuse even the right password: a
+        # guesser sharing the address with the signed-in user must not learn a right guess
+        # from a 200 among 429s.
+        self.limiter.check((attempt.pair,), now)
+        if verified is not None and origin in verified.addresses:
+            # Verified from here before: no throttle but the pair's, and no reset either
+            # (the real user's client polling must not wipe what a guesser built up).
             assert user is not None
-            self.limiter.succeed(keys)
-            if self._shared is not None:
-                await self._shared.clear_failures(keys, threshold=self._threshold)
-            self._remember(user, password)
+            verified.addresses.move_to_end(origin)
             return user
-        self.limiter.fail(keys, time.monotonic())
+        try:
+            self.limiter.check((attempt.addr,), now)
+        except RateLimited:
+            if user is not None and self._familiar(user, origin):
+                # A known wrong password where the user is signed in: count it, or this
+                # address could keep guessing against the cache while every miss is a 429.
+                self._fail_soon(attempt, floor=0)
+            raise
+        if verified is not None:
+            # The right password (the cache knows it), from an address not throttled.
+            assert user is not None
+            self._remember(user, password, origin)
+            return user
+        if await self._verify(key, user, password):
+            assert user is not None
+            self.limiter.succeed((attempt.pair,))
+            if self._shared is not None:
+                await self._shared.clear_failures((attempt.pair,), threshold=self._threshold)
+            self._remember(user, password, origin)
+            return user
+        familiar = user is not None and self._familiar(user, origin)
+        await self._fail(attempt, familiar=familiar)
+        raise Unauthorized("Wrong user name or password.")
+
+    async def _fail(self, attempt: _Attempt, *, familiar: bool) -> None:
+        """Count a failure under the address, the name and the pair; past the threshold the
+        name's count carries over to the pair, unless the user has signed in from here."""
+        now = time.monotonic()
+        self.limiter.fail((attempt.addr, attempt.user), now)
+        named = self.limiter.count(attempt.user, now)
         if self._shared is not None:
             counts = await self._shared.record_failures(
-                keys, threshold=self._threshold, memory=FAILURE_MEMORY
+                (attempt.addr, attempt.user), threshold=self._threshold, memory=FAILURE_MEMORY
             )
             self.limiter.record(counts, time.monotonic())
-        raise Unauthorized("Wrong user name or password.")
+            named = counts.get(attempt.user, named)
+        floor = named if named >= self._threshold and not familiar else 0
+        await self._fail_pair(attempt, floor=floor)
+
+    async def _fail_pair(self, attempt: _Attempt, *, floor: int) -> None:
+        self.limiter.fail((attempt.pair,), time.monotonic(), floor=floor)
+        if self._shared is not None:
+            counts = await self._shared.record_failures(
+                (attempt.pair,), threshold=self._threshold, memory=FAILURE_MEMORY, floor=floor
+            )
+            self.limiter.record(counts, time.monotonic())
+
+    def _fail_soon(self, attempt: _Attempt, *, floor: int) -> None:
+        """`_fail_pair` without making the answer wait for the shared table: a 429 takes the
+        same time whether or not the name is a signed-in user's."""
+        if self._shared is None:
+            self.limiter.fail((attempt.pair,), time.monotonic(), floor=floor)
+            return
+        task = asyncio.ensure_future(self._fail_pair(attempt, floor=floor))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _refresh_mirror(self) -> None:
         """Bring the mirror of throttled keys up to the shared table, once for all the
@@ -321,34 +539,77 @@ class Authenticator:
     def _digest(self, password: str) -> bytes:
         return hmac.new(self._key, password.encode(), hashlib.sha256).digest()
 
-    def _cached(self, user: User, password: str) -> bool:
+    def _cached(self, user: User | None, password: str) -> _Verified | None:
+        """The cache entry if `password` is the one verified for `user`'s stored hash."""
+        if user is None:
+            return None
         entry = self._cache.get(user.name)
-        if entry is None or entry[0] != user.password_hash:
-            return False
-        return hmac.compare_digest(entry[1], self._digest(password))
+        if entry is None or entry.password_hash != user.password_hash:
+            return None
+        if not hmac.compare_digest(entry.digest, self._digest(password)):
+            return None
+        return entry
 
-    def _remember(self, user: User, password: str) -> None:
-        self._cache[user.name] = (user.password_hash, self._digest(password))
+    def _familiar(self, user: User, origin: str) -> bool:
+        """Whether `user`'s current password was verified from `origin` (recently)."""
+        entry = self._cache.get(user.name)
+        return (
+            entry is not None
+            and entry.password_hash == user.password_hash
+            and origin in entry.addresses
+        )
+
+    def _remember(self, user: User, password: str, origin: str) -> None:
+        digest = self._digest(password)
+        entry = self._cache.get(user.name)
+        if entry is None or entry.password_hash != user.password_hash or entry.digest != digest:
+            entry = _Verified(user.password_hash, digest)
+            self._cache[user.name] = entry
+        entry.addresses[origin] = None
+        entry.addresses.move_to_end(origin)
+        while len(entry.addresses) > FAMILIAR_ADDRESSES:
+            entry.addresses.popitem(last=False)
         self._cache.move_to_end(user.name)
         while len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
 
-    async def _verify(self, user: User | None, password: str) -> bool:
+    async def _verify(self, key: str, user: User | None, password: str) -> bool:
         """One argon2 run per distinct (stored hash, password) at a time: a client that opens
         many connections at once with the same new credentials (a browser, a parallel upload,
-        a benchmark) waits for a single verification instead of queueing one per connection."""
-        stored = user.password_hash if user is not None else self._dummy_hash
-        key = (stored, self._digest(password))
-        pending = self._verifying.get(key)
-        if pending is None:
-            loop = asyncio.get_running_loop()
-            pending = asyncio.ensure_future(
-                loop.run_in_executor(None, self._check, stored, password)
-            )
-            self._verifying[key] = pending
-            pending.add_done_callback(lambda _: self._verifying.pop(key, None))
-        ok = await asyncio.shield(pending)
-        return ok and user is not None
+        a benchmark) waits for a single verification instead of queueing one per connection.
+        An unknown name has a stand-in hash of its own, so requests for different names are
+        never merged, whether the names exist or not."""
+        stored = user.password_hash if user is not None else self._stand_in(key)
+        merge = (stored, self._digest(password))
+        run = self._verifying.get(merge)
+        if run is None:
+            run = _Argon2Run(self.budget, self._cost(stored), self._check, stored, password)
+            self._verifying[merge] = run
+            run.task.add_done_callback(lambda _: self._verifying.pop(merge, None))
+        ok = await run.result()
+        return bool(ok) and user is not None
+
+    def _stand_in(self, key: str) -> str:
+        """An argon2id hash, with the configured cost, that no password matches, distinct for
+        each (normalised) name and stable in this process: derived from the name under this
+        process's secret, so building it costs no argon2 run, and nobody can tell it from a
+        real user's hash by the time a verification against it takes."""
+        material = hmac.new(
+            self._key, b"stand-in\0" + key.encode("utf-8", "surrogatepass"), hashlib.sha512
+        ).digest()
+        salt, digest = material[:16], material[16 : 16 + self._hasher.hash_len]
+        hasher = self._hasher
+        return (
+            f"$argon2id$v=19$m={hasher.memory_cost},t={hasher.time_cost},"
+            f"p={hasher.parallelism}${_b64(salt)}${_b64(digest)}"
+        )
+
+    def _cost(self, stored: str) -> int:
+        """The memory one verification against `stored` takes (its own `m=` parameter)."""
+        try:
+            return extract_parameters(stored).memory_cost * 1024
+        except (InvalidHashError, ValueError):
+            return self._memory_cost
 
     def _check(self, stored: str, password: str) -> bool:
         try:
@@ -357,10 +618,16 @@ class Authenticator:
             return False
 
 
+def _b64(raw: bytes) -> str:
+    """argon2's encoding: standard base64 without padding."""
+    return base64.b64encode(raw).decode("ascii").rstrip("=")
+
+
 def _limiter_key(kind: str, value: str) -> str:
     """`kind:value`; a long value (a made-up user name) as its digest, so that the shared
     table's key column holds every key."""
     key = f"{kind}:{value}"
     if len(key) <= SHARED_KEY_MAX:
         return key
-    return f"{kind}#sha256:{hashlib.sha256(value.encode()).hexdigest()}"
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{kind}#sha256:{digest}"

@@ -1,4 +1,5 @@
-"""Mutual exclusion per content hash, across tasks, processes and instances.
+"""Mutual exclusion per content hash, across tasks, processes and instances (and, at the
+end, `MemoryBudget`: a weighted semaphore over bytes of memory).
 
 Committing a blob plus its first reference, and dropping the last reference plus its blob,
 are two-step changes (blob store and database). Holding the hash's lock across both steps
@@ -33,9 +34,11 @@ reports as missing. No other stripe's exclusion is affected once a new connectio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
@@ -250,3 +253,64 @@ class AdvisoryHashLocks:
 def _is_broken(conn: Any) -> bool:
     """Whether a failed query left the connection unusable (rather than failing itself)."""
     return bool(conn.is_closed())
+
+
+class MemoryBudget:
+    """A first-come, first-served weighted semaphore over bytes of memory: `hold(n)` waits
+    until `n` more bytes fit in the budget. A request larger than the whole budget is
+    granted alone (it waits until nothing else is held), so it is slow, never refused.
+
+    Used by `filecask.auth` to bound the argon2 verifications in flight: each takes the
+    hash's memory cost for as long as its thread runs, so a burst of distinct sign-ins
+    queues here instead of multiplying the process's memory. Strict FIFO: a large request
+    at the head is not overtaken by smaller ones behind it, so nobody starves.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = max(1, total)
+        self.used = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return sum(not future.done() for _, future in self._waiters)
+
+    @asynccontextmanager
+    async def hold(self, amount: int) -> AsyncIterator[None]:
+        amount = min(max(amount, 0), self.total)
+        if not self._waiters and self.used + amount <= self.total:
+            self.used += amount
+        else:
+            future = asyncio.get_running_loop().create_future()
+            entry = (amount, future)
+            self._waiters.append(entry)
+            try:
+                await future
+            except asyncio.CancelledError:
+                if future.done() and not future.cancelled():
+                    self._release(amount)  # granted just as we were cancelled
+                else:
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(entry)
+                    self._grant()  # we may have been the head holding others back
+                raise
+        try:
+            yield
+        finally:
+            self._release(amount)
+
+    def _release(self, amount: int) -> None:
+        self.used -= amount
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiters:
+            amount, future = self._waiters[0]
+            if future.done():
+                self._waiters.popleft()
+                continue
+            if self.used + amount > self.total:
+                return
+            self._waiters.popleft()
+            self.used += amount
+            future.set_result(None)

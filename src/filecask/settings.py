@@ -354,6 +354,14 @@ SETTINGS: tuple[Setting, ...] = (
         " 413 beyond. Other fields also count toward the upload size and the quota.",
         "SIZE",
     ),
+    # Issue 14, sign-in (hostile users): argon2 memory bound.
+    Setting(
+        "auth_memory_budget",
+        parse_size,
+        "Memory per process that password hashing may take at once: argon2 runs beyond it"
+        " (each takes --argon2-memory) wait their turn instead of running in parallel.",
+        "SIZE",
+    ),
 )
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
@@ -405,6 +413,8 @@ class Settings:
     # Issue 14 §3, no request stalls the event loop: multipart uploads.
     multipart_max_parts: int = 100
     multipart_max_form_size: int = 64 << 10
+    # Issue 14, sign-in: four default argon2 runs at once (a burst of sign-ins queues).
+    auth_memory_budget: int = 256 << 20
 
     def __post_init__(self) -> None:
         # Absolute once, here, so nothing later depends on the working directory.

@@ -6,8 +6,12 @@ The contract:
   reports which happened so the caller can add or remove the bytes under the hash's lock.
 - A blob also stays while a bundle entry names it: a bundle keeps its files available
   after their owners delete their own references, until the bundle is deleted.
-- Users are unique by name; removing one removes their references (the caller first drops
-  them one by one through the file store, so blobs leave the disk too).
+- Users are unique by the normalised form of their name (`filecask.auth.user_name_key`:
+  NFKC + case-fold), and looked up by it: `get_user("Admin")` is `admin`. The exact name
+  is tried first, so two users whose names collided before that rule (kept by migration
+  0007) each stay reachable by their own spelling. Removing one removes their references
+  (the caller first drops them one by one through the file store, so blobs leave the disk
+  too).
 - Every rule above holds with several processes on several machines writing to one
   PostgreSQL database at READ COMMITTED, not only under SQLite's single writer: the
   implementation takes row locks where a check and a write must be one step.
@@ -166,8 +170,10 @@ class FailureStore(Protocol):
         reset, at any instance (within `change_poll`): a memory load."""
 
     async def record_failures(
-        self, keys: Iterable[str], *, threshold: int, memory: float
-    ) -> dict[str, int]: ...
+        self, keys: Iterable[str], *, threshold: int, memory: float, floor: int = 0
+    ) -> dict[str, int]:
+        """One more failure for each key, each count becoming at least `floor`; the new
+        counts."""
 
     async def clear_failures(self, keys: Iterable[str], *, threshold: int) -> None: ...
 

@@ -18,12 +18,18 @@ users = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("name", sa.String(64), nullable=False, unique=True),
+    # The name's normalised form (`filecask.auth.user_name_key`: NFKC + case-fold), which
+    # names are unique by, so `Admin` and a fullwidth `admin` cannot sit next to `admin`. Always set
+    # by `create_user`; NOT NULL on PostgreSQL (SQLite cannot add that in place, migration
+    # 0007). Two names that collided before 0007 keep `<key>#<id>` for the younger one.
+    sa.Column("name_key", sa.String(255), nullable=False),
     sa.Column("password_hash", sa.String(255), nullable=False),
     sa.Column("is_admin", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     # Most bytes the user's own references may add up to (bundles do not count); NULL:
     # no limit. Enforced in `SqlMetaStore.add_ref`, in the transaction that adds the ref.
     sa.Column("quota", sa.BigInteger, nullable=True),
+    sa.Index("uq_users_name_key", "name_key", unique=True),
 )
 
 blobs = sa.Table(

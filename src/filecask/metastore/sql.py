@@ -44,6 +44,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from filecask.auth import user_name_key
 from filecask.changes import CHANNEL, ChangeStamps, PostgresChangeFeed, StampedCache, Topic
 from filecask.errors import Conflict, InsufficientStorage, NotFound, QuotaExceeded
 from filecask.metastore import (
@@ -139,6 +140,11 @@ class SqlMetaStore:
         self._users: StampedCache[str, User] = StampedCache(
             self.stamps, Topic.USERS, max_items=USER_CACHE_ITEMS
         )
+        # Names asked for and not found (sign-ins with made-up names): answered from memory
+        # like a known name's row, so the lookup's time does not tell which names exist.
+        self._no_users: StampedCache[str, bool] = StampedCache(
+            self.stamps, Topic.USERS, max_items=USER_CACHE_ITEMS
+        )
         self._blobs: StampedCache[str, BlobInfo] = StampedCache(
             self.stamps, Topic.BLOBS, max_items=BLOB_CACHE_ITEMS
         )
@@ -201,7 +207,8 @@ class SqlMetaStore:
     ) -> User:
         """ON CONFLICT rather than look-then-insert: on PostgreSQL two instances creating
         the same name at once (two first starts, each bootstrapping `admin`) would otherwise
-        both look, and the second insert would fail with an IntegrityError, not Conflict."""
+        both look, and the second insert would fail with an IntegrityError, not Conflict.
+        A name whose normalised form is taken (`Admin` next to `admin`) conflicts too."""
         insert = self._insert()
         async with self._write({Topic.USERS}) as conn:
             created_at = _now()
@@ -209,24 +216,42 @@ class SqlMetaStore:
                 insert(users)
                 .values(
                     name=name,
+                    name_key=user_name_key(name),
                     password_hash=password_hash,
                     is_admin=is_admin,
                     created_at=created_at,
                     quota=quota,
                 )
-                .on_conflict_do_nothing(index_elements=["name"])
+                .on_conflict_do_nothing()
                 .returning(users.c.id)
             )
             if key is None:
-                raise Conflict(f"A user named {name!r} already exists.", user=name)
+                taken = await conn.scalar(_lookup_user(name, users.c.name))
+                detail = f"A user named {name!r} already exists."
+                if taken is not None and taken != name:
+                    detail = f"The name {name!r} is too like the existing user {taken!r}."
+                raise Conflict(detail, user=name)
             return User(int(key), name, password_hash, is_admin, created_at, quota)
 
     async def get_user(self, name: str) -> User | None:
-        return await self._users.fetch(name, partial(self._load_user, name))
+        """The user `name` signs in as: the one of that exact name, else the one whose
+        normalised name is `name`'s (`Admin` is `admin`)."""
+        user, stamp = self._users.get(name)
+        if user is not None:
+            return user
+        missing, _ = self._no_users.get(name)
+        if missing:
+            return None
+        user = await self._load_user(name)
+        if user is None:
+            self._no_users.put(name, True, stamp)
+        else:
+            self._users.put(name, user, stamp)
+        return user
 
     async def _load_user(self, name: str) -> User | None:
         async with self.engine.connect() as conn:
-            row = await _user_row(conn, name)
+            row = (await conn.execute(_lookup_user(name, users))).first()
         return None if row is None else _user(row)
 
     async def list_users(self) -> list[UserSummary]:
@@ -264,13 +289,15 @@ class SqlMetaStore:
 
     async def delete_user(self, name: str) -> None:
         async with self._write({Topic.USERS, Topic.REFS}) as conn:
-            result = await conn.execute(users.delete().where(users.c.name == name))
+            target = _lookup_user(name, users.c.id).scalar_subquery()
+            result = await conn.execute(users.delete().where(users.c.id == target))
             if result.rowcount == 0:
                 raise NotFound(f"No user named {name!r}.", user=name)
 
     async def _update_user(self, name: str, **values: Any) -> None:
         async with self._write({Topic.USERS}) as conn:
-            result = await conn.execute(users.update().where(users.c.name == name).values(values))
+            target = _lookup_user(name, users.c.id).scalar_subquery()
+            result = await conn.execute(users.update().where(users.c.id == target).values(values))
             if result.rowcount == 0:
                 raise NotFound(f"No user named {name!r}.", user=name)
 
@@ -732,20 +759,22 @@ class SqlMetaStore:
         return self.stamps.read(Topic.AUTH)
 
     async def record_failures(
-        self, keys: Iterable[str], *, threshold: int, memory: float
+        self, keys: Iterable[str], *, threshold: int, memory: float, floor: int = 0
     ) -> dict[str, int]:
         """Count one more failure for each key (from 1 again if the last was more than
-        `memory` seconds ago, by the database's clock); the new counts. Moves AUTH (every
-        instance refreshes its mirror) only when a key is, or stays, throttled."""
+        `memory` seconds ago, by the database's clock), each count becoming at least
+        `floor`; the new counts. Moves AUTH (every instance refreshes its mirror) only when
+        a key is, or stays, throttled."""
         now = sa.func.clock_timestamp()
         forgotten = auth_failures.c.last_at < now - _seconds(memory)
         insert = postgresql.insert(auth_failures).values(
-            [{"key": key, "count": 1, "last_at": now} for key in sorted(set(keys))]
+            [{"key": key, "count": max(1, floor), "last_at": now} for key in sorted(set(keys))]
         )
+        counted = sa.case((forgotten, 1), else_=auth_failures.c.count + 1)
         statement = insert.on_conflict_do_update(
             index_elements=["key"],
             set_={
-                "count": sa.case((forgotten, 1), else_=auth_failures.c.count + 1),
+                "count": sa.func.greatest(counted, floor) if floor > 1 else counted,
                 "last_at": now,
             },
         ).returning(auth_failures.c.key, auth_failures.c.count)
@@ -914,8 +943,15 @@ def _upgrade_schema(conn: sa.Connection) -> None:
     command.upgrade(config, "head")
 
 
-async def _user_row(conn: AsyncConnection, name: str) -> sa.Row[Any] | None:
-    return (await conn.execute(sa.select(users).where(users.c.name == name))).first()
+def _lookup_user(name: str, *columns: Any) -> sa.Select[Any]:
+    """`columns` of the user `name` means: exact name first, else by normalised name."""
+    exact = users.c.name == name
+    return (
+        sa.select(*columns)
+        .where(sa.or_(exact, users.c.name_key == user_name_key(name)))
+        .order_by(sa.case((exact, 0), else_=1))
+        .limit(1)
+    )
 
 
 async def _check_quota(conn: AsyncConnection, user_id: int, blob: BlobInfo) -> None:
