@@ -372,12 +372,12 @@ async def test_metrics_count_fast_answers(stored: AppClient) -> None:
         match = re.search(pattern, text)
         return float(match.group(1)) if match else 0.0
 
-    before = downloads(await (await stored.get("/metrics")).text())
+    before = downloads(await (await stored.get("/metrics", headers=ADMIN)).text())
     fast = fast_of(stored)
     answered = fast.answered
     await exchange(stored, plain(f"/files/{SMALL_SHA}") * 5)
     assert fast.answered == answered + 5
-    after = downloads(await (await stored.get("/metrics")).text())
+    after = downloads(await (await stored.get("/metrics", headers=ADMIN)).text())
     assert after - before == 5
 
 

@@ -18,14 +18,14 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from filecask.metrics import LAG_INTERVAL, LATENCY_BUCKETS, METRICS, Metrics, WindowMax
-from tests.conftest import ADMIN, AppClient, MakeSettings, MakeUser
+from tests.conftest import ADMIN, AppClient, MakeSettings, MakeUser, basic
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 AiohttpClient = Callable[..., Awaitable[AppClient]]
 
 
 async def scrape(client: AppClient) -> Samples:
-    response = await client.get("/metrics")
+    response = await client.get("/metrics", headers=ADMIN)
     assert response.status == 200
     assert response.headers["Content-Type"].startswith("text/plain")
     samples: Samples = {}
@@ -179,11 +179,45 @@ async def test_archives_in_flight_go_up_while_one_streams_and_down_after(
     await wait_for_gauge(client, "filecask_archives_in_flight", 0)
 
 
-async def test_metrics_need_no_sign_in_and_answer_head(client: AppClient) -> None:
+async def test_metrics_need_the_token_or_an_administrator_and_answer_head(
+    aiohttp_client: AiohttpClient, make_settings: MakeSettings
+) -> None:
+    """Not public by default (they were before): a bearer token or an administrator."""
+    from filecask.app import create_app
+
+    token = "in-process-metrics-token-0123"
+    client = await aiohttp_client(create_app(make_settings(metrics_token=token)))
+    anonymous = await client.get("/metrics")
+    assert anonymous.status == 401
+    assert anonymous.headers["WWW-Authenticate"].startswith('Bearer realm="filecask metrics"')
+    assert "filecask_http" not in await anonymous.text()
+    wrong = await client.get("/metrics", headers={"Authorization": "Bearer " + token[:-1]})
+    assert wrong.status == 401
+    assert 'error="invalid_token"' in wrong.headers["WWW-Authenticate"]
+    created = await client.post(
+        "/users", json={"name": "bob", "password": "bob-pass"}, headers=ADMIN
+    )
+    assert created.status == 201
+    assert (await client.get("/metrics", headers=basic("bob", "bob-pass"))).status == 403
+    for auth in (ADMIN, {"Authorization": f"Bearer {token}"}, {"Authorization": f"bearer {token}"}):
+        assert (await client.get("/metrics", headers=auth)).status == 200
+        head = await client.head("/metrics", headers=auth)
+        assert head.status == 200
+        assert head.headers["Content-Type"].startswith("text/plain")
+
+
+async def test_metrics_public_serves_anyone(
+    aiohttp_client: AiohttpClient, make_settings: MakeSettings
+) -> None:
+    from filecask.app import create_app
+
+    client = await aiohttp_client(create_app(make_settings(metrics_public=True)))
     assert (await client.get("/metrics")).status == 200
-    head = await client.head("/metrics")
-    assert head.status == 200
-    assert head.headers["Content-Type"].startswith("text/plain")
+
+
+async def test_without_a_token_a_bearer_is_refused(client: AppClient) -> None:
+    response = await client.get("/metrics", headers={"Authorization": "Bearer anything-at-all"})
+    assert response.status == 401
 
 
 @given(

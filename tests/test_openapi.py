@@ -195,6 +195,8 @@ async def test_real_responses_conform(
     await check(await client.get("/readyz"), "/readyz")
     await check(await client.head("/healthz"), "/healthz")
     await check(await client.get("/openapi.json"), "/openapi.json")
+    await check(await client.get("/metrics"), "/metrics")  # 401: not public
+    await check(await client.get("/metrics", headers=ADMIN), "/metrics")
 
     # Uploads: raw (201), again (200), multipart, with the hash, a mismatch, no auth.
     await check(await client.post("/files?name=a.txt", data=content, headers=bob), "/files")

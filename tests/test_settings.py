@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,10 @@ from filecask.settings import (
     SettingsError,
     load_settings,
     parse_bool,
+    parse_metrics_token,
     parse_networks,
     parse_size,
+    read_metrics_token_file,
 )
 
 KIB, MIB, GIB, TIB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
@@ -171,6 +174,10 @@ def test_unprefixed_and_unknown_variables_are_ignored() -> None:
     assert s == Settings()
 
 
+METRICS_TOKEN_FILE = Path(tempfile.mkdtemp(prefix="filecask-settings-")) / "metrics-token"
+METRICS_TOKEN_FILE.write_text("token-from-a-file-0123456789\n")
+"""A token file must exist when the setting is read (a wrong path stops `serve` at once)."""
+
 SAMPLES: dict[str, tuple[str, Any]] = {
     "host": ("::1", "::1"),
     "port": ("0", 0),
@@ -212,6 +219,10 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "multipart_max_parts": ("20", 20),
     "multipart_max_form_size": ("16K", 16 << 10),
     "auth_memory_budget": ("128M", 128 * MIB),
+    # Issue 14, input part.
+    "metrics_public": ("yes", True),
+    "metrics_token": (" scrape-token-0123456789 ", "scrape-token-0123456789"),
+    "metrics_token_file": (str(METRICS_TOKEN_FILE), METRICS_TOKEN_FILE),
 }
 """For each setting: a text an operator might write, and the value it means."""
 
@@ -432,12 +443,13 @@ def test_settings_table_and_dataclass_agree() -> None:
     assert set(SETTINGS_BY_NAME) == fields
 
 
-def test_only_the_admin_password_and_s3_keys_are_environment_only() -> None:
+def test_only_the_secrets_are_environment_only() -> None:
     """A secret given as a flag would show in `ps`."""
     assert {s.name for s in SETTINGS if s.secret} == {
         "admin_password",
         "s3_access_key_id",
         "s3_secret_access_key",
+        "metrics_token",
     }
 
 
@@ -497,3 +509,50 @@ def test_s3_part_size_outside_what_s3_takes_is_refused(text: str) -> None:
 def test_s3_secrets_never_show_in_repr() -> None:
     settings = Settings(s3_access_key_id="AKIA-hidden", s3_secret_access_key="hidden-secret")
     assert "hidden" not in repr(settings)
+
+
+# --- /metrics access (issue 14, input part) -------------------------------------------------
+
+
+def test_metrics_are_not_public_by_default() -> None:
+    s = Settings()
+    assert s.metrics_public is False
+    assert s.metrics_token is None
+    assert s.metrics_token_file is None
+
+
+def test_metrics_token_is_not_in_repr() -> None:
+    assert "scrape-secret" not in repr(Settings(metrics_token="scrape-secret-0123456789"))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "short",
+        "fifteen-chars-x",
+        "has space inside it",
+        "t\u00f6ken-with-umlaut-0123",
+        "a=b-0123456789abcd",
+    ],
+)
+def test_metrics_token_must_be_a_long_bearer_token(bad: str) -> None:
+    with pytest.raises(ValueError, match="token"):
+        parse_metrics_token(bad)
+    with pytest.raises(SettingsError, match="FILECASK_METRICS_TOKEN"):
+        load_settings(environ={"FILECASK_METRICS_TOKEN": bad}, env_file=None)
+
+
+def test_metrics_token_accepts_base64_and_hex() -> None:
+    assert parse_metrics_token("0123456789abcdef") == "0123456789abcdef"
+    assert parse_metrics_token("QUJDREVGR0hJSktMTU5PUA==") == "QUJDREVGR0hJSktMTU5PUA=="
+    assert parse_metrics_token("") is None
+
+
+def test_metrics_token_file_that_cannot_be_used_is_refused_when_loading(tmp_path: Path) -> None:
+    missing, empty, short = tmp_path / "missing", tmp_path / "empty", tmp_path / "short"
+    empty.write_text("\n")
+    short.write_text("abc\n")
+    for path in (missing, empty, short):
+        with pytest.raises(SettingsError, match="FILECASK_METRICS_TOKEN_FILE"):
+            load_settings(environ={"FILECASK_METRICS_TOKEN_FILE": str(path)}, env_file=None)
+    assert read_metrics_token_file(METRICS_TOKEN_FILE) == "token-from-a-file-0123456789"

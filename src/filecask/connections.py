@@ -31,21 +31,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.log import access_logger as aiohttp_access_logger
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from filecask.errors import PROBLEM_BASE, BadRequest, FilecaskError, RequestTimeout
-from filecask.problem import PROBLEM_TYPE, problem_response
+from filecask.problem import PROBLEM_TYPE, body_problem, problem_bytes, problem_response
 from filecask.settings import Settings
 
 if TYPE_CHECKING:
@@ -103,10 +102,8 @@ async def receive(step: Awaitable[T], stall_limit: float) -> T:
         raise RequestTimeout(
             f"The request body stalled for more than {stall_limit:g} s; nothing was stored."
         ) from None
-    except web.RequestPayloadError as exc:
-        raise BadRequest(f"Malformed request body: {exc}") from None
-    except HttpProcessingError as exc:
-        raise BadRequest(f"Malformed request body: {exc.message}") from None
+    except (web.RequestPayloadError, HttpProcessingError) as exc:
+        raise BadRequest(f"Malformed request body: {body_problem(exc)}.") from None
 
 
 def _phrase_problem(status: int, detail: str) -> dict[str, Any]:
@@ -120,9 +117,25 @@ def _phrase_problem(status: int, detail: str) -> dict[str, Any]:
     }
 
 
+def only_known_expectations(handler: Handler) -> Handler:
+    """aiohttp answers an `Expect` other than `100-continue` before any middleware runs:
+    with a text/plain 417, or, when the value is not ASCII, with a 500 and a traceback
+    (its error text, which repeats the value, cannot be encoded). Such a request is
+    answered here instead: 417 problem+json, the value not repeated (RFC 9110 §10.1.1)."""
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        expect = request.headers.get(hdrs.EXPECT)
+        if expect and expect.lower() != "100-continue":
+            detail = "Only 'Expect: 100-continue' is understood."
+            return problem_response(417, _phrase_problem(417, detail) | {"header": "Expect"})
+        return await handler(request)
+
+    return handle
+
+
 def _raw_problem(error: FilecaskError) -> bytes:
     """A complete HTTP/1.1 response, for when there is no request object to answer."""
-    body = json.dumps(error.to_problem(), ensure_ascii=False).encode()
+    body = problem_bytes(error.to_problem())
     head = (
         f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\n"
         f"Content-Type: {PROBLEM_TYPE}\r\n"
@@ -363,6 +376,19 @@ class FilecaskRequestHandler(RequestHandler):
 
     # -- responses ---------------------------------------------------------------------
 
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """A request body found malformed only after its answer was sent (aiohttp reads
+        the unread rest of a body before the next request: a 405 to a `POST` whose gzip
+        is not gzip) is the client's fault: the connection is closed, with a debug line,
+        not an ERROR "Unhandled exception" traceback."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, (web.RequestPayloadError, HttpProcessingError)):
+            self.logger.debug(
+                "closing %s: malformed request body: %s", self.peername, body_problem(exc)
+            )
+            return
+        super().log_exception(*args, **kw)
+
     async def finish_response(
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
@@ -461,7 +487,7 @@ class FilecaskAppRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         standard = await super()._make_server()  # runs the app's startup, freezes it
         return FilecaskServer(
-            standard.request_handler,
+            only_known_expectations(standard.request_handler),
             request_factory=standard.request_factory,
             handler_cancellation=standard.handler_cancellation,
             loop=standard._loop,

@@ -1,8 +1,13 @@
 """Prometheus metrics at `GET /metrics`: requests, latency, bytes, work in flight, store size.
 
-Open to anyone, like nginx's stub_status: nothing in it names a user, a file or a URL. The
-`route` label is the route's template (`/files/{hash}`), never the raw path, so a client
-cannot grow the number of series by asking for made-up URLs.
+Nothing in it names a user, a file or a URL, but its totals (uploads, 401s and 429s, the
+store's size) tell an attacker how a server is used and whether a guessing run is being
+throttled, so it is not public by default: a scraper sends `Authorization: Bearer <token>`
+(`--metrics-token` / `--metrics-token-file`, what Prometheus's `authorization` block
+sends), and an administrator may sign in with Basic credentials. `--metrics-public true`
+opens it to anyone, for a scraper that can do neither (put it behind the proxy's access
+rules then). The `route` label is the route's template (`/files/{hash}`), never the raw
+path, so a client cannot grow the number of series by asking for made-up URLs.
 
 One process (`serve`, the tests) keeps its metrics in memory, in a registry of the app's
 own. With `serve --workers N` each worker is a separate process and a scrape lands on
@@ -37,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import hmac
 import logging
 import os
 import re
@@ -60,8 +66,11 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from filecask.app import SERVICES
+from filecask.app import SERVICES, SETTINGS
+from filecask.errors import Unauthorized
+from filecask.handlers import require_admin
 from filecask.metastore.schema import blobs
+from filecask.settings import Settings, read_metrics_token_file
 
 __all__ = [
     "METRICS",
@@ -283,6 +292,9 @@ class Metrics:
 
 
 METRICS = web.AppKey("metrics", Metrics)
+METRICS_TOKENS = web.AppKey("metrics_tokens", tuple[bytes, ...])
+"""The bearer tokens that may read /metrics (from the settings, read at start)."""
+METRICS_CHALLENGE = 'Bearer realm="filecask metrics", Basic realm="filecask", charset="UTF-8"'
 
 
 def install_metrics(app: web.Application) -> None:
@@ -291,7 +303,49 @@ def install_metrics(app: web.Application) -> None:
     app[METRICS] = Metrics.for_this_process()
     app.cleanup_ctx.append(_flush_periodically)
     app.cleanup_ctx.append(_watch_loop_lag)
+    app.on_startup.append(_read_metrics_tokens)
     app.router.add_get("/metrics", metrics_handler)
+
+
+async def _read_metrics_tokens(app: web.Application) -> None:
+    """The token file is read once, at start (off the event loop)."""
+    loop = asyncio.get_running_loop()
+    app[METRICS_TOKENS] = await loop.run_in_executor(None, metrics_tokens, app[SETTINGS])
+
+
+def metrics_tokens(settings: Settings) -> tuple[bytes, ...]:
+    """Every configured token (both, when a token and a file are given: a scraper can be
+    moved to a new token before the old one is removed)."""
+    tokens = [settings.metrics_token] if settings.metrics_token else []
+    if settings.metrics_token_file is not None:
+        tokens.append(read_metrics_token_file(settings.metrics_token_file))
+    return tuple(token.encode() for token in tokens)
+
+
+async def check_metrics_access(request: web.Request) -> None:
+    """Public if so configured; else a configured bearer token (compared in constant
+    time) or an administrator's Basic credentials (throttled like every sign-in).
+    401 with both challenges when neither is sent, 403 for a signed-in non-administrator."""
+    if request.app[SETTINGS].metrics_public:
+        return
+    scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() == "basic":
+        await require_admin(request)
+        return
+    if scheme.lower() == "bearer":
+        # The header's bytes as sent (aiohttp keeps undecodable bytes as surrogates).
+        sent = credentials.strip().encode("utf-8", "surrogateescape")
+        if any(hmac.compare_digest(sent, token) for token in request.app[METRICS_TOKENS]):
+            return
+        error = Unauthorized("This bearer token may not read the metrics.")
+        error.headers["WWW-Authenticate"] = 'Bearer realm="filecask metrics", error="invalid_token"'
+        raise error
+    error = Unauthorized(
+        "The metrics need `Authorization: Bearer <metrics token>` or an administrator's"
+        " Basic credentials."
+    )
+    error.headers["WWW-Authenticate"] = METRICS_CHALLENGE
+    raise error
 
 
 async def _flush_periodically(app: web.Application) -> AsyncIterator[None]:
@@ -399,6 +453,7 @@ def _body_bytes_sent(request: web.Request, response: web.StreamResponse | None) 
 
 async def metrics_handler(request: web.Request) -> web.Response:
     """The text exposition format (OpenMetrics if the scraper asks for it)."""
+    await check_metrics_access(request)
     metrics = request.app[METRICS]
     meta = request.app[SERVICES].meta
 

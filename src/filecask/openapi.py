@@ -664,6 +664,17 @@ def _ops_paths() -> Json:
         }
 
     ok = {"description": "Up.", "content": _json(_schema("Status"))}
+    metrics_unauthorized = copy.deepcopy(_responses()["Unauthorized"])
+    metrics_unauthorized["description"] = (
+        "No credentials, a wrong bearer token, or wrong Basic credentials."
+        " A client whose Accept names text/html gets a short HTML page instead."
+    )
+    metrics_unauthorized["headers"]["WWW-Authenticate"]["description"] = (
+        'Without credentials `Bearer realm="filecask metrics", Basic realm="filecask",'
+        ' charset="UTF-8"`; with a wrong token `Bearer realm="filecask metrics",'
+        ' error="invalid_token"`; with wrong Basic credentials `Basic realm="filecask",'
+        ' charset="UTF-8"`.'
+    )
     return {
         "/healthz": _get_and_head(probe("healthz", "Liveness: the process answers.", {"200": ok})),
         "/readyz": _get_and_head(
@@ -689,20 +700,28 @@ def _ops_paths() -> Json:
             )
         ),
         "/metrics": _get_and_head(
-            probe(
-                "metrics",
-                "Prometheus metrics: requests, latency, bytes, work in flight, store size.",
-                {
-                    "200": {
-                        "description": "The Prometheus text format (OpenMetrics if the"
-                        " Accept header asks for it), totals over every worker.",
-                        "content": {
-                            media: {"schema": {"type": "string"}}
-                            for media in ("text/plain", "application/openmetrics-text")
+            {
+                **probe(
+                    "metrics",
+                    "Prometheus metrics: requests, latency, bytes, work in flight, store size.",
+                    {
+                        "200": {
+                            "description": "The Prometheus text format (OpenMetrics if the"
+                            " Accept header asks for it), totals over every worker.",
+                            "content": {
+                                media: {"schema": {"type": "string"}}
+                                for media in ("text/plain", "application/openmetrics-text")
+                            },
                         },
-                    }
-                },
-            )
+                        "401": metrics_unauthorized,
+                        **_problems("Forbidden", "TooManyRequests"),
+                    },
+                ),
+                "description": "For the metrics bearer token (`FILECASK_METRICS_TOKEN`,"
+                " `--metrics-token-file`) or an administrator's Basic credentials; for"
+                " anyone with `--metrics-public true`.",
+                "security": [{"metricsToken": []}, {"basicAuth": []}],
+            }
         ),
     }
 
@@ -1074,7 +1093,9 @@ def _upload_paths() -> Json:
                         "name": "Upload-Metadata",
                         "in": "header",
                         "required": False,
-                        "schema": {"type": "string"},
+                        "description": "Comma-separated `key base64(value)` pairs; ASCII"
+                        " only (any other byte is 400).",
+                        "schema": {"type": "string", "pattern": "^[ -~]*$"},
                     },
                 ],
                 "responses": {
@@ -1222,7 +1243,13 @@ def openapi_document(*, file_api: bool = True) -> Json:
                     "scheme": "basic",
                     "description": "UTF-8 user:password (RFC 7617). Repeated failures are "
                     "slowed down and answered 429 with Retry-After.",
-                }
+                },
+                "metricsToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The metrics token (`FILECASK_METRICS_TOKEN` or "
+                    "`--metrics-token-file`), for /metrics only (RFC 6750).",
+                },
             },
             "schemas": _schemas(),
             "responses": responses,

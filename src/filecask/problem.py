@@ -14,15 +14,17 @@ from __future__ import annotations
 import html
 import json
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
 import asyncpg
 import sqlalchemy.exc
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
-from filecask.errors import PROBLEM_BASE, FilecaskError, ServiceUnavailable
+from filecask.errors import PROBLEM_BASE, BadRequest, FilecaskError, ServiceUnavailable
 
 PROBLEM_TYPE = "application/problem+json"
 STREAMING = web.RequestKey("streaming", bool)
@@ -31,16 +33,38 @@ STREAMING = web.RequestKey("streaming", bool)
 log = logging.getLogger("filecask.errors")
 
 _KEPT_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After", "Content-Range")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def utf8_text(text: str) -> bytes:
+    """`text` as UTF-8, whatever a client smuggled into it: a lone surrogate (from a JSON
+    escape, or a header byte aiohttp kept as `surrogateescape`) has no UTF-8 form and
+    becomes U+FFFD. An error about bad input must never fail to be sent for repeating it."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text).encode()
+
+
+def body_problem(exc: BaseException) -> str:
+    """What aiohttp's parser found wrong with a request body, in one line (a payload
+    error carries the parser's error as its cause: bad chunk framing, undecodable gzip)."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, HttpProcessingError) else exc
+    text = cause.message if isinstance(cause, HttpProcessingError) else str(cause)
+    return " ".join(str(text).split()).rstrip(".") or "unparsable"
+
+
+def problem_bytes(body: dict[str, Any]) -> bytes:
+    """The JSON of a problem, valid UTF-8 whatever its members hold."""
+    return utf8_text(json.dumps(body, ensure_ascii=False))
 
 
 def problem_response(
     status: int, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> web.Response:
-    # backslashreplace: a lone surrogate a client sent (JSON's "\udcff") and that a problem
-    # names goes back as the same JSON escape, instead of failing to encode (a 500).
     return web.Response(
         status=status,
-        body=json.dumps(body, ensure_ascii=False).encode("utf-8", "backslashreplace"),
+        body=problem_bytes(body),
         content_type=PROBLEM_TYPE,
         headers=headers,
     )
@@ -70,7 +94,11 @@ def html_response(
         f"<h1>{html.escape(title)}</h1><p>{html.escape(detail)}</p></body></html>"
     )
     return web.Response(
-        status=status, text=page, content_type="text/html", charset="utf-8", headers=headers
+        status=status,
+        body=utf8_text(page),
+        content_type="text/html",
+        charset="utf-8",
+        headers=headers,
     )
 
 
@@ -101,6 +129,11 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             if exc.status < 400:
                 raise
             return from_http_exception(exc, request)
+        if isinstance(exc, (web.RequestPayloadError, HttpProcessingError)):
+            # A body aiohttp's parser refused, read by something other than
+            # `connections.receive` (which says the same): the client's error, not ours.
+            error = BadRequest(f"Malformed request body: {body_problem(exc)}.")
+            return from_error(error, request)
         if _is_database_unavailable(exc):
             log.warning("%s %s: the database cannot be used: %s", request.method, request.path, exc)
             unavailable = ServiceUnavailable(

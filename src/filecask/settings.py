@@ -134,6 +134,47 @@ def parse_optional_path(text: str) -> Path | None:
     return Path(text) if text else None
 
 
+METRICS_TOKEN_MIN = 16
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+"""RFC 6750 §2.1 b64token: what can follow `Authorization: Bearer`."""
+
+
+def parse_metrics_token(text: str) -> str | None:
+    """A bearer token (RFC 6750 characters), at least METRICS_TOKEN_MIN long: nothing
+    slows down guesses of it, so it must be too long to guess. Empty: none."""
+    token = text.strip()
+    if not token:
+        return None
+    if not _BEARER_TOKEN.fullmatch(token):
+        raise ValueError("a bearer token is letters, digits and -._~+/ (then = padding)")
+    if len(token) < METRICS_TOKEN_MIN:
+        raise ValueError(
+            f"a bearer token has at least {METRICS_TOKEN_MIN} characters"
+            " (make one with: openssl rand -hex 32)"
+        )
+    return token
+
+
+def parse_metrics_token_file(text: str) -> Path | None:
+    """A file holding the token (surrounding whitespace ignored), checked now so a wrong
+    path stops `serve` at once; read again when the server starts."""
+    if not text:
+        return None
+    path = Path(text)
+    read_metrics_token_file(path)
+    return path
+
+
+def read_metrics_token_file(path: Path) -> str:
+    try:
+        token = parse_metrics_token(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the metrics token from {path}: {exc}") from None
+    if token is None:
+        raise ValueError(f"{path} holds no token")
+    return token
+
+
 @dataclass(frozen=True)
 class Setting:
     """One row of the settings table."""
@@ -362,6 +403,27 @@ SETTINGS: tuple[Setting, ...] = (
         " (each takes --argon2-memory) wait their turn instead of running in parallel.",
         "SIZE",
     ),
+    # Issue 14, input part: who may read /metrics.
+    Setting(
+        "metrics_public",
+        parse_bool,
+        "Serve /metrics to anyone; by default only to the metrics token or an administrator.",
+        "BOOL",
+    ),
+    Setting(
+        "metrics_token",
+        parse_metrics_token,
+        "Bearer token a scraper sends to read /metrics (16+ characters, e.g. openssl rand"
+        " -hex 32).",
+        "TOKEN",
+        secret=True,
+    ),
+    Setting(
+        "metrics_token_file",
+        parse_metrics_token_file,
+        "File holding the /metrics bearer token (a Docker or systemd secret).",
+        "FILE",
+    ),
 )
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
@@ -415,6 +477,10 @@ class Settings:
     multipart_max_form_size: int = 64 << 10
     # Issue 14, sign-in: four default argon2 runs at once (a burst of sign-ins queues).
     auth_memory_budget: int = 256 << 20
+    # Issue 14, input part: /metrics needs the token or an administrator unless public.
+    metrics_public: bool = False
+    metrics_token: str | None = field(default=None, repr=False)
+    metrics_token_file: Path | None = None
 
     def __post_init__(self) -> None:
         # Absolute once, here, so nothing later depends on the working directory.

@@ -38,6 +38,9 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 CLIENT_ADDRESS = "127.0.0.5"
 AUTH = {"Authorization": "Basic " + base64.b64encode(ADMIN_CREDENTIALS.encode()).decode()}
 MiB = 1 << 20
+METRICS_TOKEN = "deploy-metrics-token-0123456789"
+SCRAPER = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+"""What a Prometheus behind the proxy sends (/metrics is not public)."""
 
 
 def serve_flags() -> set[str]:
@@ -98,7 +101,13 @@ def proxy_config(upstream_port: int, listen_port: int, *more_upstreams: int) -> 
 def proxied(
     start_server: StartServer, nginx_binary: str, tmp_path: Path
 ) -> Iterator[tuple[Server, int]]:
-    server = start_server("--trusted-proxies", "127.0.0.1", "--archive-delay", "0.02")
+    server = start_server(
+        "--trusted-proxies",
+        "127.0.0.1",
+        "--archive-delay",
+        "0.02",
+        env={"FILECASK_METRICS_TOKEN": METRICS_TOKEN},
+    )
     port = free_port()
     config = proxy_config(server.port, port)
     with run_nginx(nginx_binary, tmp_path / "nginx", config, port):
@@ -124,7 +133,7 @@ def request(
 
 
 def metric(port: int, name: str) -> float:
-    status, _, body = request(port, "GET", "/metrics")
+    status, _, body = request(port, "GET", "/metrics", SCRAPER)
     assert status == 200
     for line in body.decode().splitlines():
         if line.startswith(name + " "):
@@ -204,10 +213,14 @@ def test_the_client_address_reaches_the_access_log_and_metrics_answer(
     # What a client claims on its own is ignored: nginx appends the address it sees.
     status, _, _ = request(port, "GET", "/me", {**AUTH, "X-Forwarded-For": "6.6.6.6"})
     assert status == 200
-    status, headers, body = request(port, "GET", "/metrics")
+    status, headers, body = request(port, "GET", "/metrics", SCRAPER)
     assert status == 200
     assert headers["Content-Type"].startswith("text/plain")
     assert b"filecask_http_requests_total" in body
+    # The bearer token passes through the proxy; without it, no metrics.
+    status, _, body = request(port, "GET", "/metrics")
+    assert status == 401
+    assert b"filecask_http_requests_total" not in body
     lines = wait_for_log(server, '"GET /me HTTP/1.1" 200')
     assert lines[-1].split()[4] == CLIENT_ADDRESS, lines[-1]
     assert lines[-1].split()[5] == "admin"

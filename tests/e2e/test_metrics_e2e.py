@@ -12,13 +12,16 @@ from filecask.metrics import FLUSH_INTERVAL
 from tests.e2e.conftest import HOST, Server, StartServer
 
 CONNECTIONS = 16
+TOKEN = "e2e-metrics-scraper-token-0123456789"
+SCRAPER = {"FILECASK_METRICS_TOKEN": TOKEN}
+"""/metrics is not public: the scrapes here send this bearer token, as Prometheus would."""
 
 
 def readyz_requests(server: Server) -> float:
     """GET /readyz 200s, from a scrape on a new connection (any worker may answer)."""
     conn = http.client.HTTPConnection(HOST, server.port, timeout=10)
     try:
-        conn.request("GET", "/metrics")
+        conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
         response = conn.getresponse()
         assert response.status == 200
         text = response.read().decode()
@@ -47,7 +50,7 @@ def worker_of(workers: list[psutil.Process], client: tuple[str, int]) -> int:
 
 
 def test_metrics_are_totals_over_every_worker(start_server: StartServer) -> None:
-    server = start_server("--workers", "2", "--access-log", "false")
+    server = start_server("--workers", "2", "--access-log", "false", env=SCRAPER)
     workers = psutil.Process(server.pid).children()
     assert len(workers) == 2
     served: dict[int, int] = {w.pid: 0 for w in workers}
@@ -80,7 +83,7 @@ def test_metrics_are_totals_over_every_worker(start_server: StartServer) -> None
 
 
 def test_a_previous_run_s_metric_files_are_removed_at_start(start_server: StartServer) -> None:
-    first = start_server("--workers", "2")
+    first = start_server("--workers", "2", env=SCRAPER)
     assert readyz_requests(first) == 0
     conn = http.client.HTTPConnection(HOST, first.port, timeout=10)
     conn.request("GET", "/readyz")
@@ -89,5 +92,5 @@ def test_a_previous_run_s_metric_files_are_removed_at_start(start_server: StartS
     time.sleep(FLUSH_INTERVAL + 0.5)  # the scrape may land on the other worker
     assert readyz_requests(first) == 1
     first.stop()
-    second = start_server("--workers", "2", data_dir=first.data_dir)
+    second = start_server("--workers", "2", data_dir=first.data_dir, env=SCRAPER)
     assert readyz_requests(second) == 0

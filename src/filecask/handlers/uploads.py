@@ -128,7 +128,7 @@ async def create(request: web.Request) -> web.StreamResponse:
         raise PayloadTooLarge(
             f"The upload of {length} bytes exceeds the limit of {limit} bytes.", limit=limit
         )
-    raw_metadata = request.headers.get("Upload-Metadata", "").strip()
+    raw_metadata = request.headers.get("Upload-Metadata", "").strip(" \t")  # HTTP's OWS
     name = _file_name(raw_metadata)
     await _check_quota(services, user, length)
     now = datetime.now(UTC)
@@ -289,8 +289,15 @@ def _int_header(request: web.Request, name: str) -> int:
 
 def _file_name(raw: str) -> str | None:
     """The `filename` of `Upload-Metadata` (comma-separated `key base64(value)` pairs),
-    validated like any upload's name."""
-    if len(raw.encode()) > METADATA_MAX:
+    validated like any upload's name. The header is ASCII by construction (tus 1.0: ASCII
+    keys, base64 values); any other byte is refused, so what is stored and echoed back in
+    a `HEAD` is always a valid header value."""
+    if not raw.isascii():
+        raise BadRequest(
+            "Upload-Metadata must be ASCII: keys are printable ASCII, values base64 (tus 1.0).",
+            header="Upload-Metadata",
+        )
+    if len(raw) > METADATA_MAX:
         raise BadRequest(f"Upload-Metadata is limited to {METADATA_MAX} bytes.")
     name = None
     for pair in filter(None, (p.strip() for p in raw.split(","))):
