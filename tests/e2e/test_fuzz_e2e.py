@@ -76,6 +76,8 @@ def fuzzed(module_launcher: ServerLauncher, tmp_path_factory: pytest.TempPathFac
         str(root),
         *CHEAP_ARGON2,
         *NO_THROTTLE,
+        # JSON log lines: the formatter meets every hostile path, name and header too.
+        *("--log-format", "json"),
         env={"FILECASK_METRICS_TOKEN": METRICS_TOKEN},
     )
     json_type = (b"Content-Type", b"application/json")
