@@ -80,6 +80,8 @@ def attacks(admin: bytes) -> list[Attack]:
                b"[" * 50_000 + b"]" * 50_000)),
         Attack("input", "JSON 5,000-digit number", http(b"POST", b"/users", as_admin,
                b'{"name": "bob", "quota": ' + b"9" * 5000 + b"}")),
+        Attack("input", "JSON of 500,000 values (1 MiB)", http(b"POST", b"/archives", as_user,
+               b'{"files": [' + b"0," * 500_000 + b"0]}")),
         Attack("input", "JSON 1e999 quota", http(b"PATCH", b"/users/" + USER.encode(), as_admin,
                b'{"quota": 1e999}')),
         Attack("input", "Content-Encoding: gzip, POST /me", http(b"POST", b"/me",
