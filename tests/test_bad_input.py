@@ -20,7 +20,13 @@ from hypothesis import strategies as st
 from filecask.app import create_app
 from filecask.connections import make_runner
 from filecask.errors import BadRequest
-from filecask.problem import html_response, problem_bytes, problem_response, utf8_text
+from filecask.problem import (
+    html_response,
+    problem_bytes,
+    problem_middleware,
+    problem_response,
+    utf8_text,
+)
 from filecask.settings import Settings
 from tests.conftest import ADMIN, AppClient, MakeSettings, assert_problem
 
@@ -169,6 +175,35 @@ async def test_a_json_body_lying_about_its_encoding_is_a_400(client: AppClient) 
     body = await response.json(content_type=None)
     assert response.status == 400
     assert body["detail"] == "Malformed request body: Can not decode content-encoding: gzip."
+
+
+async def test_a_body_the_parser_refuses_is_a_400_wherever_it_is_read(
+    make_settings: MakeSettings,
+) -> None:
+    """A handler reading the body itself (not through `connections.receive`)."""
+
+    async def reads(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(text="read")
+
+    app = web.Application(middlewares=[problem_middleware])
+    app.router.add_post("/reads", reads)
+    settings = make_settings()
+    runner = make_runner(app, settings, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, HOST, 0)
+    await site.start()
+    try:
+        status, headers, body = await exchange(
+            runner.addresses[0][1],
+            b"POST /reads HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
+            b"Content-Length: 8\r\nConnection: close\r\n\r\nnot gzip",
+        )
+    finally:
+        await runner.cleanup()
+    assert status == 400
+    assert headers["content-type"] == "application/problem+json"
+    assert "content-encoding: gzip" in json.loads(body)["detail"]
 
 
 # -- tus Upload-Metadata ---------------------------------------------------------------------

@@ -18,7 +18,8 @@ Python's `json.loads` is safe for data we wrote, not for a hostile body of up to
 - a number is at most `MAX_NUMBER_CHARS` characters (every 64-bit integer and every
   double in its shortest form fits) and must be finite;
 - at most `MAX_ITEMS` values, so no parse holds the event loop (or, in a worker thread,
-  the GIL: `json.loads` is one C call) for more than a few ms;
+  the GIL: `json.loads` is one C call) for more than about 15 ms, what the largest
+  manifest costs anyway;
 - the body must be UTF-8 (RFC 8259 §8.1), and no string may hold a lone surrogate.
 
 Every filecask JSON body is a small object (a manifest, a user): these limits are far
@@ -47,10 +48,20 @@ values). The largest manifest that fits in a JSON body (about 11,500 entries) ha
 
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _OBJECTS_AS_ARRAYS = bytes.maketrans(b"{}", b"[]")
-_LONG_NUMBER = re.compile(rb"[-+.0-9eE]{%d,}" % (MAX_NUMBER_CHARS + 1))
+
+
+def _table(mapping: dict[str, str]) -> bytes:
+    """A `bytes.translate` table: the characters named map as given, all others to ' '."""
+    return bytes(ord(mapping.get(chr(b), " ")) for b in range(256))
+
+
+_NUMBER_CHARS = _table(dict.fromkeys("0123456789eE+-.", "0"))
+_LONG_NUMBER = b"0" * (MAX_NUMBER_CHARS + 1)
 """Outside strings, only a number token is such a run (`true` and `false` hold one `e`)."""
-_BIG_EXPONENT = re.compile(rb"[eE]\+?0*[1-9][0-9]{2}")
-"""An exponent of 100 or more: with at most 32 characters, nothing smaller overflows."""
+_EXPONENTS = _table({"e": "e", "E": "e", "+": "+", "0": "0", **dict.fromkeys("123456789", "1")})
+_BIG_EXPONENT = re.compile(rb"e\+?0*1[01]{2}")
+"""An exponent of 100 or more (in `_EXPONENTS` form): with at most 32 characters, nothing
+smaller can overflow a double."""
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -78,7 +89,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         )
     outside = outside_strings(raw)
     depth_ok = nesting_at_most(outside, MAX_DEPTH)
-    big_exponent = _BIG_EXPONENT.search(outside) is not None
+    big_exponent = _BIG_EXPONENT.search(outside.translate(_EXPONENTS)) is not None
     try:
         body = json.loads(
             text,
@@ -97,7 +108,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     # Parsed, so well formed: these two checks of the text are exact now.
     if not depth_ok:
         _too_deep()
-    if _LONG_NUMBER.search(outside):
+    if _LONG_NUMBER in outside.translate(_NUMBER_CHARS):
         _number_too_long()
     if _SURROGATE_ESCAPE.search(text) and _holds_lone_surrogate(body):
         raise BadRequest(

@@ -3,8 +3,8 @@
 Nothing in it names a user, a file or a URL, but its totals (uploads, 401s and 429s, the
 store's size) tell an attacker how a server is used and whether a guessing run is being
 throttled, so it is not public by default: a scraper sends `Authorization: Bearer <token>`
-(`--metrics-token` / `--metrics-token-file`, what Prometheus's `authorization` block
-sends), and an administrator may sign in with Basic credentials. `--metrics-public true`
+(`FILECASK_METRICS_TOKEN` or `--metrics-token-file`, what Prometheus's `authorization`
+block sends), and an administrator may sign in with Basic credentials. `--metrics-public true`
 opens it to anyone, for a scraper that can do neither (put it behind the proxy's access
 rules then). The `route` label is the route's template (`/files/{hash}`), never the raw
 path, so a client cannot grow the number of series by asking for made-up URLs.

@@ -76,6 +76,8 @@ def fuzzed(module_launcher: ServerLauncher, tmp_path_factory: pytest.TempPathFac
         str(root),
         *CHEAP_ARGON2,
         *NO_THROTTLE,
+        # JSON log lines: the formatter meets every hostile path, name and header too.
+        *("--log-format", "json"),
         env={"FILECASK_METRICS_TOKEN": METRICS_TOKEN},
     )
     json_type = (b"Content-Type", b"application/json")
@@ -277,8 +279,26 @@ def header_requests(draw: st.DrawFn) -> tuple[bytes, bytes, list[tuple[bytes, by
     return method, target, headers, body, chunks
 
 
+TUS = [(b"Tus-Resumable", b"1.0.0"), (b"Upload-Length", b"10")]
+
+
 @FUZZ
 @hypothesis.given(request=header_requests())
+# The issue's requests: a body that is not what its Content-Encoding says on routes that
+# answer without reading it; a non-ASCII Expect; a non-ASCII Upload-Metadata.
+@hypothesis.example((b"POST", b"/me", [(b"Content-Encoding", b"gzip")], b"not gzip", None))
+@hypothesis.example((b"PUT", b"/healthz", [(b"Content-Encoding", b"deflate")], b"x\x9c?", None))
+@hypothesis.example((b"POST", b"/nowhere", [(b"Content-Encoding", b"gzip")], b"", [b"?"]))
+@hypothesis.example((b"POST", b"/me", [(b"Expect", b"\xff\xfe")], b"abc", None))
+@hypothesis.example(
+    (
+        b"POST",
+        b"/uploads/",
+        [(b"Authorization", basic(USER)), *TUS, (b"Upload-Metadata", b"\xff")],
+        b"",
+        None,
+    )
+)
 def test_fuzz_headers(fuzzed: Server, request: Any) -> None:
     method, target, headers, body, chunks = request
     assert_sound(send(fuzzed, method, target, headers, body, chunks), request)
@@ -302,6 +322,7 @@ def test_fuzz_headers(fuzzed: Server, request: Any) -> None:
         st.lists(st.one_of(NASTY_BYTES, st.just(b"YWRtaW46")), max_size=4).map(b"".join),
     ),
 )
+@hypothesis.example(target=b"/me", scheme=b"Basic", token=b"\xff\xfe")  # the issue's
 def test_fuzz_authorization(fuzzed: Server, target: bytes, scheme: bytes, token: bytes) -> None:
     header = scheme + b" " + token.replace(b"\r", b"").replace(b"\n", b"")
     answer = send(fuzzed, b"GET", target, [(b"Authorization", header)])
@@ -350,11 +371,12 @@ def json_bodies(draw: st.DrawFn) -> bytes:
         text = json.dumps(value, ensure_ascii=draw(st.booleans()))
         return text.encode("utf-8", "surrogatepass")
     # Texts json.dumps would never write.
-    deep = draw(st.integers(min_value=1, max_value=60_000))
+    deep = draw(st.one_of(st.sampled_from([32, 33, 1000, 50_000]), st.integers(1, 60_000)))
+    digits = draw(st.one_of(st.sampled_from([32, 33, 4300, 4301, 5000]), st.integers(1, 6000)))
     pieces = [
         b"[" * deep + b"]" * deep,
         b'{"a":' * deep + b"1" + b"}" * deep,
-        b'{"quota": ' + b"9" * draw(st.integers(min_value=1, max_value=6000)) + b"}",
+        b'{"quota": ' + b"9" * digits + b"}",
         b'{"quota": 1' + draw(st.sampled_from([b"e999", b"e-999", b".5e308", b"e308"])) + b"}",
         b'{"quota": ' + draw(st.sampled_from([b"NaN", b"Infinity", b"-Infinity"])) + b"}",
         b'{"name": "' + draw(NASTY_BYTES) + b'"}',
@@ -363,7 +385,7 @@ def json_bodies(draw: st.DrawFn) -> bytes:
         + b'"}',
         b"\xef\xbb\xbf{}",
         b"\xff\xfe{\x00}\x00",
-        b'{"files": [' + b"0," * draw(st.integers(min_value=0, max_value=80_000)) + b"0]}",
+        b'{"files": [' + b"0," * draw(st.sampled_from([10, 65_535, 65_536, 80_000])) + b"0]}",
     ]
     raw = draw(st.sampled_from(pieces))
     if draw(st.booleans()):  # cut or spliced somewhere
@@ -387,6 +409,42 @@ def json_bodies(draw: st.DrawFn) -> bytes:
         [b"application/json", b"application/json; charset=latin-1", b"text/plain", b"\xff"]
     ),
     encoding=ENCODING,
+)
+@hypothesis.example(  # the issue's: nested 50,000 deep
+    route=(b"POST", b"/archives", USER),
+    body=b"[" * 50_000 + b"]" * 50_000,
+    content_type=b"application/json",
+    encoding=None,
+)
+@hypothesis.example(  # a 5,000-digit number
+    route=(b"POST", b"/users", ADMIN),
+    body=b'{"name": "bob", "quota": ' + b"9" * 5000 + b"}",
+    content_type=b"application/json",
+    encoding=None,
+)
+@hypothesis.example(  # a lone surrogate in a bundle path
+    route=(b"POST", b"/archives", USER),
+    body=b'{"name": "a.zip", "files": [{"path": "\\udcff", "hash": "%s"}]}' % CONTENT_HASH.encode(),
+    content_type=b"application/json",
+    encoding=None,
+)
+@hypothesis.example(  # ... in a bundle name, compressed
+    route=(b"POST", b"/archives", USER),
+    body=b'{"name": "\\udcff", "files": []}',
+    content_type=b"application/json",
+    encoding=b"gzip",
+)
+@hypothesis.example(  # ... in a user name
+    route=(b"POST", b"/users", ADMIN),
+    body=b'{"name": "\\udcff"}',
+    content_type=b"application/json",
+    encoding=None,
+)
+@hypothesis.example(  # ... in a password
+    route=(b"POST", b"/users", ADMIN),
+    body=b'{"name": "eve", "password": "\\udcffpassword"}',
+    content_type=b"application/json",
+    encoding=None,
 )
 def test_fuzz_json_bodies(
     fuzzed: Server,
@@ -493,6 +551,14 @@ def post_form(fuzzed: Server, form: tuple[bytes, bytes], target: bytes, chunked:
     target=MULTIPART_TARGETS,
     chunked=st.booleans(),
 )
+@hypothesis.example(  # the issue's: no closing delimiter
+    form=(
+        b"multipart/form-data; boundary=b",
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="cut.bin"\r\n\r\ndata',
+    ),
+    target=b"/files",
+    chunked=False,
+)
 def test_fuzz_multipart_framing(
     fuzzed: Server, form: tuple[bytes, bytes], target: bytes, chunked: bool
 ) -> None:
@@ -513,6 +579,15 @@ def test_fuzz_multipart_framing(
     form=multipart_bodies(dispositions(NASTY_BYTES)),
     target=MULTIPART_TARGETS,
     chunked=st.booleans(),
+)
+@hypothesis.example(  # a file name that is not UTF-8
+    form=(
+        b"multipart/form-data; boundary=b",
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="\xff"\r\n\r\n'
+        b"x\r\n--b--\r\n",
+    ),
+    target=b"/files",
+    chunked=False,
 )
 def test_fuzz_multipart_file_names(
     fuzzed: Server, form: tuple[bytes, bytes], target: bytes, chunked: bool
@@ -580,6 +655,15 @@ def tus_requests(draw: st.DrawFn) -> list[tuple[bytes, list[tuple[bytes, bytes]]
 
 @FUZZ
 @hypothesis.given(steps=tus_requests())
+@hypothesis.example(  # the issue's: a non-ASCII Upload-Metadata
+    [
+        (
+            b"POST",
+            [(b"Authorization", basic(USER)), *TUS, (b"Upload-Metadata", b"filename \xff")],
+            b"",
+        )
+    ]
+)
 def test_fuzz_tus_headers(fuzzed: Server, steps: list[Any]) -> None:
     location = b"/uploads/" + b"0" * 32
     for method, headers, body in steps:

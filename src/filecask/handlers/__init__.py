@@ -45,9 +45,9 @@ def base_url(request: web.Request) -> str:
 
 
 JSON_PARSE_INLINE_MAX = 64 << 10
-"""Larger JSON bodies are parsed in a worker thread: up to JSON_BODY_MAX of small values
-costs tens of ms of CPU, which must not stall every other client (the thread gives the
-event loop the GIL back every few ms)."""
+"""Larger JSON bodies are checked and parsed in a worker thread: the event loop gets the
+GIL back between the checks' C calls (every few ms), so only `json.loads` itself, kept
+to about 10 ms by `jsonbody.MAX_ITEMS`, holds other clients up."""
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
