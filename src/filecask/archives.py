@@ -225,6 +225,9 @@ async def _folder_crcs(files: list[DirectoryFile], meta: MetaStore) -> dict[str,
         else:
             stale.append(file)
     if stale:
+        # A file reached under two names (a link to a file of the same folder) is read
+        # and cached once: one row per path.
+        stale = list({file.path: file for file in stale}.values())
         computed = await _run(_compute_crcs, stale)
         await meta.put_crcs(computed)
         crcs.update({file.path: c.crc32 for file, c in zip(stale, computed, strict=True)})
