@@ -364,3 +364,21 @@ async def test_names_unsafe_on_some_client_are_renamed_not_dropped(
     assert "renamed 5 entries" in message
     assert "\u202e" not in message
     assert "\udcff" not in message
+
+
+async def test_links_and_renames_of_one_folder_are_each_logged_once(
+    settings: Settings, services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = settings.archives_dir / "both"
+    root.mkdir(parents=True)
+    (root / "CON.txt").write_bytes(b"device")
+    (root / "up").symlink_to(settings.archives_dir, target_is_directory=True)
+    plans = FolderPlans()
+    with caplog.at_level("WARNING", logger="filecask.archives"):
+        for _ in range(5):
+            archive = await directory_archive(settings.archives_dir, "both", services.meta, plans)
+    assert published(archive) == {"_CON.txt": b"device"}
+    messages = sorted(r.getMessage() for r in caplog.records)
+    assert len(messages) == 2, messages
+    assert "left out 1 symlink(s)" in messages[0]
+    assert "renamed 1 entry" in messages[1]

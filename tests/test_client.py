@@ -265,3 +265,16 @@ def test_bundle_paths_are_made_unique_in_argument_order() -> None:
         (d, "README"),
     ]
     assert bundle_paths([(a, ".env"), (b, ".env")]) == [(a, ".env"), (b, ".env (2)")]
+
+
+def test_bundle_paths_are_safe_and_unique_ignoring_case() -> None:
+    """The server refuses paths harmful on Windows or macOS and entries equal but for case
+    or Unicode form: the client names entries so that the bundle is accepted."""
+    a, b, c, d = ("a" * 64, "b" * 64, "c" * 64, "d" * 64)
+    entries = [(a, "Readme.txt"), (b, "README.TXT"), (c, "what?.txt"), (d, "CON.txt")]
+    assert bundle_paths(entries) == [
+        (a, "Readme.txt"),
+        (b, "README (2).TXT"),
+        (c, "what_.txt"),
+        (d, "_CON.txt"),
+    ]

@@ -97,14 +97,16 @@ class FolderPlans:
         self._plans: OrderedDict[str, tuple[list[Found], Archive]] = OrderedDict()
         self._reported: OrderedDict[str, int] = OrderedDict()
 
-    def is_new_report(self, folder: str, report: str) -> bool:
-        """Whether `report` (a warning about `folder`) differs from the last one logged."""
+    def is_new_report(self, key: str, report: str) -> bool:
+        """Whether `report` (a warning, "" for none) differs from the last one for `key`
+        (a folder and a kind of warning): only a new one is logged."""
         digest = hash(report)
-        if self._reported.get(folder) == digest:
-            self._reported.move_to_end(folder)
+        if self._reported.get(key, hash("")) == digest:
+            if key in self._reported:
+                self._reported.move_to_end(key)
             return False
-        self._reported[folder] = digest
-        self._reported.move_to_end(folder)
+        self._reported[key] = digest
+        self._reported.move_to_end(key)
         while len(self._reported) > REPORTED_FOLDERS:
             self._reported.popitem(last=False)
         return True
@@ -210,51 +212,51 @@ async def directory_archive(
 ) -> Archive:
     validate_folder_name(folder)
     found, left_out = await _run(_scan_folder, root, folder)
+    _report(plans, folder, "links", _links_report(left_out))
     known = plans.get(folder, found) if plans is not None else None
     if known is not None:
-        _report(plans, folder, left_out, [])
         return known
-    members, files, renamed = await _run(_members, found)
-    _report(plans, folder, left_out, renamed)
+    members, files, renamed, too_long = await _run(_members, found)
+    _report(plans, folder, "names", _names_report(renamed, too_long))
     archive = await _plan_folder(members, files, meta)
     if plans is not None:
         plans.put(folder, found, archive)
     return archive
 
 
-def _report(
-    plans: FolderPlans | None,
-    folder: str,
-    left_out: list[tuple[str, str]],
-    renamed: list[tuple[str, str]],
-) -> None:
-    """One warning line for a folder's left-out symlinks and renamed entries, logged when
-    it differs from the last one for that folder (not on every request)."""
-    if not left_out and not renamed:
-        return
-    parts = []
-    if left_out:
-        shown_links = ", ".join(f"{shown(n)} -> {shown(t)}" for n, t in left_out[:REPORT_EXAMPLES])
-        more = (
-            f" and {len(left_out) - REPORT_EXAMPLES} more"
-            if len(left_out) > REPORT_EXAMPLES
-            else ""
-        )
-        parts.append(
-            f"left out {len(left_out)} symlink(s) leading outside the folder: {shown_links}{more}"
-        )
-    if renamed:
-        shown_names = ", ".join(f"{shown(a)} -> {shown(b)}" for a, b in renamed[:REPORT_EXAMPLES])
-        more = (
-            f" and {len(renamed) - REPORT_EXAMPLES} more" if len(renamed) > REPORT_EXAMPLES else ""
-        )
-        parts.append(
-            f"renamed {len(renamed)} entr{'y' if len(renamed) == 1 else 'ies'} to names safe "
-            f"on Windows and macOS: {shown_names}{more}"
-        )
-    report = "; ".join(parts)
-    if plans is None or plans.is_new_report(folder, report):
+def _report(plans: FolderPlans | None, folder: str, kind: str, report: str) -> None:
+    """Log `report` as one warning line about `folder`, unless it is the one last logged
+    for it (left-out links are found on every request; they are logged once)."""
+    if (plans is None or plans.is_new_report(f"{kind}\0{folder}", report)) and report:
         log.warning("archive folder %s: %s", shown(folder), report)
+
+
+def _examples(pairs: list[tuple[str, str]]) -> str:
+    shown_pairs = ", ".join(f"{shown(a)} -> {shown(b)}" for a, b in pairs[:REPORT_EXAMPLES])
+    more = len(pairs) - REPORT_EXAMPLES
+    return shown_pairs + (f" and {more} more" if more > 0 else "")
+
+
+def _links_report(left_out: list[tuple[str, str]]) -> str:
+    if not left_out:
+        return ""
+    return f"left out {len(left_out)} symlink(s) leading outside the folder: " + _examples(left_out)
+
+
+def _names_report(renamed: list[tuple[str, str]], too_long: list[str]) -> str:
+    parts = []
+    if renamed:
+        parts.append(
+            f"renamed {len(renamed)} entr{'y' if len(renamed) == 1 else 'ies'} to names "
+            f"safe on Windows and macOS: {_examples(renamed)}"
+        )
+    if too_long:
+        parts.append(
+            f"left out {len(too_long)} entr{'y' if len(too_long) == 1 else 'ies'} whose path "
+            f"is over {PATH_MAX_BYTES} bytes: "
+            + ", ".join(shown(name, 60) for name in too_long[:REPORT_EXAMPLES])
+        )
+    return "; ".join(parts)
 
 
 async def _plan_folder(
@@ -304,6 +306,9 @@ async def _folder_crcs(files: list[DirectoryFile], meta: MetaStore) -> dict[str,
         else:
             stale.append(file)
     if stale:
+        # A file reached under two names (a link to a file of the same folder) is read
+        # and cached once: one row per path.
+        stale = list({file.path: file for file in stale}.values())
         computed = await _run(_compute_crcs, stale)
         await meta.put_crcs(computed)
         crcs.update({file.path: c.crc32 for file, c in zip(stale, computed, strict=True)})
@@ -428,11 +433,17 @@ def _found(name: str, target: str, info: os.stat_result) -> Found:
 
 def _members(
     found: list[Found],
-) -> tuple[list[Member], list[DirectoryFile], list[tuple[str, str]]]:
+) -> tuple[list[Member], list[DirectoryFile], list[tuple[str, str]], list[str]]:
     """Call from an executor: the archive entries of a walk, named safely for every client
-    (`safe_entry_names`), and the entries renamed so (name on disk, name in the ZIP). A
-    path over PATH_MAX_BYTES (with anything under it) is left out."""
-    kept = [entry for entry in found if len(os.fsencode(entry[0])) <= PATH_MAX_BYTES]
+    (`safe_entry_names`); the entries renamed so (name on disk, name in the ZIP); and the
+    paths left out for being over PATH_MAX_BYTES (with anything under them)."""
+    kept: list[Found] = []
+    too_long: list[str] = []
+    for entry in found:
+        if len(os.fsencode(entry[0])) <= PATH_MAX_BYTES:
+            kept.append(entry)
+        else:
+            too_long.append(entry[0])
     names = safe_entry_names([(entry[0], stat.S_ISDIR(entry[2])) for entry in kept])
     members: list[Member] = []
     files: list[DirectoryFile] = []
@@ -450,7 +461,7 @@ def _members(
         file = DirectoryFile(target, size, mtime_ns, inode)
         files.append(file)
         members.append(Member(name, size, 0, mtime, stat.S_IFREG | (mode & 0o777), file))
-    return members, files, renamed
+    return members, files, renamed, too_long
 
 
 def _compute_crcs(files: list[DirectoryFile]) -> list[CachedCrc]:

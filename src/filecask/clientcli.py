@@ -42,6 +42,7 @@ from filecask.client import (
     resolve_credentials,
     resolve_url,
 )
+from filecask.names import safe_entry_names
 
 if TYPE_CHECKING:
     from click._termui_impl import ProgressBar
@@ -364,21 +365,12 @@ def archive(
 
 
 def bundle_paths(entries: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Make paths unique in argument order: the second `a.jpg` becomes `a (2).jpg` (the
-    server refuses a bundle naming one path twice)."""
-    used: set[str] = set()
-    result: list[tuple[str, str]] = []
-    for hex_hash, path in entries:
-        candidate, number = path, 1
-        stem, dot, ext = path.rpartition(".")
-        if not stem:  # no extension, or a leading dot only
-            stem, dot, ext = path, "", ""
-        while candidate in used:
-            number += 1
-            candidate = f"{stem} ({number}){dot}{ext}"
-        used.add(candidate)
-        result.append((hex_hash, candidate))
-    return result
+    """Paths the server accepts, in argument order: the second `a.jpg` (or `A.JPG`: the
+    server compares paths ignoring case and Unicode forms, as Windows and macOS do) becomes
+    `a (2).jpg`, and a name that is not a safe path (`what?.txt`, `CON.txt`, `a:b`) gets the
+    server's own safe form (`what_.txt`, `_CON.txt`, `a_b`; see `names.safe_entry_names`)."""
+    paths = safe_entry_names([(path, False) for _, path in entries])
+    return [(hex_hash, path or "_") for (hex_hash, _), path in zip(entries, paths, strict=True)]
 
 
 COMMANDS: tuple[click.Command, ...] = (upload, download, rm, ls, archive)

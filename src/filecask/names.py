@@ -327,8 +327,12 @@ def _all_safe(entries: Sequence[tuple[str, bool]]) -> bool:
 
 
 def _safe_component(part: str) -> str:
-    cleaned = "".join(
-        "_" if c in _WINDOWS_CHARACTERS or _character_reason(c) is not None else c for c in part
+    cleaned = (
+        part
+        if part.isprintable() and not _BAD_CHARACTERS.search(part)
+        else "".join(
+            "_" if c in _WINDOWS_CHARACTERS or _character_reason(c) is not None else c for c in part
+        )
     )
     if cleaned in {"", ".", ".."}:
         return "_"

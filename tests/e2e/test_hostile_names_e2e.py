@@ -35,6 +35,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from playwright.sync_api import expect, sync_playwright
 
 from tests.e2e.conftest import ADMIN_PASSWORD, HOST, Server, ServerLauncher, StartServer
 
@@ -473,3 +474,54 @@ def test_old_bundles_with_unsafe_paths_are_served_renamed(
     for tool in extractors():
         assert extract(tool, answer.body, tmp_path / tool) == expected
     assert hashlib.sha256(answer.body).hexdigest()  # served whole
+
+
+# -- the web page makes bundles the new rules accept ---------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing")
+def test_the_web_page_bundles_files_whose_names_are_not_safe_paths(
+    module_launcher: ServerLauncher,
+) -> None:
+    """File names may hold what a bundle path may not (`?`, `:`, `CON.txt`, names equal but
+    for case): the page names the ZIP's entries so the server accepts them."""
+    server = module_launcher()
+    names = ["Readme.txt", "README.TXT", "what?.txt", "CON.txt", "notes: v2.txt"]
+    contents = {name: f"web {name}".encode() for name in names}
+    for name in names:
+        upload(server, contents[name], name)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(15_000)
+            page.goto(server.url("/"))
+            form = page.locator("#sign-in")
+            form.locator("input[name=user]").fill("admin")
+            form.locator("input[name=password]").fill(ADMIN_PASSWORD)
+            form.locator("button[type=submit]").click()
+            expect(page.locator("#app-view")).to_be_visible()
+            for name in names:
+                page.get_by_label(f"Select {name}", exact=True).check()
+            page.fill("#bundle-name", "web.zip")
+            page.click("#make-bundle")
+            link = page.locator("#bundle-link")
+            expect(link).to_be_visible()
+            href = link.get_attribute("href")
+            assert href is not None
+            archive = page.request.get(href)
+            assert archive.status == 200
+            body = archive.body()
+        finally:
+            browser.close()
+    with zipfile.ZipFile(io.BytesIO(body)) as opened:
+        served = {n: opened.read(n) for n in opened.namelist()}
+    assert served == {
+        "Readme.txt": contents["Readme.txt"],
+        "README (2).TXT": contents["README.TXT"],
+        "what_.txt": contents["what?.txt"],
+        "_CON.txt": contents["CON.txt"],
+        "notes_ v2.txt": contents["notes: v2.txt"],
+    }

@@ -430,15 +430,35 @@ function updateSelection() {
   $("#make-bundle").disabled = selected.size === 0;
 }
 
-/** Entry paths for the ZIP: the files' names, made unique ("a.txt", "a (2).txt"). */
+const WINDOWS_CHARACTERS = /[<>:"|?*\\]/g;
+const DEVICE_NAME = /^(con|prn|aux|nul|conin\$|conout\$|com[0-9\u00b9\u00b2\u00b3]|lpt[0-9\u00b9\u00b2\u00b3]) *(\.|$)/i;
+
+/** A file name as a ZIP entry the server accepts (the rules of the README's "Names and
+ * archives"): no ':' or other character Windows refuses, no trailing dot or space, no
+ * device name ("CON.txt" becomes "_CON.txt"). */
+function entryName(name) {
+  let safe = name.replace(WINDOWS_CHARACTERS, "_");
+  if (DEVICE_NAME.test(safe)) safe = `_${safe}`;
+  return safe.replace(/[. ]+$/, "_") || "_";
+}
+
+/** How the server compares entries: case and Unicode forms ignored (near enough to its
+ * NFD + case-fold + NFC; it has the last word). */
+function entryKey(name) {
+  return name.normalize("NFD").toUpperCase().toLowerCase().normalize("NFC");
+}
+
+/** Entry paths for the ZIP: the files' names, made safe and unique even where case and
+ * Unicode forms are ignored ("a.txt", "A (2).TXT"). */
 function bundlePaths(names) {
   const taken = new Set();
-  return names.map((name) => {
+  return names.map((original) => {
+    const name = entryName(original);
     let candidate = name;
     const dot = name.lastIndexOf(".");
     const [stem, ext] = dot > 0 ? [name.slice(0, dot), name.slice(dot)] : [name, ""];
-    for (let n = 2; taken.has(candidate); n += 1) candidate = `${stem} (${n})${ext}`;
-    taken.add(candidate);
+    for (let n = 2; taken.has(entryKey(candidate)); n += 1) candidate = `${stem} (${n})${ext}`;
+    taken.add(entryKey(candidate));
     return candidate;
   });
 }
