@@ -36,11 +36,9 @@ _KEPT_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After", "Content-Range")
 def problem_response(
     status: int, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> web.Response:
-    # backslashreplace: a lone surrogate a client sent (JSON's "\udcff") and that a problem
-    # names goes back as the same JSON escape, instead of failing to encode (a 500).
     return web.Response(
         status=status,
-        body=json.dumps(body, ensure_ascii=False).encode("utf-8", "backslashreplace"),
+        body=json.dumps(body, ensure_ascii=False).encode(),
         content_type=PROBLEM_TYPE,
         headers=headers,
     )
