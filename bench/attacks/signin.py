@@ -111,6 +111,8 @@ class Lockout:
     """Statuses the real admin got, in order."""
     waited_then_refused: int = 0
     """Attacker requests sent after waiting Retry-After that still got 429 (dishonest)."""
+    midway_at: int | None = None
+    """How many admin tries came before `midway` ran (the later ones used its password)."""
 
     @property
     def admin_429(self) -> int:
@@ -166,6 +168,7 @@ def lockout(
             if not changed and time.monotonic() - started > seconds / 2:
                 assert midway is not None
                 password[0] = midway()
+                result.midway_at = len(result.admin)
                 changed = True
             answer = request(
                 port,

@@ -247,7 +247,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "auth_max_failures",
         parse_count,
-        "Failed sign-ins per user or address before attempts are slowed down (429).",
+        "Failed sign-ins from one address (or for one user name from it) before its attempts"
+        " are slowed down (429); failures never slow the right password from elsewhere.",
         "N",
     ),
     Setting(

@@ -97,7 +97,9 @@ def test_lockout_attack_never_refuses_the_real_admin(start_server: StartServer, 
         admin_every=0.1,
         midway=new_admin_password(server),
     )
-    assert len(result.admin) >= 10, result
+    assert result.midway_at is not None, result
+    assert result.midway_at >= 3, result  # fresh, then cached ...
+    assert len(result.admin) - result.midway_at >= 3, result  # ... fresh again, cached
     assert result.admin_429 == 0, f"the real admin got 429 on {result.admin_429} tries: {result}"
     assert set(result.admin) == {200}, result
     # The attacker is slowed all the same: after 3 guesses, one per Retry-After ...
@@ -207,14 +209,16 @@ def test_look_alike_user_names(start_server: StartServer) -> None:
 
 
 def test_a_burst_of_sign_ins_stays_within_the_memory_budget(start_server: StartServer) -> None:
-    """Each verification takes 64 MiB (the default argon2 memory; one pass instead of
-    three keeps the test short). 8 distinct sign-ins at once used to run up to the thread
-    pool's size together (6 here: 384 MiB); within a 128 MiB budget two run at once and
-    the rest queue. The peak is the kernel's high-water mark of the server process, reset
-    just before the burst. /healthz is answered meanwhile: argon2 runs in threads of its
-    own at a lower CPU priority, so even with every core hashing the loop gets the CPU."""
+    """Each verification takes 64 MiB (the default argon2 memory; one pass and one lane
+    instead of three and four keep the test short and light on a shared machine). 8
+    distinct sign-ins at once used to run up to the thread pool's size together (6 here:
+    384 MiB); within a 128 MiB budget two run at once and the rest queue. The peak is the
+    kernel's high-water mark of the server process, reset just before the burst. /healthz
+    is answered meanwhile: argon2 runs in threads of its own at a lower CPU priority, so
+    even with every core hashing the event loop gets the CPU."""
     server = start_server(
         *("--auth-max-failures", "1000000", "--argon2-time-cost", "1"),
+        *("--argon2-parallelism", "1"),
         env={"FILECASK_AUTH_MEMORY_BUDGET": "128M"},
     )
     with HealthProbe(server.port) as health:
