@@ -49,9 +49,12 @@ unknown name is verified against a stand-in hash derived from the name under a s
 this process, with the configured argon2 cost, so it costs what a real user's hash costs;
 concurrent verifications are shared only between requests for one name (one stored or
 stand-in hash) and the same password, never across names, so timing and merging look the
-same for real and unknown names. Every argon2 run (verifications and new hashes) holds its
-memory cost of `auth_memory_budget` while it runs: a burst of distinct sign-ins queues
-instead of multiplying the process's memory.
+same for real and unknown names.
+
+Every argon2 run (verifications and new hashes) holds its memory cost of
+`auth_memory_budget` while it runs: a burst of distinct sign-ins queues instead of
+multiplying the process's memory. The runs use threads of their own at a lower CPU priority
+(nice +10 on Linux), so with every core hashing the event loop still answers at once.
 
 Where the failure counts live:
 - SQLite: in each process. With `--workers N` an attacker gets up to N times the attempts
@@ -136,9 +139,9 @@ def new_password_hasher(settings: Settings) -> PasswordHasher:
 
 def user_name_key(name: str) -> str:
     """The form user names are unique by and looked up by: NFKC, case-folded, NFKC again
-    (Unicode's NFKC_Casefold, near enough). `Admin`, `ADMIN` and fullwidth `admin` (U+FF41...) are
-    all `admin`; `ädmin` stays `ädmin`. Never raises, whatever the text (a made-up name
-    from a Basic header, a lone surrogate)."""
+    (Unicode's NFKC_Casefold, near enough). `Admin`, `ADMIN` and a fullwidth `admin`
+    (U+FF41...) are all `admin`; `ädmin` stays `ädmin`. Never raises, whatever the text
+    (a made-up name from a Basic header, a lone surrogate)."""
     if _has_surrogate(name):
         name = name.encode("utf-8", "backslashreplace").decode("utf-8")
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
