@@ -1,7 +1,8 @@
 """Issue 14, sign-in: the attacks on sign-in, against a real `filecask serve`, and their figures.
 
     python -m bench.attacks.signin                   # starts its own servers
-    python -m bench.attacks.signin --port 8080 --admin-password PW   # a running one
+    python -m bench.attacks.signin --port 8080 --admin-password PW [--pid PID]
+        # a running test server (it creates users member0..member7 there)
 
 1. Lockout: from one address (127.0.0.2), one wrong password for `admin` every
    Retry-After; meanwhile the real admin signs in from another address (127.0.0.3): first
