@@ -7,6 +7,8 @@ import asyncio
 import base64
 import contextlib
 import ipaddress
+import os
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -961,3 +963,21 @@ async def test_a_queued_sign_in_whose_client_left_costs_no_argon2(services: Serv
     await asyncio.gather(first, queued, return_exceptions=True)
     assert hasher.verifications == 1
     assert auth.budget.used == 0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread priorities are Linux's")
+async def test_argon2_runs_at_a_lower_cpu_priority(services: Services) -> None:
+    """With every core hashing a burst of sign-ins, the event loop must still get the CPU:
+    argon2's threads (and the lane threads they start) run niced."""
+    seen: list[int] = []
+
+    class NiceHasher(CountingHasher):
+        def verify(self, hash: str | bytes, password: str | bytes) -> bool:  # type: ignore[override]
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            return super().verify(hash, password)
+
+    auth = Authenticator(services.meta, services.settings, hasher=NiceHasher())
+    with pytest.raises(Unauthorized):
+        await auth.authenticate(encode_basic_auth("nobody", "whatever-pw"), "203.0.113.9")
+    loop_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert seen == [min(19, loop_nice + 10)]

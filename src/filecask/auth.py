@@ -49,9 +49,12 @@ unknown name is verified against a stand-in hash derived from the name under a s
 this process, with the configured argon2 cost, so it costs what a real user's hash costs;
 concurrent verifications are shared only between requests for one name (one stored or
 stand-in hash) and the same password, never across names, so timing and merging look the
-same for real and unknown names. Every argon2 run (verifications and new hashes) holds its
-memory cost of `auth_memory_budget` while it runs: a burst of distinct sign-ins queues
-instead of multiplying the process's memory.
+same for real and unknown names.
+
+Every argon2 run (verifications and new hashes) holds its memory cost of
+`auth_memory_budget` while it runs: a burst of distinct sign-ins queues instead of
+multiplying the process's memory. The runs use threads of their own at a lower CPU priority
+(nice +10 on Linux), so with every core hashing the event loop still answers at once.
 
 Where the failure counts live:
 - SQLite: in each process. With `--workers N` an attacker gets up to N times the attempts
@@ -75,15 +78,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import ipaddress
 import math
+import os
 import secrets
+import sys
+import threading
 import time
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,6 +122,9 @@ RELOAD_OVERLAP = 10.0
 began: a failure is stamped as its statement runs, and committed a moment later."""
 IPV6_PREFIX = 64
 """IPv6 clients are counted by network: one subscriber usually holds a whole /64."""
+ARGON2_NICE = 10
+"""How much lower the CPU priority of argon2's threads is than the event loop's (Linux)."""
+ARGON2_THREADS_MAX = 32
 
 
 def new_password_hasher(settings: Settings) -> PasswordHasher:
@@ -128,9 +139,9 @@ def new_password_hasher(settings: Settings) -> PasswordHasher:
 
 def user_name_key(name: str) -> str:
     """The form user names are unique by and looked up by: NFKC, case-folded, NFKC again
-    (Unicode's NFKC_Casefold, near enough). `Admin`, `ADMIN` and fullwidth `admin` (U+FF41...) are
-    all `admin`; `ädmin` stays `ädmin`. Never raises, whatever the text (a made-up name
-    from a Basic header, a lone surrogate)."""
+    (Unicode's NFKC_Casefold, near enough). `Admin`, `ADMIN` and a fullwidth `admin`
+    (U+FF41...) are all `admin`; `ädmin` stays `ädmin`. Never raises, whatever the text
+    (a made-up name from a Basic header, a lone surrogate)."""
     if _has_surrogate(name):
         name = name.encode("utf-8", "backslashreplace").decode("utf-8")
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
@@ -345,26 +356,50 @@ class _Attempt:
     user: str
 
 
+def _lower_priority() -> None:
+    """Run this thread (and the lane threads argon2 starts from it, which inherit it) at a
+    lower CPU priority: with every core busy hashing a burst of sign-ins, the event loop
+    still gets the CPU at once and answers everybody else. Linux only, where a priority
+    is per thread (elsewhere setpriority would lower the whole process)."""
+    if sys.platform == "linux":
+        thread = threading.get_native_id()
+        with contextlib.suppress(OSError):  # not allowed here: run at the normal priority
+            nice = os.getpriority(os.PRIO_PROCESS, thread)
+            os.setpriority(os.PRIO_PROCESS, thread, min(19, nice + ARGON2_NICE))
+
+
 class _Argon2Run:
     """One argon2 run in a worker thread, holding its memory cost of the budget from before
     the thread starts until it has ended (a cancelled request never frees memory a thread
     still uses). A run nobody waits for any more is dropped if it has not started."""
 
     def __init__(
-        self, budget: MemoryBudget, cost: int, func: Callable[..., Any], *args: Any
+        self,
+        budget: MemoryBudget,
+        threads: ThreadPoolExecutor,
+        cost: int,
+        func: Callable[..., Any],
+        *args: Any,
     ) -> None:
         self.waiters = 0
         self.started = False
-        self.task: asyncio.Task[Any] = asyncio.ensure_future(self._run(budget, cost, func, args))
+        self.task: asyncio.Task[Any] = asyncio.ensure_future(
+            self._run(budget, threads, cost, func, args)
+        )
 
     async def _run(
-        self, budget: MemoryBudget, cost: int, func: Callable[..., Any], args: tuple[Any, ...]
+        self,
+        budget: MemoryBudget,
+        threads: ThreadPoolExecutor,
+        cost: int,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
     ) -> Any:
         async with budget.hold(cost):
             self.started = True
             # Shielded: were this task cancelled now, the budget would be given back while
             # the thread still holds the memory.
-            work = asyncio.get_running_loop().run_in_executor(None, func, *args)
+            work = asyncio.get_running_loop().run_in_executor(threads, func, *args)
             try:
                 return await asyncio.shield(work)
             except asyncio.CancelledError:
@@ -399,6 +434,13 @@ class Authenticator:
         self.budget = MemoryBudget(settings.auth_memory_budget)
         """Memory the argon2 runs in flight may take (`auth_memory_budget`)."""
         self._memory_cost = self._hasher.memory_cost * 1024
+        # argon2's own threads, at a lower priority, as many as the budget lets run at once
+        # (and one more: a stored hash may cost less than the configured one).
+        self._threads = ThreadPoolExecutor(
+            max_workers=min(ARGON2_THREADS_MAX, self.budget.total // self._memory_cost + 1),
+            thread_name_prefix="argon2",
+            initializer=_lower_priority,
+        )
         self.limiter = FailureLimiter(
             threshold=settings.auth_max_failures, max_delay=settings.auth_max_delay
         )
@@ -417,7 +459,7 @@ class Authenticator:
     async def hash_password_async(self, password: str) -> str:
         """argon2 is deliberately slow and memory-hungry: off the event loop, and within
         the memory budget."""
-        run = _Argon2Run(self.budget, self._memory_cost, self._hasher.hash, password)
+        run = _Argon2Run(self.budget, self._threads, self._memory_cost, self._hasher.hash, password)
         result: str = await run.result()
         return result
 
@@ -583,7 +625,9 @@ class Authenticator:
         merge = (stored, self._digest(password))
         run = self._verifying.get(merge)
         if run is None:
-            run = _Argon2Run(self.budget, self._cost(stored), self._check, stored, password)
+            run = _Argon2Run(
+                self.budget, self._threads, self._cost(stored), self._check, stored, password
+            )
             self._verifying[merge] = run
             run.task.add_done_callback(lambda _: self._verifying.pop(merge, None))
         ok = await run.result()

@@ -209,6 +209,8 @@ def _schemas() -> Json:
                     "maxLength": USER_NAME_MAX,
                     "description": (
                         "Letters, digits, '.', '_' or '-', starting with a letter or digit."
+                        " Unique once NFKC-normalised and case-folded: `Admin` or a"
+                        " fullwidth `admin` next to `admin` is a 409."
                     ),
                 },
                 "password": {
@@ -322,14 +324,21 @@ _PROBLEMS: dict[str, tuple[int, str]] = {
     "Forbidden": (403, "Signed in, but not allowed (not an administrator, not the holder)."),
     "NotFound": (404, "No such file, bundle, folder or user (or no such route)."),
     "RequestTimeout": (408, "The request body stalled longer than `--body-timeout`."),
-    "Conflict": (409, "The name is taken, or the last administrator would be removed."),
+    "Conflict": (
+        409,
+        "The name is taken (also by a look-alike: `Admin` next to `admin`), or the last "
+        "administrator would be removed.",
+    ),
     "PayloadTooLarge": (
         413,
         "Larger than `--max-upload-size` (`payload-too-large`, with `limit`), beyond the "
         "user's quota (`quota-exceeded`), or a JSON body over 1 MiB.",
     ),
     "RangeNotSatisfiable": (416, "No requested range overlaps the body."),
-    "TooManyRequests": (429, "Too many failed sign-ins for this user name or address."),
+    "TooManyRequests": (
+        429,
+        "Too many failed sign-ins from this client address, or for this user name from it.",
+    ),
     "ServiceUnavailable": (503, "The database or the store is unusable."),
     "InsufficientStorage": (507, "The store's disk is full (or would dip into its reserve)."),
 }
@@ -431,6 +440,7 @@ def _parameters() -> Json:
             "in": "path",
             "required": True,
             "schema": {"type": "string", "minLength": 1},
+            "description": "The user's name, in any case or width (`BOB` is `bob`).",
         },
         "uploadName": {
             "name": "name",
@@ -1241,8 +1251,10 @@ def openapi_document(*, file_api: bool = True) -> Json:
                 "basicAuth": {
                     "type": "http",
                     "scheme": "basic",
-                    "description": "UTF-8 user:password (RFC 7617). Repeated failures are "
-                    "slowed down and answered 429 with Retry-After.",
+                    "description": "UTF-8 user:password (RFC 7617); the user name in any "
+                    "case or width (`Admin` signs in as `admin`). Repeated failures from one "
+                    "client address are slowed down there and answered 429 with Retry-After; "
+                    "they never refuse the right password from another address.",
                 },
                 "metricsToken": {
                     "type": "http",

@@ -288,7 +288,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "auth_max_failures",
         parse_count,
-        "Failed sign-ins per user or address before attempts are slowed down (429).",
+        "Failed sign-ins from one address (or for one user name from it) before its attempts"
+        " are slowed down (429); failures never slow the right password from elsewhere.",
         "N",
     ),
     Setting(
@@ -475,8 +476,9 @@ class Settings:
     # Issue 14 §3, no request stalls the event loop: multipart uploads.
     multipart_max_parts: int = 100
     multipart_max_form_size: int = 64 << 10
-    # Issue 14, sign-in: four default argon2 runs at once (a burst of sign-ins queues).
-    auth_memory_budget: int = 256 << 20
+    # Issue 14, sign-in: two default argon2 runs at once (each already uses 4 lanes); a
+    # burst of distinct sign-ins queues.
+    auth_memory_budget: int = 128 << 20
     # Issue 14, input part: /metrics needs the token or an administrator unless public.
     metrics_public: bool = False
     metrics_token: str | None = field(default=None, repr=False)

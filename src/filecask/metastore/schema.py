@@ -19,9 +19,10 @@ users = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("name", sa.String(64), nullable=False, unique=True),
     # The name's normalised form (`filecask.auth.user_name_key`: NFKC + case-fold), which
-    # names are unique by, so `Admin` and a fullwidth `admin` cannot sit next to `admin`. Always set
-    # by `create_user`; NOT NULL on PostgreSQL (SQLite cannot add that in place, migration
-    # 0007). Two names that collided before 0007 keep `<key>#<id>` for the younger one.
+    # names are unique by, so neither `Admin` nor a fullwidth `admin` can sit next to
+    # `admin`. Always set by `create_user`; NOT NULL on PostgreSQL (SQLite cannot add that
+    # in place, migration 0007). Names that collided before 0007 keep `<key>#<id>` for all
+    # but the oldest.
     sa.Column("name_key", sa.String(255), nullable=False),
     sa.Column("password_hash", sa.String(255), nullable=False),
     sa.Column("is_admin", sa.Boolean, nullable=False, default=False),

@@ -1,8 +1,8 @@
 """User names unique by their normalised form: `users.name_key` (NFKC + case-fold).
 
-`Admin`, `ADMIN` and fullwidth `admin` (U+FF41...) are all `admin` once normalised; from now on only
-one of them can exist, and signing in as any of them finds that one (issue 14). The column
-is filled from each existing name, then made unique.
+`Admin`, `ADMIN` and a fullwidth `admin` (U+FF41...) are all `admin` once normalised; from
+now on only one of them can exist, and signing in as any of them finds that one (issue 14).
+The column is filled from each existing name, then made unique.
 
 An existing database may already hold names that collide (made before this rule). Nothing
 is removed or renamed, and the server still starts: the oldest user of each colliding group
