@@ -84,11 +84,11 @@ async def _resolve(services: Services, archive_id: str) -> Archive:
     """A 64-hex id names a bundle if one exists; anything else is a folder name."""
     if len(archive_id) == 64 and services.settings.file_api:
         try:
-            bundle = await services.bundle_plans.get(services.meta, parse_hash(archive_id))
+            planned = await services.bundle_plans.get(services.meta, parse_hash(archive_id))
         except InvalidHash:  # 64 characters but not hex: a folder name
-            bundle = None
-        if bundle is not None:
-            return bundle
+            planned = None
+        if planned is not None:
+            return planned
     return await directory_archive(
         services.settings.archives_dir, archive_id, services.meta, services.plans
     )
