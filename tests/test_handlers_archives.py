@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -21,7 +22,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from filecask.app import create_app
+from filecask.app import Services, create_app
+from filecask.archives import BundlePlans
 from filecask.settings import Settings, load_settings
 from tests.conftest import ADMIN, AppClient, MakeSettings, MakeUser, StoreView, assert_problem
 
@@ -615,3 +617,97 @@ async def test_file_changed_while_sending_cuts_the_transfer(
     (folder / "b.bin").write_bytes(os.urandom(100))  # size and mtime change mid-flight
     with pytest.raises(aiohttp.ClientPayloadError):
         await response.read()
+
+
+# bundle plans: made once per process, off the loop, and never outliving the bundle
+
+
+async def test_a_bundle_is_planned_once_and_the_plan_reused(
+    client: AppClient, services: Services
+) -> None:
+    bundle_id = (await (await post_bundle(client, await uploaded_bundle(client))).json())["id"]
+    first, zipped = await fetch(client, f"/archive/{bundle_id}/")
+    assert (await client.head(f"/archive/{bundle_id}/")).status == 200
+    planned = await services.bundle_plans.get(services.meta, bundle_id)
+    assert planned is not None
+    assert await services.bundle_plans.get(services.meta, bundle_id) is planned
+    assert planned.plan.size == len(zipped) == int(first.headers["Content-Length"])
+    again, same = await fetch(client, f"/archive/{bundle_id}/")
+    assert (same, again.headers["ETag"]) == (zipped, first.headers["ETag"])
+
+
+async def test_requests_for_a_bundle_at_once_share_one_planning(
+    client: AppClient, services: Services
+) -> None:
+    bundle_id = (await (await post_bundle(client, await uploaded_bundle(client))).json())["id"]
+    plans = BundlePlans()
+    archives = await asyncio.gather(*(plans.get(services.meta, bundle_id) for _ in range(10)))
+    assert archives[0] is not None
+    assert all(a is archives[0] for a in archives)
+    assert await plans.get(services.meta, "0" * 64) is None
+
+
+async def test_a_bundle_deleted_by_another_process_is_404_at_once_and_remade_anew(
+    client: AppClient, services: Services, other_process: Services
+) -> None:
+    """Each worker or instance keeps its own plans; the bundle's row, which they share,
+    decides: gone is 404 at the next request, made again is planned again (its entries'
+    mtime is the new creation time)."""
+    body = await uploaded_bundle(client)
+    bundle_id = (await (await post_bundle(client, body)).json())["id"]
+    old = await services.bundle_plans.get(services.meta, bundle_id)
+    assert old is not None
+    admin = await other_process.meta.get_user("admin")
+    assert admin is not None
+    await other_process.files.delete_bundle(admin, bundle_id)
+    assert (await client.head(f"/archive/{bundle_id}/")).status == 404
+    assert (await post_bundle(client, body)).status == 201
+    new = await services.bundle_plans.get(services.meta, bundle_id)
+    assert new is not None
+    assert new is not old
+    made = await services.meta.bundle_created_at(bundle_id)
+    assert made is not None
+    assert new.last_modified == made.timestamp()
+
+
+async def test_bundle_plans_keep_a_bounded_number_of_entries(
+    client: AppClient, services: Services
+) -> None:
+    """Least recently used out first; a bundle larger than the whole bound is planned for
+    each request, never kept."""
+    first = await uploaded_bundle(client)  # two entries each
+    second = {**first, "name": "second.zip"}
+    ids = [(await (await post_bundle(client, b)).json())["id"] for b in (first, second)]
+    plans = BundlePlans(max_members=3)
+    kept = await plans.get(services.meta, ids[0])
+    assert await plans.get(services.meta, ids[0]) is kept
+    await plans.get(services.meta, ids[1])
+    assert len(plans) == 1
+    assert await plans.get(services.meta, ids[0]) is not kept  # it had to go
+    tiny = BundlePlans(max_members=1)
+    assert await tiny.get(services.meta, ids[0]) is not None
+    assert len(tiny) == 0
+
+
+async def test_bundle_of_small_and_large_blobs_named_many_times_is_byte_exact(
+    client: AppClient,
+) -> None:
+    """Small blobs are read in batches in a worker thread (one open per run of the same
+    blob), large ones sent by sendfile: the archive and any range of it are exact."""
+    big = os.urandom(100_000)
+    small = b"tiny"
+    big_hash, small_hash = await upload(client, big, ADMIN), await upload(client, small, ADMIN)
+    paths = {f"s/{i:03d}": small_hash for i in range(300)}
+    paths |= {"b/1.bin": big_hash, "b/2.bin": big_hash, "c.txt": small_hash}
+    body = {"name": "mixed.zip", "files": [{"hash": h, "path": p} for p, h in paths.items()]}
+    bundle_id = (await (await post_bundle(client, body)).json())["id"]
+    response, zipped = await fetch(client, f"/archive/{bundle_id}/")
+    assert response.status == 200
+    contents = file_contents(open_zip(zipped))
+    assert contents == {p: (big if h == big_hash else small) for p, h in paths.items()}
+    for start, end in ((0, 200), (1000, 60_000), (len(zipped) - 5000, len(zipped) - 1)):
+        ranged, part = await fetch(
+            client, f"/archive/{bundle_id}/", {"Range": f"bytes={start}-{end}"}
+        )
+        assert ranged.status == 206
+        assert part == zipped[start : end + 1]

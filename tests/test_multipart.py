@@ -295,3 +295,38 @@ def test_errors_are_client_errors() -> None:
     for error in (BadRequest, FormTooLarge, PayloadTooLarge):
         assert issubclass(error, FilecaskError)
         assert 400 <= error.status < 500
+
+
+_FRAMING = st.lists(
+    st.sampled_from(
+        [
+            b"--XyZ",
+            b"--XyZ--",
+            b"\r\n",
+            b"\r\n\r\n",
+            b'Content-Disposition: form-data; name="file"; filename="f"',
+            b"Content-Disposition: form-data; name=file; filename*=UTF-8''%ED%B3%BF",
+            b'Content-Disposition: form-data; name="x"',
+            b"Content-Disposition: \xff\xfe",
+            b"Content-Type: text/plain",
+            b" \t",
+            b":",
+            b"data",
+            b"\x00\x0e",
+        ]
+    ),
+    max_size=30,
+).map(b"".join)
+
+
+@given(body=_FRAMING | st.binary(max_size=200), cuts=_CUTS)
+@hsettings(max_examples=400, deadline=None)
+def test_any_body_is_a_file_or_a_client_error(body: bytes, cuts: list[int]) -> None:
+    """Whatever the framing: a file, or a 4xx error; never anything else."""
+    limits = FormLimits(max_parts=5, max_form_size=300, max_line=100)
+    status = 200
+    try:
+        run(split(body, cuts), limits=limits, budget=150)
+    except FilecaskError as error:
+        status = error.status
+    assert 200 <= status < 500

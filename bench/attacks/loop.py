@@ -3,14 +3,19 @@
     python -m bench.attacks.loop                 # starts its own `filecask serve`
     python -m bench.attacks.loop --port P --user admin:PASSWORD
 
-Each attack runs while another process (tests/e2e/lag.py's `HealthProbe`) asks
-`GET /healthz` back to back; the stall is the slowest of those answers. Printed:
-- a multipart upload with 20,000 and 40,000 small fields before its `file` part: the
-  status, the request's own time and the stall;
-- a bundle of 11,500 entries (one tiny file under 11,500 paths): one anonymous HEAD and one
-  GET of its ZIP (median of a few), then 8 anonymous HEAD loops side by side for a few
-  seconds: HEADs answered and /healthz p50/p90/max meanwhile;
-- a multipart body cut before its closing boundary: the status and whether it was stored.
+Each attack runs (repeated for at least ATTACK_SECONDS) while another process
+(tests/e2e/lag.py's `HealthProbe`) asks `GET /healthz` back to back; the stall is the
+slowest of those answers. Printed:
+- a multipart upload with 20,000 and 40,000 one-byte fields before its `file` part: the
+  status, the time of one such request and the stall;
+- a 60 KiB field with a 60 KiB file (chunked) from a user with 100 KiB of quota: the
+  status (the field used to be free);
+- a multipart body cut before its closing boundary: the status and whether it was stored;
+- a bundle of 11,500 entries (one tiny file under 11,500 paths): the stall while it is
+  made (POST /archives), an anonymous HEAD (the first and the next ones) and GET of its
+  ZIP, then 8 anonymous HEAD loops and 4 anonymous GET loops side by side for a few
+  seconds each: requests answered and /healthz p50/p90/max meanwhile;
+- `filecask_event_loop_lag_seconds` at the end, where the server has it.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import hashlib
 import http.client
 import json
 import secrets
@@ -39,7 +45,9 @@ BOUNDARY = "loopattackboundary"
 BUNDLE_ENTRIES = 11_500
 """About the most a 1 MiB JSON manifest holds with 5-character paths."""
 HEAD_LOOPS = 8
-HEAD_LOOP_SECONDS = 5.0
+GET_LOOPS = 4
+LOOP_SECONDS = 5.0
+ATTACK_SECONDS = 1.0
 
 
 def basic(user: str) -> str:
@@ -83,21 +91,24 @@ def many_fields_body(fields: int, file_content: bytes) -> bytes:
     return b"".join(parts)
 
 
-def raw_post(port: int, user: str, body: bytes, *, shut: bool = False) -> int:
-    """POST /files with a multipart body over a plain socket; `shut`: half-close after the
-    body (a client that ends its body short). Returns the status (0: no answer)."""
+def raw_post(port: int, user: str, body: bytes, *, chunked: bool = False) -> int:
+    """POST /files with a multipart body over a plain socket, with its length or chunked.
+    Returns the status (0: no answer)."""
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {len(body)}"
     head = (
         f"POST /files HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: {basic(user)}\r\n"
         f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        f"{framing}\r\nConnection: close\r\n\r\n"
     ).encode()
+    if chunked:
+        body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
     with socket.create_connection((HOST, port), timeout=300) as sock:
-        sock.sendall(head + body)
-        if shut:
-            sock.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(head + body)
         answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                answer += chunk
     return int(answer.split(b" ", 2)[1]) if answer else 0
 
 
@@ -118,19 +129,45 @@ def stall_of(probe: HealthProbe) -> str:
 
 def attack_fields(port: int, user: str, fields: int) -> None:
     body = many_fields_body(fields, secrets.token_bytes(32))
+    statuses: list[int] = []
+    took: list[float] = []
     with probed(port) as probe:
-        started = time.perf_counter()
-        status = raw_post(port, user, body)
-        took = time.perf_counter() - started
+        until = time.monotonic() + ATTACK_SECONDS
+        while not statuses or time.monotonic() < until:
+            started = time.perf_counter()
+            statuses.append(raw_post(port, user, body))
+            took.append(time.perf_counter() - started)
     print(
-        f"multipart, {fields:,} fields ({len(body) / 1e6:.1f} MB): {status} in {took:.2f} s;"
-        f" stall: {stall_of(probe)}"
+        f"multipart, {fields:,} fields ({len(body) / 1e6:.1f} MB): {sorted(set(statuses))},"
+        f" {statistics.median(took):.2f} s each ({len(statuses)} sent); stall:"
+        f" {stall_of(probe)}"
     )
 
 
-def stored(port: int, user: str, content: bytes) -> bool:
-    import hashlib
+def attack_field_quota(port: int, user: str) -> None:
+    name, password = f"quota{secrets.token_hex(4)}", secrets.token_urlsafe(12)
+    created = {"name": name, "password": password, "quota": 100 << 10}
+    status, answer = request(
+        port,
+        "POST",
+        "/users",
+        user=user,
+        body=json.dumps(created).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    if status != 201:
+        raise SystemExit(f"POST /users failed: {status} {answer[:200]!r}")
+    field = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="comment"\r\n\r\n'.encode()
+        + b"c" * (60 << 10)
+        + b"\r\n"
+    )
+    body = field + many_fields_body(0, secrets.token_bytes(60 << 10))
+    status = raw_post(port, f"{name}:{password}", body, chunked=True)
+    print(f"60 KiB field + 60 KiB file, 100 KiB quota, chunked: {status}")
 
+
+def stored(port: int, user: str, content: bytes) -> bool:
     digest = hashlib.sha256(content).hexdigest()
     status, _ = request(port, "HEAD", f"/files/{digest}", user=user)
     return status == 200
@@ -181,42 +218,67 @@ def timed(action: Callable[[], Any], times: int) -> float:
 
 
 def attack_bundle(port: int, user: str, entries: int) -> None:
-    bundle = make_bundle(port, user, entries)
+    with probed(port) as probe:
+        started = time.perf_counter()
+        bundle = make_bundle(port, user, entries)
+        made = time.perf_counter() - started
+    print(f"POST /archives of {entries:,} entries: {made:.2f} s; stall: {stall_of(probe)}")
     path = f"/archive/{bundle}/"
+    first = timed(lambda: request(port, "HEAD", path), 1)
     head = timed(lambda: request(port, "HEAD", path), 5)
     get = timed(lambda: request(port, "GET", path), 3)
-    print(f"bundle of {entries:,} entries: HEAD {head * 1000:.0f} ms, GET {get * 1000:.0f} ms")
+    print(
+        f"bundle of {entries:,} entries: first HEAD {first * 1000:.0f} ms, then HEAD"
+        f" {head * 1000:.0f} ms, GET {get * 1000:.0f} ms"
+    )
+    in_loops(port, "HEAD", path, HEAD_LOOPS)
+    in_loops(port, "GET", path, GET_LOOPS)
+
+
+def in_loops(port: int, method: str, path: str, loops: int) -> None:
     stop = threading.Event()
-    counts = [0] * HEAD_LOOPS
+    counts = [0] * loops
 
     def loop(index: int) -> None:
         conn = http.client.HTTPConnection(HOST, port, timeout=60)
         while not stop.is_set():
-            conn.request("HEAD", path)
+            conn.request(method, path)
             conn.getresponse().read()
             counts[index] += 1
         conn.close()
 
-    threads = [threading.Thread(target=loop, args=(i,)) for i in range(HEAD_LOOPS)]
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(loops)]
     with probed(port) as probe:
         for thread in threads:
             thread.start()
-        time.sleep(HEAD_LOOP_SECONDS)
+        time.sleep(LOOP_SECONDS)
         stop.set()
         for thread in threads:
             thread.join()
     print(
-        f"{HEAD_LOOPS} anonymous HEAD loops for {HEAD_LOOP_SECONDS:.0f} s: {sum(counts):,} HEADs;"
+        f"{loops} anonymous {method} loops for {LOOP_SECONDS:.0f} s: {sum(counts):,} answered;"
         f" /healthz p50 {probe.quantile(0.5) * 1000:.0f} ms, p90 {probe.quantile(0.9) * 1000:.0f}"
         f" ms, max {max(probe.latencies) * 1000:.0f} ms"
     )
 
 
+def lag_gauge(port: int) -> None:
+    _, body = request(port, "GET", "/metrics")
+    lines = [
+        line
+        for line in body.decode().splitlines()
+        if line.startswith("filecask_event_loop_lag_seconds")
+    ]
+    print("/metrics: " + ("; ".join(lines) if lines else "no filecask_event_loop_lag_seconds"))
+
+
 def run(port: int, user: str) -> None:
     for fields in (20_000, 40_000):
         attack_fields(port, user, fields)
+    attack_field_quota(port, user)
     attack_unterminated(port, user)
     attack_bundle(port, user, BUNDLE_ENTRIES)
+    lag_gauge(port)
 
 
 def main(argv: list[str] | None = None) -> int:

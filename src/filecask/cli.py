@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc as collector
+import gc as garbage_collector
 import json
 import logging
 import os
@@ -160,12 +160,9 @@ def _run_server(
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        _freeze_heap()  # the modules, before the app starts (the lag gauge is not yet on)
         await runner.setup()
-        # Everything loaded by now (SQLAlchemy, aiohttp, botocore's models...) lives as long
-        # as the process: out of the collector's sight, a later full collection, which would
-        # otherwise scan it all during some request (~100 ms), costs a few ms.
-        collector.collect()
-        collector.freeze()
+        _freeze_heap()  # what the app's startup added: a short walk, the rest is frozen
         try:
             sites: list[web.BaseSite]
             if sockets is None:
@@ -185,6 +182,18 @@ def _run_server(
             await runner.cleanup()
 
     uvloop.run(serve())
+
+
+def _freeze_heap() -> None:
+    """Collect, then move every object left out of the garbage collector's sight.
+
+    What is there once the server has started (modules, aiohttp's and SQLAlchemy's
+    tables, about 100,000 objects) lives as long as the process; left in the oldest
+    generation, it was walked by every full collection that some request's garbage
+    triggered, holding the event loop for 100 ms and more (a couple of ms once frozen;
+    issue 14 §3)."""
+    garbage_collector.collect()
+    garbage_collector.freeze()
 
 
 def _host_port(address: tuple[Any, ...]) -> str:

@@ -239,6 +239,7 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        self.lag_watch = LagWatch(self.loop_lag)
         self.store = StoreStats()
         if multiprocess_dir is None:
             registry.register(self.store)
@@ -302,7 +303,10 @@ def install_metrics(app: web.Application) -> None:
     the middleware itself goes in the app's list (see `create_app`)."""
     app[METRICS] = Metrics.for_this_process()
     app.cleanup_ctx.append(_flush_periodically)
-    app.cleanup_ctx.append(_watch_loop_lag)
+    # After every cleanup context has started (the stores are open), so startup's own
+    # blocking work is not counted as lag.
+    app.on_startup.append(_start_lag_watch)
+    app.on_cleanup.append(_stop_lag_watch)
     app.on_startup.append(_read_metrics_tokens)
     app.router.add_get("/metrics", metrics_handler)
 
@@ -364,29 +368,46 @@ async def _flush_periodically(app: web.Application) -> AsyncIterator[None]:
     metrics.flush()
 
 
-async def _watch_loop_lag(app: web.Application) -> AsyncIterator[None]:
+class LagWatch:
     """Every LAG_INTERVAL seconds: how late did this timer fire? Anything that holds the
-    event loop (a request's CPU work, a blocking call) delays it by as much."""
-    gauge = app[METRICS].loop_lag
-    worst = WindowMax(LAG_WINDOW)
+    event loop (a request's CPU work, a blocking call) delays it by as much. Runs from
+    the end of the app's startup (opening the stores may block; that is not a request
+    stalling the server) to its cleanup."""
 
-    async def watch() -> None:
-        shown = -1.0
+    def __init__(self, gauge: Gauge) -> None:
+        self.gauge = gauge
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.gauge.set(0.0)
+        self._task = asyncio.create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _watch(self) -> None:
+        worst = WindowMax(LAG_WINDOW)
+        shown = 0.0
         while True:
             due = time.monotonic() + LAG_INTERVAL
             await asyncio.sleep(LAG_INTERVAL)
             now = time.monotonic()
             lag = worst.record(now, max(0.0, now - due))
             if lag != shown:
-                gauge.set(lag)
+                self.gauge.set(lag)
                 shown = lag
 
-    gauge.set(0.0)
-    task = asyncio.create_task(watch())
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+
+async def _start_lag_watch(app: web.Application) -> None:
+    app[METRICS].lag_watch.start()
+
+
+async def _stop_lag_watch(app: web.Application) -> None:
+    await app[METRICS].lag_watch.stop()
 
 
 def route_label(request: web.BaseRequest) -> str:

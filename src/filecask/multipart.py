@@ -237,9 +237,12 @@ class FormReader:
     # -- accounting -------------------------------------------------------------------
 
     def _take(self, size: int, kind: _Kind) -> bytes:
-        """Remove and return the first `size` bytes of the buffer, counted as `kind`."""
-        with memoryview(self._buffer) as view:
-            piece = bytes(view[:size])
+        """Remove the first `size` bytes of the buffer, counted as `kind`; returned if they
+        are the file's (anything else is dropped uncopied)."""
+        piece = b""
+        if kind is _Kind.FILE:
+            with memoryview(self._buffer) as view:
+                piece = bytes(view[:size])
         del self._buffer[:size]
         if self._virtual:
             virtual = min(size, self._virtual)
@@ -280,7 +283,9 @@ def _header(line: bytes) -> tuple[str, str]:
     try:
         name, value = raw_name.decode("ascii"), raw_value.decode("utf-8")
     except UnicodeDecodeError:
-        raise BadRequest("A multipart part header is not valid UTF-8.") from None
+        raise BadRequest(
+            "A multipart part header is not an ASCII name and a UTF-8 value."
+        ) from None
     if (
         not colon
         or not name

@@ -332,7 +332,9 @@ _PROBLEMS: dict[str, tuple[int, str]] = {
     "PayloadTooLarge": (
         413,
         "Larger than `--max-upload-size` (`payload-too-large`, with `limit`), beyond the "
-        "user's quota (`quota-exceeded`), or a JSON body over 1 MiB.",
+        "user's quota (`quota-exceeded`), a multipart form with more parts or more bytes "
+        "besides its file than allowed (`payload-too-large`, with `limit`), or a JSON body "
+        "over 1 MiB.",
     ),
     "RangeNotSatisfiable": (416, "No requested range overlaps the body."),
     "TooManyRequests": (
@@ -543,7 +545,10 @@ def _upload_body() -> Json:
         "description": "The file's bytes as the raw body (any Content-Type but "
         "multipart/form-data; the stored type is decided from the name and the content), "
         "or a multipart form whose field `file` holds them. The body is streamed, never "
-        "buffered.",
+        "buffered. A form's other fields are ignored but count toward the upload size and "
+        "the quota; it may have `--multipart-max-parts` parts and "
+        "`--multipart-max-form-size` bytes besides the file, and must end with its closing "
+        "boundary (else 400, nothing stored).",
         "content": {
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             "multipart/form-data": {

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import functools
 import hashlib
 import math
 import stat
@@ -179,6 +180,7 @@ def _validate_name(name: str) -> None:
         raise ValueError(f"member name longer than 65535 bytes: {name[:40]!r}...")
 
 
+@functools.lru_cache(maxsize=4096)
 def _dos_date_time(mtime: float) -> tuple[int, int]:
     """4.4.6: (date, time) in UTC, clamped to what the format can hold."""
     seconds = min(max(math.floor(mtime), _DOS_MIN), _DOS_MAX)
@@ -434,6 +436,7 @@ class ZipPlan:
         return self._members[index].needs_zip64 or self._local_starts[index] >= _U32
 
 
+@functools.lru_cache(maxsize=4096)
 def _time_extra(mtime: float) -> bytes:
     return _EXTRA_TIME_STRUCT.pack(_EXTRA_TIME, 5, 1, _unix_time(mtime))
 

@@ -14,7 +14,7 @@ The contract every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -116,6 +116,12 @@ class BlobStore(Protocol):
 
     async def read_blob(self, hex_hash: str) -> bytes:
         """A small blob's whole content; NotFound if it is not stored."""
+
+    def blob_opener(self) -> Callable[[str], int] | None:
+        """For a store that keeps blobs as local files (disk): a function, to call from a
+        worker thread, that opens a blob for reading and returns its fd (the caller closes
+        it; NotFound if it is not stored), so many small blobs can be read in one thread
+        hop. None for the others (S3)."""
 
     def read_range(self, hex_hash: str, offset: int, length: int) -> AsyncGenerator[bytes, None]:
         """`length` bytes from `offset`, in bounded pieces, each read only when the caller

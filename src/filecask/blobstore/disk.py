@@ -155,6 +155,14 @@ class DiskBlobStore:
     async def read_blob(self, hex_hash: str) -> bytes:
         return await _run(self._read_blob, hex_hash)
 
+    def blob_opener(self) -> Callable[[str], int]:
+        return self._open_blob_fd
+
+    def _open_blob_fd(self, hex_hash: str) -> int:
+        fd = self._open_blob(hex_hash).fd
+        assert fd is not None
+        return fd
+
     async def read_range(
         self, hex_hash: str, offset: int, length: int
     ) -> AsyncGenerator[bytes, None]:

@@ -38,7 +38,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -356,6 +356,10 @@ class S3BlobStore:
             async with response["Body"] as body:
                 data: bytes = await body.read()
         return data
+
+    def blob_opener(self) -> Callable[[str], int] | None:
+        """No local files: blobs are read over the network."""
+        return None
 
     async def read_range(
         self, hex_hash: str, offset: int, length: int

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
 
@@ -44,6 +45,10 @@ BATCH = 128 << 10
 """Headers and small files are written in buffers of about this size (one per client in
 flight, so 1,000 slow clients hold at most ~128 MiB of them; larger batches measured
 faster still, but the memory under many slow clients is the limit)."""
+BATCH_PIECES = 256
+"""...or of at most this many pieces: planning a piece is CPU on the event loop, so a
+batch of tiny members (a bundle of 11,500 16-byte files) still gives the loop a turn
+every few milliseconds."""
 SMALL_SLICE = 16 << 10
 """Folder files' data up to this size is read into the batch instead of sendfile()d."""
 
@@ -79,11 +84,11 @@ async def _resolve(services: Services, archive_id: str) -> Archive:
     """A 64-hex id names a bundle if one exists; anything else is a folder name."""
     if len(archive_id) == 64 and services.settings.file_api:
         try:
-            bundle = await services.bundle_plans.get(services.meta, parse_hash(archive_id))
+            planned = await services.bundle_plans.get(services.meta, parse_hash(archive_id))
         except InvalidHash:  # 64 characters but not hex: a folder name
-            bundle = None
-        if bundle is not None:
-            return bundle
+            planned = None
+        if planned is not None:
+            return planned
     return await directory_archive(
         services.settings.archives_dir, archive_id, services.meta, services.plans
     )
@@ -93,10 +98,12 @@ class _ZipRangeWriter:
     """Produces archive[start:end]: header bytes from the plan, member data by sendfile.
 
     Headers and the data of small members are gathered into one buffer of up to BATCH bytes
-    (small files read together in one worker-thread hop) and written at once: one write
-    per few dozen 4 KiB files instead of a flush, an open and a sendfile for each. Larger
-    members go by sendfile; one member's file stays open across consecutive slices, and
-    every fd is closed when the range ends, the client leaves or the handler is cancelled.
+    (small files, of a folder or of the disk store, read together in one worker-thread
+    hop) and written at once: one write per few dozen 4 KiB files instead of a flush, an
+    open and a sendfile for each (a bundle of 11,500 tiny files was 2.5 s of event-loop
+    work per GET). Larger members go by sendfile; one file stays open across consecutive
+    slices of the same source, and every fd is closed when the range ends, the client
+    leaves or the handler is cancelled.
     """
 
     def __init__(self, request: web.Request, services: Services, plan: ZipPlan) -> None:
@@ -106,6 +113,7 @@ class _ZipRangeWriter:
         self._delay = services.settings.archive_delay
         self._pending: list[HeaderBytes | DataSlice] = []
         self._pending_size = 0
+        self._open_blob = services.blobs.blob_opener()
 
     async def write(self, response: web.StreamResponse, start: int, end: int) -> int:
         written = 0
@@ -116,12 +124,12 @@ class _ZipRangeWriter:
                 if self._batches(segment):
                     self._pending.append(segment)
                     self._pending_size += _length(segment)
-                    if self._pending_size >= BATCH:
+                    if self._pending_size >= BATCH or len(self._pending) >= BATCH_PIECES:
                         written += await self._flush(response)
                     continue
                 written += await self._flush(response)
                 assert isinstance(segment, DataSlice)
-                if segment.member.source is not open_source:
+                if segment.member.source != open_source:
                     if fd is not None:
                         os.close(fd)
                         fd = None
@@ -135,11 +143,15 @@ class _ZipRangeWriter:
         return written
 
     def _batches(self, segment: HeaderBytes | DataSlice) -> bool:
-        """Headers always (unless pausing between pieces), file data when it is small."""
-        if self._delay:
-            return isinstance(segment, HeaderBytes)
-        return isinstance(segment, HeaderBytes) or (
-            segment.length <= SMALL_SLICE and isinstance(segment.member.source, DirectoryFile)
+        """Headers always (unless pausing between pieces), file data when it is small and
+        can be read in a worker thread (a folder's file, a blob on disk)."""
+        if isinstance(segment, HeaderBytes):
+            return True
+        if self._delay or segment.length > SMALL_SLICE:
+            return False
+        source = segment.member.source
+        return isinstance(source, DirectoryFile) or (
+            isinstance(source, str) and self._open_blob is not None
         )
 
     async def _flush(self, response: web.StreamResponse) -> int:
@@ -147,7 +159,9 @@ class _ZipRangeWriter:
             return 0
         pending, self._pending, self._pending_size = self._pending, [], 0
         if any(isinstance(p, DataSlice) for p in pending):
-            data = await asyncio.get_running_loop().run_in_executor(None, _gather, pending)
+            data = await asyncio.get_running_loop().run_in_executor(
+                None, _gather, pending, self._open_blob
+            )
         else:
             data = b"".join(p.data for p in pending if isinstance(p, HeaderBytes))
         # Bounded by --send-timeout: a client that stops reading is dropped, and with it
@@ -197,22 +211,40 @@ def _length(segment: HeaderBytes | DataSlice) -> int:
     return len(segment.data) if isinstance(segment, HeaderBytes) else segment.length
 
 
-def _gather(pending: list[HeaderBytes | DataSlice]) -> bytes:
-    """Call from an executor: the pending headers and small files' data, in order."""
+def _gather(
+    pending: list[HeaderBytes | DataSlice], open_blob: Callable[[str], int] | None
+) -> bytes:
+    """Call from an executor: the pending headers and small files' data, in order (a file
+    met in consecutive slices is opened once)."""
     parts: list[bytes] = []
-    for piece in pending:
-        if isinstance(piece, HeaderBytes):
-            parts.append(piece.data)
-            continue
-        assert isinstance(piece.member.source, DirectoryFile)
-        fd = open_directory_file(piece.member.source)
-        try:
+    source: object = None
+    fd: int | None = None
+    try:
+        for piece in pending:
+            if isinstance(piece, HeaderBytes):
+                parts.append(piece.data)
+                continue
+            if piece.member.source != source:
+                if fd is not None:
+                    os.close(fd)
+                    fd = None
+                source = piece.member.source
+                if isinstance(source, DirectoryFile):
+                    fd = open_directory_file(source)
+                else:
+                    assert isinstance(source, str)
+                    assert open_blob is not None
+                    fd = open_blob(source)
+            assert fd is not None
             data = os.pread(fd, piece.length, piece.offset)
-        finally:
+            if len(data) != piece.length:
+                if isinstance(source, DirectoryFile):
+                    raise ArchiveChanged(source.path)
+                raise EOFError(f"blob {source} is shorter than its recorded size")
+            parts.append(data)
+    finally:
+        if fd is not None:
             os.close(fd)
-        if len(data) != piece.length:
-            raise ArchiveChanged(piece.member.source.path)
-        parts.append(data)
     return b"".join(parts)
 
 
@@ -221,7 +253,9 @@ async def create_bundle(request: web.Request) -> web.Response:
     """`{"name": "holiday.zip", "files": [{"hash": ..., "path": "day1/1.jpg"}, ...]}`."""
     services = request.app[SERVICES]
     user = await require_user(request)
-    manifest = parse_manifest(await read_json_object(request))
+    body = await read_json_object(request)
+    # Checking 11,500 entries is 0.1 s of CPU: in a worker thread, not on the event loop.
+    manifest = await asyncio.get_running_loop().run_in_executor(None, parse_manifest, body)
     created = await services.files.create_bundle(user, manifest)
     url = f"{base_url(request)}/archive/{manifest.id}/"
     body = {"id": manifest.id, "name": manifest.name, "url": url}
