@@ -204,16 +204,22 @@ async def test_quota_refuses_at_creation_and_at_completion(
     response = await create(client, auth=bob)
     assert response.status == 413
     assert_problem(await response.json(), 413, "quota-exceeded")
-    # Two uploads that each fit but not together: the second is refused on completion.
+    # Two uploads that each fit but not together: the second is refused at creation, since
+    # the first reserves its length (issue 14: they were checked one by one, and 30 such
+    # uploads held 30 times the quota in tmp/).
     small = os.urandom(150_000)
     first = await new_upload(client, length=len(small), auth=bob)
-    second = await new_upload(client, length=len(small), auth=bob)
-    assert (await patch(client, first, 0, small, auth=bob)).status == 204
-    other = os.urandom(150_000)
-    refused = await patch(client, second, 0, other, auth=bob)
+    refused = await create(client, len(small), auth=bob)
+    assert refused.status == 413
+    problem = await refused.json()
+    assert_problem(problem, 413, "quota-exceeded")
+    assert (problem["used"], problem["reserved"], problem["size"]) == (0, 150_000, 150_000)
+    # A quota lowered meanwhile still refuses on completion, and the upload goes.
+    assert (await client.patch("/users/bob", json={"quota": 100_000}, headers=ADMIN)).status == 200
+    refused = await patch(client, first, 0, small, auth=bob)
     assert refused.status == 413
     assert_problem(await refused.json(), 413, "quota-exceeded")
-    assert (await head(client, second, auth=bob)).status == 404  # gone with its bytes
+    assert (await head(client, first, auth=bob)).status == 404  # gone with its bytes
 
 
 async def test_only_the_creator_may_use_an_upload(client: AppClient, make_user: MakeUser) -> None:

@@ -43,8 +43,9 @@ def base_url(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}"
 
 
-async def read_json_object(request: web.Request) -> dict[str, Any]:
-    raw = await _read_small_body(request)
+async def read_json_object(request: web.Request, *, limit: int = JSON_BODY_MAX) -> dict[str, Any]:
+    """The body as a JSON object; at most `limit` bytes (413 past it)."""
+    raw = await _read_small_body(request, limit)
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -54,11 +55,10 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
-async def _read_small_body(request: web.Request) -> bytes:
-    """The whole body, at most JSON_BODY_MAX bytes (413 past it, before reading when the
+async def _read_small_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, at most `limit` bytes (413 past it, before reading when the
     Content-Length says so), read piece by piece under the body stall limit: a client that
     trickles a manifest is not cut, one that stops sending it is (408)."""
-    limit = JSON_BODY_MAX
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"A JSON body may be at most {limit} bytes.", limit=limit)
     stall = request.app[SETTINGS].body_timeout

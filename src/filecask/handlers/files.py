@@ -26,7 +26,7 @@ from filecask.handlers import base_url, require_user
 from filecask.handlers.bodies import send_body, write_blob_range
 from filecask.hashes import parse_hash
 from filecask.mediatypes import is_active
-from filecask.metastore import FileRecord, User
+from filecask.metastore import FileRecord, RemoveOutcome, User
 from filecask.names import validate_file_name
 from filecask.problem import from_error
 from filecask.ranges import if_none_match_matches
@@ -330,11 +330,22 @@ async def _send_bytes(
 
 @routes.delete("/files/{hash}")
 async def delete(request: web.Request) -> web.Response:
+    """Drop the caller's reference: 204 when nothing of theirs keeps the content any more.
+    When bundles they hold still name it, the content stays stored (downloadable by its
+    link, and counted in their usage) until those bundles go: 200 with a body that says so,
+    `{"hash": ..., "held_by_bundles": [{"id", "name", "url"}, ...]}`."""
     services = request.app[SERVICES]
     hex_hash = parse_hash(request.match_info["hash"])
     user = await require_user(request)
-    await services.files.delete(user, hex_hash)
-    return web.Response(status=204)
+    outcome = await services.files.delete(user, hex_hash)
+    if outcome is RemoveOutcome.REMOVED_LAST:
+        return web.Response(status=204)  # the content left the store: no bundle names it
+    holding = await services.meta.list_bundles(user.id, hex_hash=hex_hash)
+    if not holding:
+        return web.Response(status=204)
+    base = base_url(request)
+    held = [{"id": b.id, "name": b.name, "url": f"{base}/archive/{b.id}/"} for b in holding]
+    return web.json_response({"hash": hex_hash, "held_by_bundles": held})
 
 
 @routes.get("/files")
