@@ -151,6 +151,11 @@ class SqlMetaStore:
         self._usage: StampedCache[int, Usage] = StampedCache(
             self.stamps, Topic.REFS, max_items=USAGE_CACHE_ITEMS
         )
+        # A user's open uploads (count, reserved bytes, soonest expiry): they change by a
+        # write that moves REFS (created, completed, deleted) or when the soonest expires.
+        self._reserved: StampedCache[int, tuple[int, int, datetime | None]] = StampedCache(
+            self.stamps, Topic.REFS, max_items=USAGE_CACHE_ITEMS
+        )
         # Hashes asked for and not found: a flood of 404s (scanners, stale links) would
         # otherwise cost a database round trip each, ten times the cost of a hit.
         self._missing: StampedCache[str, bool] = StampedCache(
@@ -703,7 +708,7 @@ class SqlMetaStore:
         UPDATE; SQLite: BEGIN IMMEDIATE), as `add_ref` does, so two creations, or a
         creation and an upload, by one user never both fit where only one does."""
         now = upload.created_at
-        async with self._write() as conn:
+        async with self._write({Topic.REFS}) as conn:
             quota_row = (await conn.execute(_quota_for_update(upload.user_id))).first()
             if quota_row is None:
                 raise NotFound("The user was removed meanwhile.")
@@ -741,9 +746,15 @@ class SqlMetaStore:
             )
 
     async def open_uploads(self, user_id: int) -> tuple[int, int]:
-        async with self.engine.connect() as conn:
-            count, reserved, _ = await _open_uploads(conn, user_id, _now())
-        return count, reserved
+        """Cached (a signed-in /me stays free of database round trips) until a write moves
+        REFS or the soonest of the uploads expires."""
+        now = _now()
+        cached, stamp = self._reserved.get(user_id)
+        if cached is None or (cached[2] is not None and _utc(cached[2]) <= now):
+            async with self.engine.connect() as conn:
+                cached = await _open_uploads(conn, user_id, now)
+            self._reserved.put(user_id, cached, stamp)
+        return cached[0], cached[1]
 
     async def get_upload(self, upload_id: str) -> Upload | None:
         async with self.engine.connect() as conn:
@@ -778,13 +789,15 @@ class SqlMetaStore:
             return bool(result.rowcount)
 
     async def finish_upload(self, upload_id: str, hex_hash: str) -> None:
-        async with self._write() as conn:
+        """Moves REFS: the upload no longer reserves anything."""
+        async with self._write({Topic.REFS}) as conn:
             await conn.execute(
                 uploads.update().where(uploads.c.id == upload_id).values(hash=hex_hash)
             )
 
     async def delete_upload(self, upload_id: str) -> bool:
-        async with self._write() as conn:
+        """Moves REFS: the upload no longer reserves anything."""
+        async with self._write({Topic.REFS}) as conn:
             result = await conn.execute(uploads.delete().where(uploads.c.id == upload_id))
             return bool(result.rowcount)
 
