@@ -429,12 +429,13 @@ class Settings:
     argon2_time_cost: int = 3
     argon2_memory: int = 64 << 20
     argon2_parallelism: int = 4
-    # Issue 14 §1: a bundle of 10,000 files is a large photo album; 1 MiB of manifest holds
-    # that many short paths; 1,000 bundles and 20 unfinished uploads per user are more than
-    # a person uses, and bound the rows and tmp/ files one account can create.
+    # Issue 14 §1: a bundle of 10,000 files is a large photo album, and 1 MiB of manifest
+    # holds that many short paths; 100 bundles per user (S3's long-standing default of 100
+    # buckets per account) and 20 unfinished uploads are more than a person uses, and bound
+    # the rows (at most 100 MiB of manifests) and tmp/ files one account can create.
     max_bundle_entries: int = 10_000  # bundles.MAX_ENTRIES
     max_bundle_size: int = 1 << 20  # bundles.MAX_BYTES
-    max_bundles_per_user: int = 1_000
+    max_bundles_per_user: int = 100
     max_open_uploads: int = 20
 
     def __post_init__(self) -> None:

@@ -105,7 +105,8 @@ async def _check_declared_length(request: web.Request, user: User | None = None)
         return
     meta = request.app[SERVICES].meta
     used = (await meta.usage(user.id)).bytes
-    if used + declared <= user.quota:
+    _, reserved = await meta.open_uploads(user.id)
+    if used + reserved + declared <= user.quota:
         return
     raw_hash = request.match_info.get("hash")
     if raw_hash is not None:
@@ -113,7 +114,7 @@ async def _check_declared_length(request: web.Request, user: User | None = None)
     else:
         held = await meta.holds_ref(user.id, size=declared)
     if not held:
-        raise QuotaExceeded(quota=user.quota, used=used, size=declared)
+        raise QuotaExceeded(quota=user.quota, used=used, size=declared, reserved=reserved)
 
 
 @routes.post("/files", expect_handler=_expect_continue)
@@ -151,7 +152,10 @@ async def _store(request: web.Request, *, expected_hash: str | None) -> web.Resp
             raise
         assert user.quota is not None
         used = (await services.meta.usage(user.id)).bytes
-        raise QuotaExceeded(quota=user.quota, used=used, size=allowance + 1, cut=True) from None
+        _, reserved = await services.meta.open_uploads(user.id)
+        raise QuotaExceeded(
+            quota=user.quota, used=used, size=allowance + 1, cut=True, reserved=reserved
+        ) from None
     body = file_json(record, base_url(request))
     return web.json_response(
         body, status=201 if created else 200, headers={"Location": body["url"]}
@@ -163,12 +167,14 @@ async def _quota_allowance(services: Services, user: User) -> int | None:
 
     The quota itself is checked when the reference is stored; this only stops a stream of
     unknown length (chunked, multipart) from filling the disk's scratch space on the way
-    to that refusal. A re-upload of something the user holds costs nothing, so a stream as
-    large as their largest file may always run."""
+    to that refusal: what the user keeps and what their open resumable uploads reserve
+    leave the rest. A re-upload of something the user keeps costs nothing, so a stream as
+    large as the largest blob they keep may always run."""
     if user.quota is None:
         return None
     used = (await services.meta.usage(user.id)).bytes
-    return max(user.quota - used, await services.meta.largest_ref_size(user.id))
+    _, reserved = await services.meta.open_uploads(user.id)
+    return max(user.quota - used - reserved, await services.meta.largest_ref_size(user.id))
 
 
 async def _body_source(request: web.Request) -> tuple[str | None, AsyncIterator[bytes]]:
