@@ -510,7 +510,6 @@ async def test_bundle_routes_need_sign_in(client: AppClient) -> None:
 @pytest.mark.parametrize(
     ("files", "named"),
     [
-        ([{"hash": "0" * 64, "path": "a"}], "'a'"),
         ([{"hash": "zz", "path": "a"}], "files[0]"),
         ([{"hash": "KNOWN", "path": ""}], "files[0]"),
         ([{"hash": "KNOWN", "path": "/abs"}], "'/abs'"),
@@ -557,7 +556,9 @@ async def test_bundled_file_outlives_its_reference_until_the_bundle_goes(
     bundle_id = (await (await post_bundle(client, body, alice)).json())["id"]
     one = body["files"][0]["hash"]
     view = StoreView(settings)
-    assert (await client.delete(f"/files/{one}", headers=alice)).status == 204
+    deleted = await client.delete(f"/files/{one}", headers=alice)
+    assert deleted.status == 200  # her bundle keeps it: the answer says so (issue 14)
+    assert (await deleted.json())["held_by_bundles"][0]["id"] == bundle_id
     still, data = await fetch(client, f"/files/{one}")
     assert still.status == 200
     assert data == ONE
@@ -711,3 +712,90 @@ async def test_bundle_of_small_and_large_blobs_named_many_times_is_byte_exact(
         )
         assert ranged.status == 206
         assert part == zipped[start : end + 1]
+
+
+# issue 14: a bundle keeps only what its maker holds, and says so when it keeps a file
+
+
+@pytest.mark.parametrize("whose", ["nobody", "another user"])
+async def test_a_bundle_naming_content_the_caller_does_not_hold_is_403(
+    client: AppClient, make_user: MakeUser, whose: str
+) -> None:
+    """Content stored by someone else and content stored by nobody get the same answer:
+    a bundle is no oracle for what others store."""
+    mallory = await make_user("mallory")
+    mine = await upload(client, TWO, mallory)
+    theirs = await upload(client, ONE, ADMIN) if whose == "another user" else "0" * 64
+    files = [{"hash": mine, "path": "mine"}, {"hash": theirs, "path": "theirs"}]
+    response = await post_bundle(client, {"name": "x.zip", "files": files}, mallory)
+    assert response.status == 403
+    problem = await response.json()
+    assert_problem(problem, 403, "not-held")
+    assert (problem["hashes"], problem["count"], problem["path"]) == ([theirs], 1, "theirs")
+    assert "'theirs'" in problem["detail"]
+    assert (await (await client.get("/archives", headers=mallory)).json())["archives"] == []
+
+
+async def test_deleting_a_file_says_which_of_the_callers_bundles_still_hold_it(
+    client: AppClient, make_user: MakeUser
+) -> None:
+    alice = await make_user("alice")
+    body = await uploaded_bundle(client, alice)
+    bundle = await (await post_bundle(client, body, alice)).json()
+    one, two = (f["hash"] for f in body["files"])
+    listed = await client.get(f"/archives?hash={one.upper()}", headers=alice)
+    assert [b["id"] for b in (await listed.json())["archives"]] == [bundle["id"]]
+    deleted = await client.delete(f"/files/{one}", headers=alice)
+    assert deleted.status == 200
+    assert await deleted.json() == {
+        "hash": one,
+        "held_by_bundles": [{"id": bundle["id"], "name": "holiday.zip", "url": bundle["url"]}],
+    }
+    me = await (await client.get("/me", headers=alice)).json()
+    assert (me["files"], me["bytes"], me["bundles"]) == (1, len(ONE) + len(TWO), 1)
+    assert (await client.delete(f"/archives/{bundle['id']}", headers=alice)).status == 204
+    assert (await client.get(f"/archives?hash={one}", headers=alice)).status == 200
+    assert (await client.get(f"/files/{one}")).status == 404
+    # Nothing of hers keeps the other one: the plain 204.
+    assert (await client.delete(f"/files/{two}", headers=alice)).status == 204
+    me = await (await client.get("/me", headers=alice)).json()
+    assert (me["files"], me["bytes"], me["bundles"]) == (0, 0, 0)
+
+
+async def test_archives_hash_filter_is_checked(client: AppClient) -> None:
+    response = await client.get("/archives?hash=nope", headers=ADMIN)
+    assert response.status == 400
+    assert_problem(await response.json(), 400, "invalid-hash")
+
+
+async def test_bundle_limits_are_clear_4xx(
+    aiohttp_client: AiohttpClient, make_settings: MakeSettings
+) -> None:
+    settings = make_settings(max_bundle_entries=3, max_bundle_size=600, max_bundles_per_user=2)
+    client = await aiohttp_client(create_app(settings))
+    known = await upload(client, ONE, ADMIN)
+
+    def files(n: int, path: str = "f") -> list[dict[str, str]]:
+        return [{"hash": known, "path": f"{path}{i}"} for i in range(n)]
+
+    too_many = await post_bundle(client, {"name": "x.zip", "files": files(4)})
+    assert too_many.status == 413
+    problem = await too_many.json()
+    assert_problem(problem, 413)
+    assert problem["max_entries"] == 3
+    too_big = await post_bundle(client, {"name": "x.zip", "files": files(3, "p" * 150)})
+    assert too_big.status == 413
+    assert (await too_big.json())["limit"] == 600
+    padded = json.dumps({"name": "x.zip", "files": files(1)}) + " " * 600
+    body_too_big = await client.post(
+        "/archives", data=padded, headers={**ADMIN, "Content-Type": "application/json"}
+    )
+    assert body_too_big.status == 413
+    for name in ("a.zip", "b.zip"):
+        assert (await post_bundle(client, {"name": name, "files": files(1)})).status == 201
+    assert (await post_bundle(client, {"name": "a.zip", "files": files(1)})).status == 200
+    third = await post_bundle(client, {"name": "c.zip", "files": files(1)})
+    assert third.status == 409
+    problem = await third.json()
+    assert_problem(problem, 409, "too-many-bundles")
+    assert problem["limit"] == 2

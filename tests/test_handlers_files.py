@@ -639,6 +639,8 @@ async def test_quota_is_shown_in_me(client: AppClient, make_user: MakeUser) -> N
         "is_admin": False,
         "files": 0,
         "bytes": 0,
+        "bundles": 0,
+        "reserved": 0,
         "quota": 10 << 30,
     }
 

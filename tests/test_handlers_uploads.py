@@ -204,16 +204,22 @@ async def test_quota_refuses_at_creation_and_at_completion(
     response = await create(client, auth=bob)
     assert response.status == 413
     assert_problem(await response.json(), 413, "quota-exceeded")
-    # Two uploads that each fit but not together: the second is refused on completion.
+    # Two uploads that each fit but not together: the second is refused at creation, since
+    # the first reserves its length (issue 14: they were checked one by one, and 30 such
+    # uploads held 30 times the quota in tmp/).
     small = os.urandom(150_000)
     first = await new_upload(client, length=len(small), auth=bob)
-    second = await new_upload(client, length=len(small), auth=bob)
-    assert (await patch(client, first, 0, small, auth=bob)).status == 204
-    other = os.urandom(150_000)
-    refused = await patch(client, second, 0, other, auth=bob)
+    refused = await create(client, len(small), auth=bob)
+    assert refused.status == 413
+    problem = await refused.json()
+    assert_problem(problem, 413, "quota-exceeded")
+    assert (problem["used"], problem["reserved"], problem["size"]) == (0, 150_000, 150_000)
+    # A quota lowered meanwhile still refuses on completion, and the upload goes.
+    assert (await client.patch("/users/bob", json={"quota": 100_000}, headers=ADMIN)).status == 200
+    refused = await patch(client, first, 0, small, auth=bob)
     assert refused.status == 413
     assert_problem(await refused.json(), 413, "quota-exceeded")
-    assert (await head(client, second, auth=bob)).status == 404  # gone with its bytes
+    assert (await head(client, first, auth=bob)).status == 404  # gone with its bytes
 
 
 async def test_only_the_creator_may_use_an_upload(client: AppClient, make_user: MakeUser) -> None:
@@ -327,3 +333,74 @@ async def test_zero_length_upload_is_complete_on_creation(client: AppClient) -> 
     response = await create(client, 0, name="empty.txt")
     assert response.status == 201
     assert response.headers["Filecask-Hash"] == hashlib.sha256(b"").hexdigest()
+
+
+# issue 14: unfinished uploads are not free disk
+
+
+def upload_id(path: str) -> str:
+    return path.rsplit("/", 1)[1]
+
+
+async def test_only_a_patch_that_adds_bytes_moves_the_expiry(
+    client: AppClient, services: Services
+) -> None:
+    path = await new_upload(client)
+    await patch(client, path, 0, BODY[:100])
+    before = await services.meta.get_upload(upload_id(path))
+    assert before is not None
+    empty = await patch(client, path, 100, b"")
+    assert empty.status == 204
+    assert empty.headers["Upload-Offset"] == "100"
+    after = await services.meta.get_upload(upload_id(path))
+    assert after is not None
+    assert after.expires_at == before.expires_at  # an empty PATCH used to push it forward
+    more = await patch(client, path, 100, BODY[100:200])
+    moved = await services.meta.get_upload(upload_id(path))
+    assert moved is not None
+    assert moved.expires_at > before.expires_at
+    assert more.headers["Upload-Expires"] != ""
+
+
+async def test_open_uploads_are_capped_and_reserve_their_length(
+    aiohttp_client: Any, make_settings: MakeSettings
+) -> None:
+    from filecask.app import create_app
+
+    client = await aiohttp_client(create_app(make_settings(max_open_uploads=2)))
+    for _ in range(2):
+        await new_upload(client, length=10)
+    refused = await create(client, 10)
+    assert refused.status == 429
+    assert_problem(await refused.json(), 429, "too-many-uploads")
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert refused.headers["Tus-Resumable"] == "1.0.0"
+    me = await (await client.get("/me", headers=ADMIN)).json()
+    assert me["reserved"] == 20
+
+
+async def test_removing_a_user_removes_their_partial_files(
+    client: AppClient, make_user: MakeUser, settings: Settings
+) -> None:
+    bob = await make_user("bob")
+    paths = [await new_upload(client, auth=bob) for _ in range(2)]
+    for path in paths:
+        assert (await patch(client, path, 0, BODY[:1000], auth=bob)).status == 204
+    assert len(tus_files(settings)) == 2
+    assert (await client.delete("/users/bob", headers=ADMIN)).status == 204
+    assert tus_files(settings) == []
+
+
+async def test_a_stray_tus_file_goes_whatever_its_age_by_default(
+    client: AppClient, settings: Settings, services: Services
+) -> None:
+    """The row is made before the file, so a file without one can never be owned again."""
+    stray = settings.tmp_dir / ("tus-" + "b" * 32)
+    stray.write_bytes(b"left by a removed user")
+    files = TusFiles(settings.tmp_dir)
+    (listed,) = await sweep(services.meta, files, dry_run=True)
+    assert (listed.name, listed.size, listed.expired) == (stray.name, 22, False)
+    assert stray.exists()
+    (removed,) = await sweep(services.meta, files)
+    assert removed.name == stray.name
+    assert not stray.exists()

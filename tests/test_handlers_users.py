@@ -67,6 +67,8 @@ async def test_me_counts_files_and_bytes(client: AppClient, make_user: MakeUser)
         "is_admin": False,
         "files": 0,
         "bytes": 0,
+        "bundles": 0,
+        "reserved": 0,
         "quota": None,
     }
 
@@ -77,6 +79,8 @@ async def test_me_counts_files_and_bytes(client: AppClient, make_user: MakeUser)
         "is_admin": False,
         "files": 2,
         "bytes": 350,
+        "bundles": 0,
+        "reserved": 0,
         "quota": None,
     }
 
@@ -88,6 +92,8 @@ async def test_me_counts_files_and_bytes(client: AppClient, make_user: MakeUser)
         "is_admin": False,
         "files": 2,
         "bytes": 350,
+        "bundles": 0,
+        "reserved": 0,
         "quota": None,
     }
 
@@ -99,7 +105,15 @@ async def test_me_counts_files_and_bytes(client: AppClient, make_user: MakeUser)
     assert (await me(client, bob))["files"] == 2
 
     admin = await me(client, ADMIN)
-    assert admin == {"name": "admin", "is_admin": True, "files": 0, "bytes": 0, "quota": None}
+    assert admin == {
+        "name": "admin",
+        "is_admin": True,
+        "files": 0,
+        "bytes": 0,
+        "bundles": 0,
+        "reserved": 0,
+        "quota": None,
+    }
 
 
 async def test_me_requires_sign_in(client: AppClient) -> None:
@@ -326,6 +340,8 @@ async def test_delete_user_drops_their_files(
         "is_admin": False,
         "files": 1,
         "bytes": len(b"both have this"),
+        "bundles": 0,
+        "reserved": 0,
         "quota": None,
     }
     assert set(await users(client)) == {"admin", "carol"}
@@ -389,6 +405,11 @@ BAD_QUOTAS: dict[str, object] = {
     "object": {"bytes": 10},
     "too-big": 1 << 63,
     "too-big-size": "99999999999T",
+    # Issue 14: digits of other scripts were read as digits (ARABIC-INDIC DIGIT ONE then M
+    # was a 1 MiB quota).
+    "arabic-indic-digit": "\u0661M",
+    "fullwidth-digits": "\uff11\uff10G",
+    "devanagari-digits": "\u0967\u0966\u0966",
 }
 
 
@@ -450,6 +471,8 @@ async def test_patch_with_a_bad_body_is_400_and_changes_nothing(
         "is_admin": False,
         "files": 0,
         "bytes": 0,
+        "bundles": 0,
+        "reserved": 0,
         "quota": 500,
     }
 

@@ -429,14 +429,16 @@ async def test_add_ref_racing_the_removal_of_the_last_reference(
 async def test_add_bundle_racing_the_removal_of_the_last_reference(
     two_stores: tuple[SqlMetaStore, SqlMetaStore],
 ) -> None:
+    """ann deletes her file while (at another instance) she bundles it: the bundle, which
+    may only name what she holds, waits for the delete and finds the reference gone."""
     one, two = two_stores
-    ann, ben = await users_of(one, "ann", "ben")
+    (ann,) = await users_of(one, "ann")
     await one.add_ref(ann, BLOB, "a")
-    assert await two.missing_blobs([BLOB.hash]) == set()  # create_bundle's early check
+    assert await two.unheld_hashes(ann, [BLOB.hash]) == set()  # create_bundle's early check
     removed, bundled = await interleave(
         one.remove_ref(ann, BLOB.hash),
         pause_after(one, "FROM bundle_entries"),
-        two.add_bundle(ben, "b1", "bundle", [("a.txt", BLOB.hash)]),
+        two.add_bundle(ann, "b1", "bundle", [("a.txt", BLOB.hash)]),
     )
     assert removed is RemoveOutcome.REMOVED_LAST, removed  # was an IntegrityError
     assert isinstance(bundled, MissingBlobs), bundled
@@ -484,6 +486,7 @@ async def test_two_last_holders_releasing_a_bundle_at_once(
     one, two = two_stores
     ann, ben = await users_of(one, "ann", "ben")
     await one.add_ref(ann, BLOB, "a")
+    await one.add_ref(ben, BLOB, "b")  # a bundle may only name one's own files
     await one.add_bundle(ann, "b1", "bundle", [("a.txt", BLOB.hash)])
     await one.add_bundle(ben, "b1", "bundle", [("a.txt", BLOB.hash)])
     first, second = await interleave(
@@ -502,6 +505,7 @@ async def test_add_bundle_racing_the_release_of_its_last_holder(
     one, two = two_stores
     ann, ben = await users_of(one, "ann", "ben")
     await one.add_ref(ann, BLOB, "a")
+    await one.add_ref(ben, BLOB, "b")
     await one.add_bundle(ann, "b1", "bundle", [("a.txt", BLOB.hash)])
     released, held = await interleave(
         one.release_bundle(ann, "b1"),
@@ -523,6 +527,7 @@ async def test_two_instances_creating_the_same_bundle(
     one, two = two_stores
     ann, ben = await users_of(one, "ann", "ben")
     await one.add_ref(ann, BLOB, "a")
+    await one.add_ref(ben, BLOB, "b")
     first, second = await interleave(
         one.add_bundle(ann, "b1", "bundle", [("a.txt", BLOB.hash)]),
         pause_after(one, "INSERT INTO bundles"),

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import secrets
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -18,8 +20,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.dialects import postgresql, sqlite
 
 from filecask.changes import ChangeStamps
-from filecask.errors import BadRequest, NotFound, QuotaExceeded
-from filecask.metastore import QUOTA_MAX, BlobInfo, Usage, parse_quota
+from filecask.errors import BadRequest, NotFound, QuotaExceeded, TooManyBundles, TooManyUploads
+from filecask.metastore import QUOTA_MAX, BlobInfo, MissingBlobs, Upload, Usage, parse_quota
 from filecask.metastore.sql import SqlMetaStore, _quota_for_update
 
 
@@ -84,7 +86,25 @@ def test_parse_quota_accepts(given: object, expected: int | None) -> None:
 
 
 @pytest.mark.parametrize(
-    "given", [-1, True, False, 1.5, "lots", "", "-5G", [10], {"b": 1}, QUOTA_MAX + 1, "9999999T"]
+    "given",
+    [
+        -1,
+        True,
+        False,
+        1.5,
+        "lots",
+        "",
+        "-5G",
+        [10],
+        {"b": 1},
+        QUOTA_MAX + 1,
+        "9999999T",
+        "\u0661M",  # ARABIC-INDIC DIGIT ONE: was 1 MiB (issue 14)
+        "\uff11\uff10G",  # FULLWIDTH 1 0
+        "1\u0e50K",  # THAI DIGIT ZERO
+        "10\u0131B",  # dotless i: upper() makes it I, so "10IB"
+        "10M\u00a0",  # a no-break space
+    ],
 )
 def test_parse_quota_refuses(given: object) -> None:
     with pytest.raises(BadRequest) as refused:
@@ -260,11 +280,12 @@ async def test_a_reference_already_held_costs_nothing_even_at_the_quota(
     assert await store.usage(bob) == Usage(1, 100)
 
 
-async def test_content_held_by_others_or_by_bundles_still_costs_its_size(
+async def test_content_held_by_others_costs_its_size_and_no_bundle_may_name_it(
     store: SqlMetaStore,
 ) -> None:
-    """The quota counts the user's own references, exactly as `usage` does: content stored
-    by another user costs them its full size, and bundles they hold cost nothing."""
+    """Issue 14: content stored by another user costs its full size to whoever stores it
+    too, and a bundle cannot keep it without holding it (before, bob bundled carol's 80
+    bytes for free, keeping them stored past carol's delete)."""
     bob = await new_user(store, "bob", quota=100)
     carol = await new_user(store, "carol")
     shared = blob(b"s" * 80)
@@ -273,11 +294,11 @@ async def test_content_held_by_others_or_by_bundles_still_costs_its_size(
     with pytest.raises(QuotaExceeded) as refused:
         await store.add_ref(bob, shared, "s")
     assert refused.value.extensions == {"quota": 100, "used": 30, "size": 80}
-    # A bundle naming carol's 80 bytes does not count against bob.
-    assert await store.add_bundle(bob, "b" * 64, "x.zip", [("s.bin", shared.hash)])
-    _, created = await store.add_ref(bob, blob(b"c" * 70), "c")
-    assert created
-    assert await store.usage(bob) == Usage(2, 100)
+    with pytest.raises(MissingBlobs) as unheld:
+        await store.add_bundle(bob, "b" * 64, "x.zip", [("s.bin", shared.hash)])
+    assert unheld.value.hashes == {shared.hash}
+    assert await store.get_bundle("b" * 64) is None
+    assert await store.usage(bob) == Usage(1, 30)
 
 
 async def test_a_user_without_a_quota_is_not_limited(store: SqlMetaStore) -> None:
@@ -331,3 +352,259 @@ def test_the_quota_check_locks_the_users_row_where_the_dialect_can() -> None:
     on_postgresql = postgresql.dialect()  # type: ignore[no-untyped-call]
     assert "FOR UPDATE" in str(query.compile(dialect=on_postgresql))
     assert "FOR UPDATE" not in str(query.compile(dialect=sqlite.dialect()))
+
+
+# --- issue 14: usage is every distinct blob the user keeps alive, by file or by bundle ----
+
+
+async def test_a_bundle_keeps_its_content_in_its_holders_usage_after_the_file_goes(
+    store: SqlMetaStore,
+) -> None:
+    bob = await new_user(store, quota=100)
+    kept = blob(b"k" * 60)
+    await store.add_ref(bob, kept, "k")
+    assert await store.add_bundle(bob, "b" * 64, "k.zip", [("k.bin", kept.hash)])
+    assert await store.usage(bob) == Usage(1, 60, 1)
+    await store.remove_ref(bob, kept.hash)
+    # The bundle keeps the 60 bytes stored, so they still count (the loop of the issue:
+    # upload, bundle, delete, again, stored 19.6 MiB for a 1 MiB quota).
+    assert await store.usage(bob) == Usage(0, 60, 1)
+    with pytest.raises(QuotaExceeded) as refused:
+        await store.add_ref(bob, blob(b"n" * 41), "n")
+    assert refused.value.extensions == {"quota": 100, "used": 60, "size": 41}
+    # Uploading the content again costs nothing: it is kept already.
+    _, created = await store.add_ref(bob, kept, "again")
+    assert created
+    assert await store.usage(bob) == Usage(1, 60, 1)
+    await store.remove_ref(bob, kept.hash)
+    await store.release_bundle(bob, "b" * 64)
+    assert await store.usage(bob) == Usage(0, 0, 0)
+    _, created = await store.add_ref(bob, blob(b"n" * 41), "n")
+    assert created
+
+
+async def test_content_kept_several_ways_counts_once(store: SqlMetaStore) -> None:
+    bob = await new_user(store, quota=100)
+    carol = await new_user(store, "carol")
+    one, two = blob(b"1" * 30), blob(b"2" * 50)
+    for content in (one, two):
+        await store.add_ref(bob, content, "x")
+        await store.add_ref(carol, content, "x")
+    entries = [("1.bin", one.hash), ("2.bin", two.hash)]
+    await store.add_bundle(bob, "a" * 64, "a.zip", entries)
+    await store.add_bundle(bob, "b" * 64, "b.zip", [("again/1.bin", one.hash), *entries])
+    await store.add_bundle(carol, "a" * 64, "a.zip", entries)  # shared holding
+    assert await store.usage(bob) == Usage(2, 80, 2)
+    listed = {s.name: s.usage for s in await store.list_users()}
+    assert listed == {"bob": Usage(2, 80, 2), "carol": Usage(2, 80, 1)}
+    await store.remove_ref(bob, one.hash)
+    assert await store.usage(bob) == Usage(1, 80, 2)
+    assert await store.holds_ref(bob, hex_hash=one.hash)  # kept by a bundle
+    assert await store.largest_ref_size(bob) == 50
+
+
+async def test_the_bundle_count_is_limited_but_holding_one_again_is_not(
+    store: SqlMetaStore,
+) -> None:
+    bob = await new_user(store)
+    content = blob(b"c")
+    await store.add_ref(bob, content, "c")
+    for i in range(3):
+        name = f"{i}.zip"
+        assert await store.add_bundle(bob, f"{i}" * 64, name, [("c", content.hash)], max_bundles=3)
+    assert not await store.add_bundle(bob, "0" * 64, "0.zip", [("c", content.hash)], max_bundles=3)
+    with pytest.raises(TooManyBundles) as refused:
+        await store.add_bundle(bob, "3" * 64, "3.zip", [("c", content.hash)], max_bundles=3)
+    assert (refused.value.status, refused.value.extensions) == (409, {"limit": 3})
+    assert await store.get_bundle("3" * 64) is None
+
+
+def upload_of(user_id: int, length: int, *, expires_in: float = 3600) -> Upload:
+    now = datetime.now(UTC)
+    return Upload(
+        secrets.token_hex(16),
+        user_id,
+        length,
+        0,
+        None,
+        "",
+        now,
+        now + timedelta(seconds=expires_in),
+    )
+
+
+async def test_open_uploads_reserve_their_length_together(store: SqlMetaStore) -> None:
+    """Issue 14: 30 uploads of 1 MiB each were each checked alone against a 1 MiB quota."""
+    bob = await new_user(store, quota=100)
+    await store.add_ref(bob, blob(b"u" * 20), "u")
+    first = upload_of(bob, 50)
+    await store.create_upload(first)
+    assert await store.open_uploads(bob) == (1, 50)
+    with pytest.raises(QuotaExceeded) as refused:
+        await store.create_upload(upload_of(bob, 31))
+    assert refused.value.extensions == {"quota": 100, "used": 20, "size": 31, "reserved": 50}
+    assert "50 bytes reserved by unfinished uploads" in refused.value.detail
+    await store.create_upload(upload_of(bob, 30))  # 20 + 50 + 30: exactly the quota
+    # A plain upload counts the reservations too...
+    with pytest.raises(QuotaExceeded):
+        await store.add_ref(bob, blob(b"p"), "p")
+    # ...and the upload that completes does not count its own.
+    _, created = await store.add_ref(bob, blob(b"f" * 50), "f", upload_id=first.id)
+    assert created
+    await store.finish_upload(first.id, blob(b"f" * 50).hash)
+    assert await store.open_uploads(bob) == (1, 30)
+    assert await store.delete_upload(first.id)
+
+
+async def test_expired_or_complete_uploads_reserve_nothing(store: SqlMetaStore) -> None:
+    bob = await new_user(store, quota=100)
+    await store.create_upload(upload_of(bob, 100, expires_in=-1))  # expired, not yet swept
+    done = upload_of(bob, 100)
+    await store.create_upload(done)
+    await store.finish_upload(done.id, "d" * 64)
+    assert await store.open_uploads(bob) == (0, 0)
+    await store.create_upload(upload_of(bob, 100))
+
+
+async def test_open_uploads_are_capped_per_user(store: SqlMetaStore) -> None:
+    bob = await new_user(store)
+    carol = await new_user(store, "carol")
+    for _ in range(2):
+        await store.create_upload(upload_of(bob, 10, expires_in=90), max_open=2)
+    with pytest.raises(TooManyUploads) as refused:
+        await store.create_upload(upload_of(bob, 10), max_open=2)
+    error = refused.value
+    assert (error.status, error.extensions["limit"]) == (429, 2)
+    assert 1 <= int(error.headers["Retry-After"]) <= 90  # until the soonest expires
+    await store.create_upload(upload_of(carol, 10), max_open=2)  # per user
+
+
+async def test_removing_a_user_names_their_uploads(store: SqlMetaStore) -> None:
+    bob = await new_user(store)
+    made = [upload_of(bob, 10), upload_of(bob, 20)]
+    for upload in made:
+        await store.create_upload(upload)
+    assert await store.delete_user("bob") == sorted(u.id for u in made)
+    assert [await store.get_upload(u.id) for u in made] == [None, None]
+    with pytest.raises(NotFound):
+        await store.create_upload(upload_of(bob, 1))
+
+
+# --- the same rules under concurrency, on SQLite and on PostgreSQL ------------------------
+
+
+@pytest.fixture(params=["sqlite", "pg"])
+def racing_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """(A sync fixture: the PostgreSQL one runs its own event loop.)"""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'filecask.db'}"
+    url: str = request.getfixturevalue("postgres_database")
+    return url
+
+
+@pytest.fixture
+async def racing_stores(
+    racing_url: str, tmp_path: Path
+) -> AsyncIterator[tuple[SqlMetaStore, SqlMetaStore]]:
+    """Two stores on one database, each with its own connections: two processes (SQLite,
+    one file and one stamps file) or two instances (PostgreSQL, READ COMMITTED: the row
+    locks must hold)."""
+    shared = racing_url.startswith("sqlite")
+    stores = []
+    for _ in range(2):
+        changes = ChangeStamps(tmp_path / "changes" if shared else None)
+        await changes.open()
+        store = SqlMetaStore(racing_url, changes)
+        await store.open()
+        stores.append(store)
+    try:
+        yield stores[0], stores[1]
+    finally:
+        for store in stores:
+            await close_store(store)
+
+
+async def outcomes(calls: list[Any], *refusals: type[Exception]) -> list[bool]:
+    """Run the calls at once: which succeeded (the others must fail with `refusals`)."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, refusals):
+            raise result
+    return [not isinstance(r, BaseException) for r in results]
+
+
+async def test_racing_references_and_reservations_never_pass_the_quota(
+    racing_stores: tuple[SqlMetaStore, SqlMetaStore],
+) -> None:
+    """Plain uploads and resumable creations by one user, at once, from two connections:
+    each fits alone, together at most the quota does."""
+    here, there = racing_stores
+    bob = await new_user(here, quota=100)
+    calls: list[Any] = []
+    for i in range(12):
+        store = here if i % 2 else there
+        if i % 3:
+            calls.append(store.add_ref(bob, blob(bytes([i]) * 20), f"f{i}"))
+        else:
+            calls.append(store.create_upload(upload_of(bob, 20)))
+    won = await outcomes(calls, QuotaExceeded)
+    assert sum(won) == 5
+    usage = await here.usage(bob)
+    _, reserved = await here.open_uploads(bob)
+    assert usage.bytes + reserved == 100
+
+
+async def test_racing_resumable_creations_respect_the_cap(
+    racing_stores: tuple[SqlMetaStore, SqlMetaStore],
+) -> None:
+    here, there = racing_stores
+    bob = await new_user(here)
+    calls = [(here, there)[i % 2].create_upload(upload_of(bob, 1), max_open=4) for i in range(10)]
+    assert sum(await outcomes(calls, TooManyUploads)) == 4
+    assert await there.open_uploads(bob) == (4, 4)
+
+
+async def test_racing_bundles_respect_the_count(
+    racing_stores: tuple[SqlMetaStore, SqlMetaStore],
+) -> None:
+    here, there = racing_stores
+    bob = await new_user(here)
+    content = blob(b"c")
+    await here.add_ref(bob, content, "c")
+    calls = [
+        (here, there)[i % 2].add_bundle(
+            bob, f"{i:x}" * 64, "x.zip", [("c", content.hash)], max_bundles=3
+        )
+        for i in range(8)
+    ]
+    assert sum(await outcomes(calls, TooManyBundles)) == 3
+    assert (await there.usage(bob)).bundles == 3
+
+
+async def test_a_bundle_racing_the_delete_of_its_file(
+    racing_stores: tuple[SqlMetaStore, SqlMetaStore],
+) -> None:
+    """Bundling a file while deleting it, from two connections, many times: either the
+    bundle is refused (the reference was gone) or the bundle keeps the blob and the usage
+    still counts it; never a bundle naming a blob that left, nor a kept blob uncounted."""
+    here, there = racing_stores
+    bob = await new_user(here, quota=1000)
+    for i in range(10):
+        content = blob(bytes([i]) * 10)
+        await here.add_ref(bob, content, "f")
+        bundle_id = f"{i:x}" * 64
+        bundled, removed = await asyncio.gather(
+            there.add_bundle(bob, bundle_id, "b.zip", [("f", content.hash)]),
+            here.remove_ref(bob, content.hash),
+            return_exceptions=True,
+        )
+        assert not isinstance(removed, BaseException), removed
+        if isinstance(bundled, MissingBlobs):
+            assert content.hash not in await here.all_blob_hashes()
+        else:
+            assert bundled is True, bundled
+            assert await here.get_blob(content.hash) is not None
+            assert (await here.usage(bob)).bytes == 10
+            await here.release_bundle(bob, bundle_id)
+            await here.drop_blob_if_unreferenced(content.hash)
+        assert await here.unreferenced_blobs() == []

@@ -171,7 +171,15 @@ def test_contract_check_can_fail() -> None:
     """The schema validation behind the conformance tests rejects a wrong body."""
     contract = Contract(openapi_document())
     me = _ref_to("schemas/Me")
-    good = {"name": "a", "is_admin": False, "files": 0, "bytes": 0, "quota": None}
+    good = {
+        "name": "a",
+        "is_admin": False,
+        "files": 0,
+        "bytes": 0,
+        "bundles": 0,
+        "reserved": 0,
+        "quota": None,
+    }
     contract.validate(me, good)
     contract.validate(me, {**good, "quota": 1 << 30})
     for bad in ({**good, "is_admin": "no"}, {**good, "quota": -1}, {**good, "extra": 1}):
@@ -263,6 +271,10 @@ async def test_real_responses_conform(
     await check(await client.post("/archives", json=manifest, headers=bob), "/archives")
     await check(await client.post("/archives", json={"files": []}, headers=bob), "/archives")
     await check(await client.get("/archives", headers=bob), "/archives")
+    await check(await client.get(f"/archives?hash={digest}", headers=bob), "/archives")
+    await check(await client.get("/archives?hash=zz", headers=bob), "/archives")
+    unheld = {"name": "u.zip", "files": [{"hash": "2" * 64, "path": "u"}]}
+    await check(await client.post("/archives", json=unheld, headers=bob), "/archives")
     await check(await client.get(f"/archive/{bundle_id}/"), "/archive/{id}/")
     await check(await client.head(f"/archive/{bundle_id}"), "/archive/{id}")
     ranged = await client.get(f"/archive/{bundle_id}/", headers={"Range": "bytes=0-3"})
@@ -276,6 +288,11 @@ async def test_real_responses_conform(
     html = await client.get("/archive/missing/", headers={"Accept": "text/html"})
     assert html.content_type == "text/html"
     await check(html, "/archive/{id}/")
+    # bob's bundle keeps the content he deletes: 200 with the bundle, then his plain 204.
+    kept = await client.delete(path, headers=bob)
+    assert kept.status == 200
+    await check(kept, "/files/{hash}")
+    await client.put(f"/files/{digest}", data=content, headers=bob)
     await check(await client.delete(f"/archives/{bundle_id}", headers=ADMIN), "/archives/{id}")
     await check(await client.delete(f"/archives/{bundle_id}", headers=bob), "/archives/{id}")
     await check(await client.delete("/archives/zz", headers=bob), "/archives/{id}")

@@ -7,6 +7,7 @@ import dataclasses
 import ipaddress
 import os
 import tempfile
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,12 @@ from filecask.settings import (
     SettingsError,
     load_settings,
     parse_bool,
+    parse_count,
+    parse_duration,
     parse_metrics_token,
     parse_networks,
     parse_size,
+    parse_whole,
     read_metrics_token_file,
 )
 
@@ -223,6 +227,11 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "metrics_public": ("yes", True),
     "metrics_token": (" scrape-token-0123456789 ", "scrape-token-0123456789"),
     "metrics_token_file": (str(METRICS_TOKEN_FILE), METRICS_TOKEN_FILE),
+    # Issue 14 §1: quotas and disk.
+    "max_bundle_entries": ("500", 500),
+    "max_bundle_size": ("64K", 64 << 10),
+    "max_bundles_per_user": ("10", 10),
+    "max_open_uploads": ("3", 3),
 }
 """For each setting: a text an operator might write, and the value it means."""
 
@@ -332,7 +341,51 @@ def test_parse_size_returns_bytes_or_value_error(text: str) -> None:
     assert size >= 0
 
 
-@pytest.mark.parametrize("bad", ["lots", "-5M", "9" * 400])
+NON_ASCII_DIGITS = [
+    c for c in map(chr, range(0x80, 0x30000)) if unicodedata.decimal(c, None) is not None
+]
+"""Every digit of another script (and the fullwidth ones): `\\d` and `int()` take them."""
+
+
+@given(
+    st.integers(min_value=0, max_value=10**6),
+    st.sampled_from(["", "K", "M", "G", "KiB"]),
+    st.data(),
+)
+def test_sizes_counts_and_durations_take_only_ascii_digits(n: int, unit: str, data: Any) -> None:
+    """Issue 14: `"\u0661M"` (ARABIC-INDIC DIGIT ONE) was a 1 MiB quota. Any one digit of
+    a valid number replaced by another script's digit of the same value is refused."""
+    text = str(n)
+    at = data.draw(st.integers(min_value=0, max_value=len(text) - 1))
+    digit = data.draw(
+        st.sampled_from([c for c in NON_ASCII_DIGITS if unicodedata.decimal(c) == int(text[at])])
+    )
+    foreign = text[:at] + digit + text[at + 1 :]
+    assert parse_size(text + unit) >= 0  # the ASCII original is fine
+    for parse, suffix in ((parse_size, unit), (parse_duration, "s"), (parse_whole, "")):
+        with pytest.raises(ValueError, match="not a"):
+            parse(foreign + suffix)
+    with pytest.raises(ValueError, match="not a whole number"):
+        parse_count(foreign)
+
+
+@given(st.text(min_size=1, max_size=12).filter(lambda t: not t.isascii()))
+def test_any_non_ascii_size_is_refused(text: str) -> None:
+    for parse in (parse_size, parse_duration, parse_count, parse_whole):
+        with pytest.raises(ValueError, match="not a"):
+            parse(text)
+
+
+@pytest.mark.parametrize("text", ["10\u0131b", "1\u017f", "1_000", "\u00a010M"])
+def test_case_folding_and_underscores_do_not_sneak_in(text: str) -> None:
+    """A dotless i upper-cases to I (`10<dotless i>b` would read as `10IB`), a long s to S,
+    and `int("1_000")` is 1000."""
+    for parse in (parse_size, parse_count, parse_whole):
+        with pytest.raises(ValueError, match="not a"):
+            parse(text)
+
+
+@pytest.mark.parametrize("bad", ["lots", "-5M", "9" * 400, "\u0661M"])
 def test_bad_size_in_environment_names_the_variable(bad: str) -> None:
     with pytest.raises(SettingsError, match="FILECASK_MAX_UPLOAD_SIZE"):
         load_settings(environ={"FILECASK_MAX_UPLOAD_SIZE": bad}, env_file=None)

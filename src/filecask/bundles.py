@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from filecask.errors import BadRequest, InvalidHash
+from filecask.errors import BadRequest, InvalidHash, PayloadTooLarge
 from filecask.hashes import parse_hash
 from filecask.names import (
     PATH_MAX_BYTES,
@@ -35,7 +35,10 @@ __all__ = [
     "path_problem",
 ]
 
-MAX_ENTRIES = 100_000
+MAX_ENTRIES = 10_000
+"""`--max-bundle-entries`' default."""
+MAX_BYTES = 1 << 20
+"""`--max-bundle-size`'s default."""
 DEFAULT_NAME = "archive.zip"
 
 
@@ -47,7 +50,12 @@ class Manifest:
     """(path, hash), sorted by path: the archive's order."""
 
 
-def parse_manifest(body: dict[str, Any]) -> Manifest:
+def parse_manifest(
+    body: dict[str, Any], *, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES
+) -> Manifest:
+    """The manifest of a `POST /archives` body. More than `max_entries` files, or a
+    canonical manifest (what is stored) over `max_bytes`, is a 413: the bundle is too large,
+    not malformed."""
     name = body.get("name", DEFAULT_NAME)
     if not isinstance(name, str):
         raise BadRequest("'name' must be a string.", field="name")
@@ -55,8 +63,12 @@ def parse_manifest(body: dict[str, Any]) -> Manifest:
     files = body.get("files")
     if not isinstance(files, list) or not files:
         raise BadRequest("'files' must be a non-empty list of {hash, path}.", field="files")
-    if len(files) > MAX_ENTRIES:
-        raise BadRequest(f"A bundle has at most {MAX_ENTRIES} files.", field="files")
+    if len(files) > max_entries:
+        raise PayloadTooLarge(
+            f"A bundle names at most {max_entries} files, not {len(files)}.",
+            field="files",
+            max_entries=max_entries,
+        )
     indexed = sorted((*_entry(i, item), i) for i, item in enumerate(files))
     _reject_collisions(indexed)
     entries = [(path, hex_hash) for path, hex_hash, _ in indexed]
@@ -66,7 +78,13 @@ def parse_manifest(body: dict[str, Any]) -> Manifest:
         separators=(",", ":"),
         ensure_ascii=False,
     )
-    return Manifest(hashlib.sha256(canonical.encode()).hexdigest(), name, entries)
+    encoded = canonical.encode()
+    if len(encoded) > max_bytes:
+        raise PayloadTooLarge(
+            f"The bundle's manifest takes {len(encoded)} bytes, more than {max_bytes}.",
+            limit=max_bytes,
+        )
+    return Manifest(hashlib.sha256(encoded).hexdigest(), name, entries)
 
 
 def _entry(index: int, item: Any) -> tuple[str, str]:

@@ -62,7 +62,7 @@ class Topic(enum.IntEnum):
     USERS = 0
     """A user was created, removed, or had their password or role changed."""
     REFS = 1
-    """A reference or bundle was added or dropped (usage figures changed)."""
+    """A reference, bundle or unfinished upload was added or dropped (usage figures changed)."""
     BLOBS = 2
     """A blob left the store (its row is gone; its bytes are about to go)."""
     NEW_BLOBS = 3

@@ -355,7 +355,8 @@ def fsck_command(repair: bool, as_json: bool, **flags: Any) -> None:
 @setting_options("data_dir", "database_url")
 def gc_command(grace: str, dry_run: bool, as_json: bool, **flags: Any) -> None:
     """Remove blobs nothing references, and dead uploads' scratch files, older than the
-    grace period. Safe while serving."""
+    grace period; expired resumable uploads and the partial files of uploads that no
+    longer exist (a removed user's) whatever their age. Safe while serving."""
     try:
         seconds = parse_duration(grace)
     except ValueError as exc:

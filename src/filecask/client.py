@@ -476,11 +476,18 @@ class Client:
 
     # ----------------------------------------------------------------------- the rest
 
-    async def delete(self, hex_hash: str) -> None:
+    async def delete(self, hex_hash: str) -> list[dict[str, Any]]:
+        """Drop the reference; the caller's bundles that still keep the content (the 200
+        answer's `held_by_bundles`), or [] (204)."""
         async with self.session.delete(
             self.url(f"/files/{hex_hash}"), allow_redirects=False
         ) as response:
             await self.raise_for_status(response)
+            if response.status != 200:
+                return []
+            body: dict[str, Any] = await response.json()
+            held: list[dict[str, Any]] = body.get("held_by_bundles", [])
+            return held
 
     async def list_files(self) -> AsyncIterator[dict[str, Any]]:
         """Every file of the signed-in user, newest first, following `next_cursor`."""

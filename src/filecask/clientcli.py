@@ -279,8 +279,14 @@ def rm(hashes: tuple[str, ...], url: str | None, user: str | None) -> None:
     async def go() -> None:
         async with Client(base, credentials) as client:
             for hex_hash in hex_hashes:
-                await client.delete(hex_hash)
-                click.echo(f"removed {hex_hash}")
+                held = await client.delete(hex_hash)
+                if held:
+                    names = ", ".join(repr(b.get("name")) for b in held)
+                    click.echo(
+                        f"removed {hex_hash} (still kept, and counted, by your bundles {names})"
+                    )
+                else:
+                    click.echo(f"removed {hex_hash}")
 
     _run(go, base)
 

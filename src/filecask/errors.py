@@ -11,9 +11,11 @@ members and response headers (``WWW-Authenticate``, ``Retry-After``, ``Content-R
     │   └── HashMismatch             400
     ├── Unauthorized                 401
     ├── Forbidden                    403
+    │   └── NotHeld                  403
     ├── NotFound                     404
     ├── RequestTimeout               408
     ├── Conflict                     409
+    │   └── TooManyBundles           409
     ├── Gone                         410
     ├── PreconditionFailed           412
     ├── PayloadTooLarge              413
@@ -23,6 +25,7 @@ members and response headers (``WWW-Authenticate``, ``Retry-After``, ``Content-R
     ├── RangeNotSatisfiable          416
     ├── Locked                       423
     ├── RateLimited                  429
+    ├── TooManyUploads               429
     ├── ChecksumMismatch             460
     ├── InsufficientStorage          507
     └── ServiceUnavailable           503
@@ -191,16 +194,22 @@ class QuotaExceeded(PayloadTooLarge):
     slug = "quota-exceeded"
     title = "Quota exceeded"
 
-    def __init__(self, *, quota: int, used: int, size: int, cut: bool = False) -> None:
-        """`cut`: the stream was stopped at `size` bytes, the upload was at least that."""
+    def __init__(
+        self, *, quota: int, used: int, size: int, cut: bool = False, reserved: int = 0
+    ) -> None:
+        """`cut`: the stream was stopped at `size` bytes, the upload was at least that.
+        `reserved`: bytes held for the user's unfinished resumable uploads (named only when
+        there are some)."""
         human = self.human_size
         amount = f"at least {human(size)}" if cut else human(size)
+        held = f", {human(reserved)} reserved by unfinished uploads" if reserved else ""
+        extensions: dict[str, Any] = {"quota": quota, "used": used, "size": size}
+        if reserved:
+            extensions["reserved"] = reserved
         super().__init__(
             f"The upload of {amount} would exceed your quota of {human(quota)}"
-            f" ({human(used)} used).",
-            quota=quota,
-            used=used,
-            size=size,
+            f" ({human(used)} used{held}).",
+            **extensions,
         )
 
     @staticmethod
@@ -253,3 +262,30 @@ class ChecksumMismatch(FilecaskError):
     status = 460
     slug = "checksum-mismatch"
     title = "Checksum mismatch"
+
+
+# Issue 14 §1 (quotas and disk): what a user keeps alive is what a user pays for.
+
+
+class NotHeld(Forbidden):
+    """A bundle names content the caller holds no file reference to. Content nobody stores
+    gets the same answer, so creating bundles tells nobody what others store."""
+
+    slug = "not-held"
+    title = "Content not held"
+
+
+class TooManyBundles(Conflict):
+    """The user holds `--max-bundles-per-user` bundles already: delete one first."""
+
+    slug = "too-many-bundles"
+    title = "Too many bundles"
+
+
+class TooManyUploads(FilecaskError):
+    """The user has `--max-open-uploads` unfinished resumable uploads: finish, delete or
+    let one expire first (`Retry-After`: until the soonest expires)."""
+
+    status = 429
+    slug = "too-many-uploads"
+    title = "Too many open uploads"

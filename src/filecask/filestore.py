@@ -11,6 +11,8 @@ wherever a process dies:
   `gc` remove it.
 - The locked sections are shielded from cancellation (a client hanging up mid-commit), so
   they always finish both steps or undo the first.
+- Removing a user removes what they kept: references, bundle holds (the blobs nothing else
+  keeps leave the disk) and unfinished resumable uploads with their partial files.
 """
 
 from __future__ import annotations
@@ -22,14 +24,18 @@ from typing import Any, TypeVar
 
 from filecask.blobstore import BlobStore, StagedBlob
 from filecask.bundles import Manifest
-from filecask.errors import BadRequest, Conflict, Forbidden, HashMismatch, NotFound
+from filecask.errors import Conflict, Forbidden, HashMismatch, NotFound, NotHeld
 from filecask.faults import CrashPoints
 from filecask.locks import Locks
 from filecask.mediatypes import guess_type
 from filecask.metastore import BlobInfo, FileRecord, MetaStore, MissingBlobs, RemoveOutcome, User
 from filecask.names import validate_file_name
+from filecask.resumable import TusFiles, remove_upload_files
 
 T = TypeVar("T")
+
+NOT_HELD_LISTED = 100
+"""At most this many of a refused bundle's unheld hashes are named in the answer."""
 
 
 class FileStore:
@@ -87,14 +93,15 @@ class FileStore:
         return await self.finish(self._commit(user, staged, name))
 
     async def store_staged(
-        self, user: User, staged: StagedBlob, *, name: str | None
+        self, user: User, staged: StagedBlob, *, name: str | None, upload_id: str | None = None
     ) -> tuple[FileRecord, bool]:
-        """Commit a blob staged outside `upload` (a finished resumable upload) with the same
-        hash lock, dedup, reference and quota as an upload; the staged copy is gone after."""
-        return await self.finish(self._commit(user, staged, name))
+        """Commit a blob staged outside `upload` (a finished resumable upload, `upload_id`,
+        whose own reservation is then not counted against it) with the same hash lock,
+        dedup, reference and quota as an upload; the staged copy is gone after."""
+        return await self.finish(self._commit(user, staged, name, upload_id))
 
     async def _commit(
-        self, user: User, staged: StagedBlob, name: str | None
+        self, user: User, staged: StagedBlob, name: str | None, upload_id: str | None = None
     ) -> tuple[FileRecord, bool]:
         blob = BlobInfo(staged.hash, staged.size, staged.crc32, guess_type(name, staged.head))
         async with contextlib.AsyncExitStack() as held:
@@ -108,7 +115,9 @@ class FileStore:
             created_blob = await self.blobs.commit(staged)
             self.crash.reached("upload.blob-committed")
             try:
-                result = await self.meta.add_ref(user.id, blob, name or staged.hash)
+                result = await self.meta.add_ref(
+                    user.id, blob, name or staged.hash, upload_id=upload_id
+                )
             except BaseException:
                 if created_blob:
                     await self.blobs.delete(staged.hash)
@@ -133,9 +142,11 @@ class FileStore:
                     await self.blobs.forget_commit(hex_hash)
         return undone
 
-    async def delete(self, user: User, hex_hash: str) -> None:
+    async def delete(self, user: User, hex_hash: str) -> RemoveOutcome:
+        """REMOVED_LAST: the content left the store; REMOVED: something still keeps it."""
         outcome = await self.finish(self._delete(user, hex_hash))
         _check_removal(outcome, "file", hash=hex_hash)
+        return outcome
 
     async def _delete(self, user: User, hex_hash: str) -> RemoveOutcome:
         async with self.locks.hold(hex_hash):
@@ -146,22 +157,32 @@ class FileStore:
             self.crash.reached("delete.blob-deleted")
             return outcome
 
-    async def create_bundle(self, user: User, manifest: Manifest) -> bool:
-        """Hold the bundle for `user`; True if they did not hold it before. Every file must
-        be stored (400 naming the first missing entry). The early check is cheap and lock
-        free; `add_bundle` checks again in its transaction, since the last reference to a
-        blob may go in between (another user's delete, at any instance)."""
-        missing = await self.meta.missing_blobs([h for _, h in manifest.entries])
-        if not missing:
+    async def create_bundle(
+        self, user: User, manifest: Manifest, *, max_bundles: int | None = None
+    ) -> bool:
+        """Hold the bundle for `user`; True if they did not hold it before. The user must
+        hold a file reference to every hash it names, now: NotHeld (403) names those they
+        do not, whether someone else stores them or nobody does (one answer, so a bundle
+        is no oracle), and TooManyBundles (409) if they hold `max_bundles` already. The
+        early check is cheap and lock free; `add_bundle` checks again in its transaction,
+        since the user may delete a file in between (at any instance)."""
+        hashes = [h for _, h in manifest.entries]
+        unheld = await self.meta.unheld_hashes(user.id, hashes)
+        if not unheld:
             try:
                 return await self.meta.add_bundle(
-                    user.id, manifest.id, manifest.name, manifest.entries
+                    user.id, manifest.id, manifest.name, manifest.entries, max_bundles=max_bundles
                 )
             except MissingBlobs as exc:
-                missing = exc.hashes
-        path, hex_hash = next((p, h) for p, h in manifest.entries if h in missing)
-        raise BadRequest(
-            f"No stored file has the hash given for {path!r}.", path=path, hash=hex_hash
+                unheld = exc.hashes
+        paths = [p for p, h in manifest.entries if h in unheld]
+        more = f" (and {len(paths) - 1} more)" if len(paths) > 1 else ""
+        raise NotHeld(
+            f"You hold no file with the hash given for {paths[0]!r}{more}: a bundle may only"
+            " name your own files.",
+            path=paths[0],
+            hashes=sorted(unheld)[:NOT_HELD_LISTED],
+            count=len(unheld),
         )
 
     async def delete_bundle(self, user: User, bundle_id: str) -> None:
@@ -191,7 +212,11 @@ class FileStore:
             await self.finish(self._delete(user, hex_hash))
         for bundle_id in await self.meta.user_bundle_ids(user.id):
             await self.finish(self._release_bundle(user, bundle_id))
-        await self.meta.delete_user(name)
+        upload_ids = await self.meta.delete_user(name)
+        # Their rows went with the user; their partial files go now (a PATCH writing one
+        # holds its lock and removes it itself on finding the row gone). Other instances,
+        # with their own tmp/, remove theirs when they see the user go (`uploads.sweeper`).
+        await self.finish(remove_upload_files(TusFiles(self.blobs.tmp_dir), upload_ids))
         return len(hashes)
 
 

@@ -103,7 +103,10 @@ async def fsck(services: Services, *, repair: bool, progress: Progress | None = 
 
 async def gc(services: Services, *, grace: float, dry_run: bool = False) -> Report:
     """Remove what nothing references and is older than `grace` seconds: orphan blobs,
-    unreferenced rows and dead uploads' scratch files. No re-hashing: cheap to run often."""
+    unreferenced rows and dead uploads' scratch files; and, whatever their age, expired
+    resumable uploads and the partial files of uploads that no longer exist (a removed
+    user's, at an instance that was down): no upload can ever own those again. No
+    re-hashing: cheap to run often."""
     report = Report()
     await _interrupted_commits(services, report, repair=not dry_run)
     await _unreferenced_rows(services, report, repair=not dry_run)
@@ -115,7 +118,7 @@ async def gc(services: Services, *, grace: float, dry_run: bool = False) -> Repo
         if is_blob and hex_hash not in rows and entry.mtime <= cutoff:
             await _orphan(services, report, hex_hash, entry.size, repair=not dry_run)
     await _leftovers(services, report, older_than=cutoff, repair=not dry_run)
-    await _expired_uploads(services, report, grace=grace, repair=not dry_run)
+    await _expired_uploads(services, report, repair=not dry_run)
     return report
 
 
@@ -228,12 +231,11 @@ async def _leftovers(
         report.findings.append(finding)
 
 
-async def _expired_uploads(
-    services: Services, report: Report, *, grace: float, repair: bool
-) -> None:
-    """Expired resumable uploads (row and bytes), and tus files with no row (stray)."""
+async def _expired_uploads(services: Services, report: Report, *, repair: bool) -> None:
+    """Expired resumable uploads (row and bytes), and tus files with no row (stray): the
+    row is always made before the file, so a file without one is certainly dead."""
     files = TusFiles(services.blobs.tmp_dir)
-    for item in await sweep(services.meta, files, stray_grace=grace, dry_run=not repair):
+    for item in await sweep(services.meta, files, dry_run=not repair):
         kind, why = ("expired", "an unfinished resumable upload past its expiry")
         if not item.expired:
             kind, why = ("leftover", "bytes of a resumable upload that no longer exists")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from filecask.bundles import MAX_ENTRIES, PATH_MAX_BYTES
+from filecask.bundles import MAX_BYTES, MAX_ENTRIES, PATH_MAX_BYTES
 from filecask.errors import PROBLEM_BASE
 from filecask.metastore import QUOTA_MAX
 from filecask.names import NAME_MAX_BYTES
@@ -71,7 +71,24 @@ def _schemas() -> Json:
         "type": ["integer", "null"],
         "minimum": 0,
         "maximum": QUOTA_MAX,
-        "description": "Most bytes the user may store, or null for no limit.",
+        "description": "Most bytes the user may keep (`bytes`) and reserve (`reserved`) "
+        "together, or null for no limit.",
+    }
+    usage = {
+        "files": {"type": "integer", "minimum": 0, "description": "The user's files."},
+        "bytes": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "What the user keeps alive: every distinct content of their files "
+            "and of the bundles they hold, counted once. This is what the quota bounds.",
+        },
+        "bundles": {"type": "integer", "minimum": 0, "description": "Bundles the user holds."},
+        "reserved": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "Upload-Length of the user's unfinished resumable uploads, "
+            "reserved against the quota until they complete, are deleted or expire.",
+        },
     }
     return {
         "Hash": {
@@ -97,7 +114,23 @@ def _schemas() -> Json:
                 "hash": {"type": "string", "description": "The offending hash (first 100 chars)."},
                 "expected": {"type": "string"},
                 "actual": {"type": "string"},
-                "limit": {"type": "integer", "description": "The size limit, in bytes."},
+                "limit": {
+                    "type": "integer",
+                    "description": "The limit exceeded: bytes for sizes, else a count "
+                    "(bundles per user, open uploads per user).",
+                },
+                "max_entries": {"type": "integer", "description": "Most files per bundle."},
+                "hashes": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "A bundle's hashes the caller holds no file for "
+                    "(`not-held`; at most 100 listed).",
+                },
+                "count": {"type": "integer", "description": "How many there are in all."},
+                "reserved": {
+                    "type": "integer",
+                    "description": "Bytes reserved by the user's unfinished uploads.",
+                },
                 "retry_after": {"type": "integer", "description": "Seconds until retrying."},
                 "field": {"type": "string", "description": "The JSON member that is wrong."},
                 "parameter": {"type": "string", "description": "The query parameter."},
@@ -123,7 +156,7 @@ def _schemas() -> Json:
                 "id": {"type": "string"},
                 "user": {"type": "string"},
                 "quota": {"type": "integer", "description": "The user's quota, in bytes."},
-                "used": {"type": "integer", "description": "Bytes the user stores now."},
+                "used": {"type": "integer", "description": "Bytes the user keeps now."},
                 "size": {"type": "integer", "description": "Bytes of the refused upload."},
             },
             "additionalProperties": True,
@@ -156,26 +189,58 @@ def _schemas() -> Json:
         },
         "Me": {
             "type": "object",
-            "required": ["name", "is_admin", "files", "bytes", "quota"],
+            "required": ["name", "is_admin", "files", "bytes", "bundles", "reserved", "quota"],
             "properties": {
                 "name": {"type": "string"},
                 "is_admin": {"type": "boolean"},
-                "files": {"type": "integer", "minimum": 0},
-                "bytes": {"type": "integer", "minimum": 0},
+                **usage,
                 "quota": quota,
             },
             "additionalProperties": False,
         },
         "UserSummary": {
             "type": "object",
-            "required": ["name", "is_admin", "created_at", "files", "bytes", "quota"],
+            "required": [
+                "name",
+                "is_admin",
+                "created_at",
+                "files",
+                "bytes",
+                "bundles",
+                "reserved",
+                "quota",
+            ],
             "properties": {
                 "name": {"type": "string"},
                 "is_admin": {"type": "boolean"},
                 "created_at": timestamp,
-                "files": {"type": "integer", "minimum": 0},
-                "bytes": {"type": "integer", "minimum": 0},
+                **usage,
                 "quota": quota,
+            },
+            "additionalProperties": False,
+        },
+        "FileDeleted": {
+            "type": "object",
+            "required": ["hash", "held_by_bundles"],
+            "description": "The caller's reference is gone, but bundles they hold still name "
+            "the content: it stays stored, downloadable and counted in their usage until "
+            "those bundles are deleted.",
+            "properties": {
+                "hash": _schema("Hash"),
+                "held_by_bundles": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "name", "url"],
+                        "properties": {
+                            "id": _schema("Hash"),
+                            "name": {"type": "string"},
+                            "url": {"type": "string", "format": "uri"},
+                        },
+                        "additionalProperties": False,
+                    },
+                },
             },
             "additionalProperties": False,
         },
@@ -257,7 +322,10 @@ def _schemas() -> Json:
                 "files": {
                     "type": "array",
                     "minItems": 1,
-                    "maxItems": MAX_ENTRIES,
+                    "description": f"Each hash must be one of the caller's files (403 "
+                    f"`not-held`). At most `--max-bundle-entries` (default {MAX_ENTRIES}) "
+                    f"entries and `--max-bundle-size` (default {MAX_BYTES} bytes) of body "
+                    "and of canonical manifest (413).",
                     "items": {
                         "type": "object",
                         "required": ["hash", "path"],
@@ -321,20 +389,26 @@ def _schemas() -> Json:
 _PROBLEMS: dict[str, tuple[int, str]] = {
     "BadRequest": (400, "The request is malformed: a bad hash, name, parameter or body."),
     "Unauthorized": (401, "No, malformed or wrong Basic credentials."),
-    "Forbidden": (403, "Signed in, but not allowed (not an administrator, not the holder)."),
+    "Forbidden": (
+        403,
+        "Signed in, but not allowed (not an administrator, not the holder; `not-held`: a "
+        "bundle names content the caller holds no file for, with `hashes`).",
+    ),
     "NotFound": (404, "No such file, bundle, folder or user (or no such route)."),
     "RequestTimeout": (408, "The request body stalled longer than `--body-timeout`."),
     "Conflict": (
         409,
-        "The name is taken (also by a look-alike: `Admin` next to `admin`), or the last "
-        "administrator would be removed.",
+        "The name is taken (also by a look-alike: `Admin` next to `admin`), the last "
+        "administrator would be removed, or the caller holds `--max-bundles-per-user` "
+        "bundles already (`too-many-bundles`, with `limit`).",
     ),
     "PayloadTooLarge": (
         413,
         "Larger than `--max-upload-size` (`payload-too-large`, with `limit`), beyond the "
-        "user's quota (`quota-exceeded`), a multipart form with more parts or more bytes "
-        "besides its file than allowed (`payload-too-large`, with `limit`), or a JSON body "
-        "over 1 MiB.",
+        "user's quota (`quota-exceeded`, with `quota`, `used`, `size` and `reserved`), a "
+        "multipart form with more parts or more bytes besides its file than allowed "
+        "(`payload-too-large`, with `limit`), a JSON body over 1 MiB, or a bundle over "
+        "`--max-bundle-size` (`limit`) or `--max-bundle-entries` (`max_entries`).",
     ),
     "RangeNotSatisfiable": (416, "No requested range overlaps the body."),
     "TooManyRequests": (
@@ -817,8 +891,19 @@ def _file_api_paths() -> Json:
         "summary": "The caller's bundles.",
         "tags": ["archives"],
         "security": BASIC,
+        "parameters": [
+            {
+                "name": "hash",
+                "in": "query",
+                "required": False,
+                "description": "Only the bundles naming this content (what keeps it stored "
+                "after the caller deletes the file). Checked before the credentials.",
+                "schema": {"type": "string", "pattern": HASH_INPUT_PATTERN},
+            }
+        ],
         "responses": {
             "200": {"description": "The bundles.", "content": _json(_schema("BundleList"))},
+            **_problems("BadRequest"),
             **signed_in,
         },
     }
@@ -844,11 +929,21 @@ def _file_api_paths() -> Json:
             "delete": {
                 "operationId": "deleteFile",
                 "summary": "Drop the caller's reference to a file.",
-                "description": "The hash is checked before the credentials.",
+                "description": "The hash is checked before the credentials. When bundles "
+                "the caller holds still name the content, the answer is 200 and says which: "
+                "the content stays stored (its link keeps working) and counted in the "
+                "caller's usage until those bundles are deleted.",
                 "tags": ["files"],
                 "security": BASIC,
                 "responses": {
-                    "204": {"description": "Dropped; the bytes go when nothing names them."},
+                    "200": {
+                        "description": "Dropped, but the caller's own bundles keep the content.",
+                        "content": _json(_schema("FileDeleted")),
+                    },
+                    "204": {
+                        "description": "Dropped; nothing of the caller's keeps the content "
+                        "(the bytes go when nothing names them)."
+                    },
                     **_problems("BadRequest", *SIGNED_IN, "Forbidden", "NotFound"),
                 },
             },
@@ -920,7 +1015,7 @@ def _file_api_paths() -> Json:
                         "headers": {"Location": _LOCATION},
                         "content": _json(_schema("BundleCreated")),
                     },
-                    **_problems("BadRequest", "PayloadTooLarge"),
+                    **_problems("BadRequest", "Forbidden", "Conflict", "PayloadTooLarge"),
                     **signed_in,
                 },
             },
@@ -1092,8 +1187,11 @@ def _upload_paths() -> Json:
                 "operationId": "tusCreate",
                 "summary": "Create a resumable upload of Upload-Length bytes",
                 "description": "`Upload-Metadata` may carry `filename` (base64), the stored "
-                "file's name. 413 when Upload-Length exceeds `--max-upload-size` or alone "
-                "the user's quota. Upload-Length 0 completes at once.",
+                "file's name. Upload-Length is reserved against the user's quota until the "
+                "upload completes, is deleted or expires: 413 when it exceeds "
+                "`--max-upload-size`, or when the user's usage, the reservations of their "
+                "open uploads and this one together exceed the quota; 429 when they have "
+                "`--max-open-uploads` open already. Upload-Length 0 completes at once.",
                 "tags": ["files"],
                 "security": BASIC,
                 "parameters": [
@@ -1123,7 +1221,20 @@ def _upload_paths() -> Json:
                             **file_headers,
                         },
                     },
-                    **problems(*common, (413, "Too large, or over quota.")),
+                    **problems(
+                        *common,
+                        (404, "The user was removed meanwhile."),
+                        (413, "Too large, or over quota (reservations included)."),
+                    ),
+                    "429": {
+                        **_problem_response(429, "Too many open uploads (`too-many-uploads`)."),
+                        "headers": {
+                            **tus,
+                            "Retry-After": _header(
+                                "Seconds until the soonest open upload expires.", "^[0-9]+$"
+                            ),
+                        },
+                    },
                 },
             },
         },
@@ -1154,7 +1265,8 @@ def _upload_paths() -> Json:
                 "summary": "Append bytes at Upload-Offset",
                 "description": "The final byte stores the file like `POST /files` (hash, "
                 "dedup, quota) and the answer carries `Filecask-Hash` and `Filecask-File`. "
-                "A cut body keeps what arrived unless `Upload-Checksum` was given.",
+                "A cut body keeps what arrived unless `Upload-Checksum` was given. Only a "
+                "PATCH that adds bytes moves `Upload-Expires`.",
                 "tags": ["files"],
                 "security": BASIC,
                 "parameters": [

@@ -11,8 +11,15 @@ worker processes:
   the next PATCH.
 - The row is created before the file ever exists, and anything that removes both (DELETE,
   expiry) takes the file's lock first, then drops the row, then the file. A file with no
-  row is therefore a leftover (a removal cut by a crash, a user removed mid-upload) that
-  `sweep` removes once it is older than a grace period.
+  row is therefore a leftover (a removal cut by a crash, a user removed while this
+  instance was down or by another instance, whose tmp/ is not ours): nothing can ever
+  give it a row again, so `sweep` removes it as soon as it sees it, under its lock.
+- A user's open uploads reserve their declared length against the quota until they
+  complete, are deleted or expire (`MetaStore.create_upload`), and only a PATCH that adds
+  bytes moves the expiry: an upload kept open without progress ends at its expiry.
+- Removing a user removes their uploads' rows with the user and then their files at once
+  (`remove_upload_files`); a PATCH writing one at that moment finds its row gone and
+  removes the file itself.
 """
 
 from __future__ import annotations
@@ -108,18 +115,28 @@ class TusFiles:
         return found
 
 
+async def remove_upload_files(files: TusFiles, upload_ids: list[str]) -> None:
+    """Remove the partial files of uploads whose rows are gone (their user was removed).
+    A file locked by a PATCH is left to it: the PATCH removes it on finding no row."""
+    for upload_id in upload_ids:
+        fd = await _try_lock(files, upload_id)
+        if fd is not None and fd != -1:
+            await files.remove(upload_id, fd)
+
+
 async def sweep(
     meta: MetaStore,
     files: TusFiles,
     *,
-    stray_grace: float,
+    stray_grace: float = 0.0,
     dry_run: bool = False,
     now: datetime | None = None,
 ) -> list[Removed]:
     """Remove expired uploads (row and bytes) and tus files that have had no row for
-    `stray_grace` seconds. Safe to run in every worker and in `gc` at once: each removal
-    takes the file's lock (a PATCH in progress is skipped; it extends the expiry anyway)
-    and re-reads the row under it."""
+    `stray_grace` seconds (by default at once: see the module doc). Safe to run in every
+    worker and in `gc` at once: each removal takes the file's lock (a PATCH in progress is
+    skipped; it extends the expiry anyway) and re-reads the row under it. A dry run
+    reports the sizes too."""
     now = now or datetime.now(UTC)
     removed: list[Removed] = []
     for upload_id in await meta.expired_uploads(now):
@@ -132,7 +149,9 @@ async def sweep(
             if fd is not None:
                 await files.close(fd)
             continue
-        if not dry_run:
+        if dry_run:
+            size = await _run(_size_of, files.path_of(upload_id))
+        else:
             if fd is not None:
                 size = (await _run(os.fstat, fd)).st_size
             await meta.delete_upload(upload_id)
@@ -168,6 +187,13 @@ async def _try_lock(files: TusFiles, upload_id: str) -> int | None:
 
 async def _run(func: Callable[..., T], *args: object) -> T:
     return await asyncio.get_running_loop().run_in_executor(None, func, *args)
+
+
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _open_locked(path: Path, create: bool) -> int | None:

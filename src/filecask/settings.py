@@ -31,8 +31,14 @@ class SettingsError(ValueError):
 
 def parse_size(text: str) -> int:
     """Bytes from `10G`, `512M`, `1.5GiB` or a plain number (binary units, as operators expect).
-    Exact arithmetic: no float rounding, no overflow."""
-    match = re.fullmatch(r"\s*(\d{1,20})(?:\.(\d{1,9}))?\s*([KMGT]?)(?:I?B)?\s*", text.upper())
+    Exact arithmetic: no float rounding, no overflow. ASCII only: `\\d` alone would
+    take any script's digits (ARABIC-INDIC DIGIT ONE then M as 1 MiB), and `upper()` turns
+    a dotless i into an I."""
+    match = text.isascii() and re.fullmatch(
+        r"\s*([0-9]{1,20})(?:\.([0-9]{1,9}))?\s*([KMGT]?)(?:I?B)?\s*",
+        text.upper(),
+        re.ASCII,
+    )
     if not match:
         raise ValueError(f"not a size: {text!r} (use e.g. 10G, 512M, 1048576)")
     whole, fraction, unit = match.group(1), match.group(2) or "", match.group(3)
@@ -41,9 +47,17 @@ def parse_size(text: str) -> int:
     return int(whole) * scale + int(fraction or "0") * scale // denominator
 
 
+def _ascii_int(text: str) -> int:
+    """`int()` of plain ASCII digits (with an optional sign and surrounding blanks);
+    `int()` alone also takes other scripts' digits and `1_000`."""
+    if not (text.isascii() and re.fullmatch(r"\s*[-+]?[0-9]{1,19}\s*", text, re.ASCII)):
+        raise ValueError(f"not a whole number: {text!r}")
+    return int(text)
+
+
 def parse_count(text: str) -> int:
     """A whole number of at least 1."""
-    value = int(text)
+    value = _ascii_int(text)
     if value < 1:
         raise ValueError(f"must be at least 1: {value}")
     return value
@@ -51,7 +65,7 @@ def parse_count(text: str) -> int:
 
 def parse_whole(text: str) -> int:
     """A whole number of at least 0."""
-    value = int(text)
+    value = _ascii_int(text)
     if value < 0:
         raise ValueError(f"must not be negative: {value}")
     return value
@@ -102,7 +116,9 @@ def parse_positive_float(text: str) -> float:
 
 def parse_duration(text: str) -> float:
     """Seconds from `90`, `30s`, `15m`, `1h` or `7d`."""
-    match = re.fullmatch(r"\s*(\d{1,9}(?:\.\d{1,9})?)\s*([smhd]?)\s*", text.lower())
+    match = text.isascii() and re.fullmatch(
+        r"\s*([0-9]{1,9}(?:\.[0-9]{1,9})?)\s*([smhd]?)\s*", text.lower(), re.ASCII
+    )
     if not match:
         raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 1h, 7d, 0)")
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
@@ -425,6 +441,31 @@ SETTINGS: tuple[Setting, ...] = (
         "File holding the /metrics bearer token (a Docker or systemd secret).",
         "FILE",
     ),
+    # Issue 14 §1, quotas and disk: what one user may keep alive.
+    Setting(
+        "max_bundle_entries",
+        parse_count,
+        "Most files one bundle (POST /archives) may name; more is refused with 413.",
+        "N",
+    ),
+    Setting(
+        "max_bundle_size",
+        parse_size,
+        "Largest bundle manifest (the POST /archives body); larger is refused with 413.",
+        "SIZE",
+    ),
+    Setting(
+        "max_bundles_per_user",
+        parse_count,
+        "Most bundles one user may hold; creating another is refused with 409.",
+        "N",
+    ),
+    Setting(
+        "max_open_uploads",
+        parse_count,
+        "Most unfinished resumable (tus) uploads one user may have; another gets 429.",
+        "N",
+    ),
 )
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
@@ -483,6 +524,14 @@ class Settings:
     metrics_public: bool = False
     metrics_token: str | None = field(default=None, repr=False)
     metrics_token_file: Path | None = None
+    # Issue 14 §1: a bundle of 10,000 files is a large photo album, and 1 MiB of manifest
+    # holds that many short paths; 100 bundles per user (S3's long-standing default of 100
+    # buckets per account) and 20 unfinished uploads are more than a person uses, and bound
+    # the rows (at most 100 MiB of manifests) and tmp/ files one account can create.
+    max_bundle_entries: int = 10_000  # bundles.MAX_ENTRIES
+    max_bundle_size: int = 1 << 20  # bundles.MAX_BYTES
+    max_bundles_per_user: int = 100
+    max_open_uploads: int = 20
 
     def __post_init__(self) -> None:
         # Absolute once, here, so nothing later depends on the working directory.

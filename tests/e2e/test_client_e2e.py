@@ -301,3 +301,15 @@ def test_archive_with_download_makes_a_zip_zipfile_reads(cli: Cli) -> None:
     assert not (cli.cwd / "trip.zip.part").exists()
     by_hash = cli.ok("archive", sha256(first), "--name", "h.zip", "--path-as", "hash", "--json")
     assert json.loads(by_hash.stdout)["name"] == "h.zip"
+
+
+def test_rm_of_a_file_a_bundle_keeps_says_so(cli: Cli) -> None:
+    """Issue 14: the content stays stored (and counted) while the user's bundle names it."""
+    data = os.urandom(4 * KiB)
+    cli.write("kept.bin", data)
+    cli.ok("upload", "kept.bin")
+    cli.ok("archive", sha256(data), "--name", "keeps.zip")
+    removed = cli.ok("rm", sha256(data)).stdout.strip()
+    assert removed == (
+        f"removed {sha256(data)} (still kept, and counted, by your bundles 'keeps.zip')"
+    )

@@ -23,6 +23,7 @@ import pytest
 from playwright.sync_api import (
     Browser,
     ConsoleMessage,
+    Dialog,
     Page,
     Request,
     Route,
@@ -218,20 +219,55 @@ def test_sign_in_upload_list_download_bundle_delete(
             assert bundle.read(path.name) == path.read_bytes()
     _screenshot(page, "desktop")
 
-    # Delete one, accepting the confirmation; it is gone, also after a reload.
-    page.once("dialog", lambda dialog: dialog.accept())
+    # The ZIP link is listed, and counts: the usage says so.
+    bundles = page.locator("#bundle-list li")
+    expect(bundles).to_have_count(1)
+    expect(bundles.first).to_contain_text("both.zip")
+    expect(usage).to_contain_text("1 ZIP link")
+
+    # Delete one, accepting the confirmation; it is gone, also after a reload. The ZIP link
+    # still holds it, and the confirmation and the answer say so (issue 14: it claimed
+    # links stop working, while the bundle kept the content stored and downloadable).
+    asked: list[str] = []
+
+    def accept(dialog: Dialog) -> None:
+        asked.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", accept)
     rows.filter(has_text=second.name).get_by_role("button", name="Delete").click()
     expect(rows.filter(has_text=second.name)).to_have_count(0)
+    assert 'Your ZIP link "both.zip" still includes it' in asked[0], asked
+    expect(page.locator("#toast")).to_contain_text('while your ZIP link "both.zip" holds it')
     expect(usage).to_contain_text("2 files")
+    expect(page.locator("#usage-bar")).to_have_attribute("value", str(total))  # still kept
     page.reload()
     expect(page.locator("#app-view")).to_be_visible()
     expect(page.locator("#file-list li")).to_have_count(2)
     expect(page.locator("#file-list li").filter(has_text=second.name)).to_have_count(0)
 
-    # Declining the confirmation deletes nothing.
-    page.once("dialog", lambda dialog: dialog.dismiss())
-    rows.filter(has_text=first.name).get_by_role("button", name="Delete").click()
+    # Declining the confirmation deletes nothing; for a file no ZIP link holds, it says the
+    # link stops working.
+    def dismiss(dialog: Dialog) -> None:
+        asked.append(dialog.message)
+        dialog.dismiss()
+
+    page.once("dialog", dismiss)
+    rows.filter(has_text="dropped.txt").get_by_role("button", name="Delete").click()
+    for _ in range(200):
+        if len(asked) == 2:
+            break
+        page.wait_for_timeout(25)
+    assert asked[1].endswith("Its link stops working, unless someone else stored the same content.")
     expect(page.locator("#file-list li")).to_have_count(2)
+
+    # Deleting the ZIP link lets go of what only it kept: the usage drops to the two files.
+    page.once("dialog", accept)
+    bundles.first.get_by_role("button", name="Delete").click()
+    expect(bundles).to_have_count(0)
+    expect(page.locator("#no-bundles")).to_be_visible()
+    left = first.stat().st_size + len(dropped)
+    expect(page.locator("#usage-bar")).to_have_attribute("value", str(left))
 
     page.click("#sign-out")
     expect(page.locator("#sign-in")).to_be_visible()

@@ -50,20 +50,19 @@ GIL back between the checks' C calls (every few ms), so only `json.loads` itself
 to about 10 ms by `jsonbody.MAX_ITEMS`, holds other clients up."""
 
 
-async def read_json_object(request: web.Request) -> dict[str, Any]:
+async def read_json_object(request: web.Request, *, limit: int = JSON_BODY_MAX) -> dict[str, Any]:
     """The body as a JSON object; any body that is not one, or that nests too deep or
-    holds an over-long number or a lone surrogate, is a 400 (`filecask.jsonbody`)."""
-    raw = await _read_small_body(request)
+    holds an over-long number or a lone surrogate, is a 400 (`filecask.jsonbody`); at most `limit` bytes (413 past it)."""
+    raw = await _read_small_body(request, limit)
     if len(raw) <= JSON_PARSE_INLINE_MAX:
         return parse_json_object(raw)
     return await asyncio.get_running_loop().run_in_executor(None, parse_json_object, raw)
 
 
-async def _read_small_body(request: web.Request) -> bytes:
-    """The whole body, at most JSON_BODY_MAX bytes (413 past it, before reading when the
+async def _read_small_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, at most `limit` bytes (413 past it, before reading when the
     Content-Length says so), read piece by piece under the body stall limit: a client that
     trickles a manifest is not cut, one that stops sending it is (408)."""
-    limit = JSON_BODY_MAX
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"A JSON body may be at most {limit} bytes.", limit=limit)
     stall = request.app[SETTINGS].body_timeout

@@ -9,6 +9,7 @@ sendfile), so Content-Length is exact and downloads resume.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Callable
 from email.utils import formatdate
@@ -250,13 +251,29 @@ def _gather(
 
 @bundle_routes.post("/archives")
 async def create_bundle(request: web.Request) -> web.Response:
-    """`{"name": "holiday.zip", "files": [{"hash": ..., "path": "day1/1.jpg"}, ...]}`."""
+    """`{"name": "holiday.zip", "files": [{"hash": ..., "path": "day1/1.jpg"}, ...]}`.
+
+    Every hash must be one of the caller's files (403 `not-held` otherwise, naming them):
+    a bundle keeps its content stored, counted in its holders' usage, so it may only keep
+    what its maker holds. Limits (settings): `--max-bundle-size` bytes of body and of
+    manifest and `--max-bundle-entries` files (413), `--max-bundles-per-user` (409)."""
     services = request.app[SERVICES]
+    settings = services.settings
     user = await require_user(request)
-    body = await read_json_object(request)
+    body = await read_json_object(request, limit=settings.max_bundle_size)
     # Checking 11,500 entries is 0.1 s of CPU: in a worker thread, not on the event loop.
-    manifest = await asyncio.get_running_loop().run_in_executor(None, parse_manifest, body)
-    created = await services.files.create_bundle(user, manifest)
+    manifest = await asyncio.get_running_loop().run_in_executor(
+        None,
+        functools.partial(
+            parse_manifest,
+            body,
+            max_entries=settings.max_bundle_entries,
+            max_bytes=settings.max_bundle_size,
+        ),
+    )
+    created = await services.files.create_bundle(
+        user, manifest, max_bundles=settings.max_bundles_per_user
+    )
     url = f"{base_url(request)}/archive/{manifest.id}/"
     body = {"id": manifest.id, "name": manifest.name, "url": url}
     return web.json_response(body, status=201 if created else 200, headers={"Location": url})
@@ -264,11 +281,15 @@ async def create_bundle(request: web.Request) -> web.Response:
 
 @bundle_routes.get("/archives")
 async def list_bundles(request: web.Request) -> web.Response:
+    """The caller's bundles; with `?hash=`, only those that name this content (what keeps
+    it stored, and counted in the caller's usage, after they delete the file)."""
     services = request.app[SERVICES]
+    raw_hash = request.query.get("hash")
+    hex_hash = None if raw_hash is None else parse_hash(raw_hash)
     user = await require_user(request)
-    bundles = await services.meta.list_bundles(user.id)
+    bundles = await services.meta.list_bundles(user.id, hex_hash=hex_hash)
     base = base_url(request)
-    return web.json_response({"archives": [_bundle_json(b, base) for b in bundles]})
+    return web.json_response({"archives": [bundle_json(b, base) for b in bundles]})
 
 
 @bundle_routes.delete("/archives/{id}")
@@ -280,7 +301,7 @@ async def delete_bundle(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def _bundle_json(bundle: BundleSummary, base: str) -> dict[str, Any]:
+def bundle_json(bundle: BundleSummary, base: str) -> dict[str, Any]:
     return {
         "id": bundle.id,
         "name": bundle.name,

@@ -27,7 +27,7 @@ from filecask.handlers import base_url, require_user
 from filecask.handlers.bodies import send_body, write_blob_range
 from filecask.hashes import parse_hash
 from filecask.mediatypes import is_active
-from filecask.metastore import FileRecord, User
+from filecask.metastore import FileRecord, RemoveOutcome, User
 from filecask.multipart import FormLimits, FormReader, boundary_of
 from filecask.names import validate_file_name
 from filecask.problem import from_error
@@ -107,7 +107,8 @@ async def _check_declared_length(request: web.Request, user: User | None = None)
         return
     meta = request.app[SERVICES].meta
     used = (await meta.usage(user.id)).bytes
-    if used + declared <= user.quota:
+    _, reserved = await meta.open_uploads(user.id)
+    if used + reserved + declared <= user.quota:
         return
     raw_hash = request.match_info.get("hash")
     if raw_hash is not None:
@@ -115,7 +116,7 @@ async def _check_declared_length(request: web.Request, user: User | None = None)
     else:
         held = await meta.holds_ref(user.id, size=declared)
     if not held:
-        raise QuotaExceeded(quota=user.quota, used=used, size=declared)
+        raise QuotaExceeded(quota=user.quota, used=used, size=declared, reserved=reserved)
 
 
 @routes.post("/files", expect_handler=_expect_continue)
@@ -158,7 +159,10 @@ async def _store(request: web.Request, *, expected_hash: str | None) -> web.Resp
             raise
         assert user.quota is not None
         used = (await services.meta.usage(user.id)).bytes
-        raise QuotaExceeded(quota=user.quota, used=used, size=allowance + 1, cut=True) from None
+        _, reserved = await services.meta.open_uploads(user.id)
+        raise QuotaExceeded(
+            quota=user.quota, used=used, size=allowance + 1, cut=True, reserved=reserved
+        ) from None
     body = file_json(record, base_url(request))
     return web.json_response(
         body, status=201 if created else 200, headers={"Location": body["url"]}
@@ -170,12 +174,14 @@ async def _quota_allowance(services: Services, user: User) -> int | None:
 
     The quota itself is checked when the reference is stored; this only stops a stream of
     unknown length (chunked, multipart) from filling the disk's scratch space on the way
-    to that refusal. A re-upload of something the user holds costs nothing, so a stream as
-    large as their largest file may always run."""
+    to that refusal: what the user keeps and what their open resumable uploads reserve
+    leave the rest. A re-upload of something the user keeps costs nothing, so a stream as
+    large as the largest blob they keep may always run."""
     if user.quota is None:
         return None
     used = (await services.meta.usage(user.id)).bytes
-    return max(user.quota - used, await services.meta.largest_ref_size(user.id))
+    _, reserved = await services.meta.open_uploads(user.id)
+    return max(user.quota - used - reserved, await services.meta.largest_ref_size(user.id))
 
 
 async def _body_source(
@@ -337,11 +343,22 @@ async def _send_bytes(
 
 @routes.delete("/files/{hash}")
 async def delete(request: web.Request) -> web.Response:
+    """Drop the caller's reference: 204 when nothing of theirs keeps the content any more.
+    When bundles they hold still name it, the content stays stored (downloadable by its
+    link, and counted in their usage) until those bundles go: 200 with a body that says so,
+    `{"hash": ..., "held_by_bundles": [{"id", "name", "url"}, ...]}`."""
     services = request.app[SERVICES]
     hex_hash = parse_hash(request.match_info["hash"])
     user = await require_user(request)
-    await services.files.delete(user, hex_hash)
-    return web.Response(status=204)
+    outcome = await services.files.delete(user, hex_hash)
+    if outcome is RemoveOutcome.REMOVED_LAST:
+        return web.Response(status=204)  # the content left the store: no bundle names it
+    holding = await services.meta.list_bundles(user.id, hex_hash=hex_hash)
+    if not holding:
+        return web.Response(status=204)
+    base = base_url(request)
+    held = [{"id": b.id, "name": b.name, "url": f"{base}/archive/{b.id}/"} for b in holding]
+    return web.json_response({"hash": hex_hash, "held_by_bundles": held})
 
 
 @routes.get("/files")

@@ -29,6 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from filecask.app import SERVICES, Services
+from filecask.changes import Topic
 from filecask.connections import receive
 from filecask.errors import (
     BadRequest,
@@ -65,6 +66,8 @@ RECEIVE_CHUNK = 256 << 10
 WRITE_CHUNK = 1 << 20
 """Bytes gathered before one executor write: a PATCH body is never held in memory."""
 SWEEP_INTERVAL = 60.0
+USERS_WATCH = 0.5
+"""How often the sweeper looks whether a user was removed (a memory load)."""
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _METADATA_KEY = re.compile(r"[!-+\--~]+")
 """Printable ASCII without space and comma."""
@@ -115,8 +118,11 @@ async def discover(request: web.Request) -> web.StreamResponse:
 @routes.post("/uploads/")
 @_tus
 async def create(request: web.Request) -> web.StreamResponse:
-    """A new upload of `Upload-Length` bytes; refused at once (413) when that is over
-    `--max-upload-size` or alone would exceed the user's quota."""
+    """A new upload of `Upload-Length` bytes, reserved against the user's quota until it
+    completes, is deleted or expires. Refused at once with 413 when that is over
+    `--max-upload-size`, or when the user's usage plus the reservations of their open
+    uploads plus this one would pass their quota; with 429 when they have
+    `--max-open-uploads` open already."""
     _check_version(request)
     services = request.app[SERVICES]
     user = await require_user(request)
@@ -130,7 +136,6 @@ async def create(request: web.Request) -> web.StreamResponse:
         )
     raw_metadata = request.headers.get("Upload-Metadata", "").strip(" \t")  # HTTP's OWS
     name = _file_name(raw_metadata)
-    await _check_quota(services, user, length)
     now = datetime.now(UTC)
     upload = Upload(
         id=secrets.token_hex(16),
@@ -142,7 +147,7 @@ async def create(request: web.Request) -> web.StreamResponse:
         created_at=now,
         expires_at=_expiry(services, now),
     )
-    await services.meta.create_upload(upload)
+    await services.meta.create_upload(upload, max_open=services.settings.max_open_uploads)
     headers = {
         "Location": f"{base_url(request)}/uploads/{upload.id}",
         "Upload-Expires": _http_date(upload.expires_at),
@@ -183,7 +188,8 @@ async def status(request: web.Request) -> web.StreamResponse:
 async def append(request: web.Request) -> web.StreamResponse:
     """Append the body at `Upload-Offset`. The new offset is committed only once the bytes
     are fsynced; a cut body keeps what arrived (unless a checksum was given, which needs
-    the whole body); the final byte turns the upload into a stored file."""
+    the whole body); the final byte turns the upload into a stored file. Only a PATCH that
+    adds bytes moves `Upload-Expires`: an empty one cannot keep an upload alive."""
     _check_version(request)
     if request.content_type != OFFSET_TYPE:
         raise UnsupportedMediaType(f"A PATCH body must be sent as {OFFSET_TYPE}.")
@@ -201,6 +207,7 @@ async def append(request: web.Request) -> web.StreamResponse:
     fd = await files.lock(upload.id, create=True)
     assert fd is not None  # created
     handed_over = False
+    failed = True
     try:
         current = await services.meta.get_upload(upload.id)  # as it is under the lock
         if current is None:
@@ -215,15 +222,37 @@ async def append(request: web.Request) -> web.StreamResponse:
             await files.remove(upload.id, fd)
             handed_over = True
             raise
-        new_offset = await _receive_into(request, services, files, fd, current, checksum)
+        new_offset, expires_at = await _receive_into(
+            request, services, files, fd, current, checksum
+        )
         if new_offset < current.length:
-            return _patched(request, new_offset, _expiry(services, datetime.now(UTC)))
+            failed = False
+            return _patched(request, new_offset, expires_at)
         handed_over = True
         hex_hash = await services.files.finish(_finish(services, files, user, current, fd))
-        return _patched(request, new_offset, _expiry(services, datetime.now(UTC)), hex_hash)
+        failed = False
+        return _patched(request, new_offset, expires_at, hex_hash)
     finally:
         if not handed_over:
-            await files.close(fd)
+            # Shielded: a handler cancelled (its client gone) must still let go of the file.
+            task = asyncio.ensure_future(_let_go(services, files, upload.id, fd, failed))
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
+
+
+async def _let_go(
+    services: Services, files: TusFiles, upload_id: str, fd: int, failed: bool
+) -> None:
+    """Close the upload's file after a PATCH; after a failed one, remove it instead if
+    its row is gone (its user was removed, or it was deleted, while the PATCH wrote): no
+    one else can, since the PATCH held the file's lock."""
+    try:
+        if failed and await services.meta.get_upload(upload_id) is None:
+            await files.remove(upload_id, fd)
+            return
+    except Exception:
+        log.exception("could not tell whether upload %s still exists", upload_id)
+    await files.close(fd)
 
 
 @routes.delete("/uploads/{id}")
@@ -244,8 +273,10 @@ async def terminate(request: web.Request) -> web.StreamResponse:
 
 
 async def sweeper(app: web.Application) -> AsyncIterator[None]:
-    """Every worker removes expired uploads and stray tus files now and then (`sweep` is
-    safe when several run at once)."""
+    """Every worker removes expired uploads and stray tus files now and then, and as soon
+    as it sees a user removed (at this instance or another one: the USERS stamp moves,
+    carried between machines by the change feed), so the partial files of a removed user's
+    uploads leave this instance's tmp/ too (`sweep` is safe when several run at once)."""
     task = asyncio.create_task(_sweep_forever(app[SERVICES]))
     try:
         yield
@@ -259,10 +290,18 @@ async def _sweep_forever(services: Services) -> None:
     expiry = services.settings.upload_expiry
     interval = min(SWEEP_INTERVAL, max(1.0, expiry / 4))
     files = TusFiles(services.blobs.tmp_dir)
+    stamps = services.meta.stamps
+    seen = stamps.read(Topic.USERS)
+    loop = asyncio.get_running_loop()
+    due = loop.time() + interval
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(USERS_WATCH)
+        users = stamps.read(Topic.USERS)  # a memory load
+        if users == seen and loop.time() < due:
+            continue
+        seen, due = users, loop.time() + interval
         try:
-            removed = await sweep(services.meta, files, stray_grace=expiry)
+            removed = await sweep(services.meta, files)
         except Exception:
             log.exception("sweeping expired uploads failed; trying again later")
             continue
@@ -332,19 +371,6 @@ def _checksum(raw: str | None) -> tuple[Any, bytes] | None:
         raise BadRequest("The Upload-Checksum digest is not base64.") from None
 
 
-async def _check_quota(services: Services, user: User, length: int) -> None:
-    """Refuse at creation an upload that alone would exceed the quota, with the same
-    leniency as `files._check_declared_length` (a re-upload of something held is free);
-    `add_ref` checks again, atomically, when the upload completes."""
-    if user.quota is None:
-        return
-    used = (await services.meta.usage(user.id)).bytes
-    if used + length <= user.quota:
-        return
-    if not await services.meta.holds_ref(user.id, size=length):
-        raise QuotaExceeded(quota=user.quota, used=used, size=length)
-
-
 async def _owned(request: web.Request, services: Services, user: User) -> Upload:
     upload_id = request.match_info["id"]
     upload = await services.meta.get_upload(upload_id) if UPLOAD_ID.fullmatch(upload_id) else None
@@ -386,8 +412,9 @@ async def _receive_into(
     fd: int,
     upload: Upload,
     checksum: tuple[Any, bytes] | None,
-) -> int:
-    """Write the body at the upload's offset, fsync, commit the new offset; returns it."""
+) -> tuple[int, datetime]:
+    """Write the body at the upload's offset, fsync, commit the new offset; returns it and
+    the expiry, moved only if bytes were added."""
     settings = services.settings
     room = upload.length - upload.offset
     cursor = _Cursor()
@@ -438,9 +465,10 @@ async def _receive_into(
         raise ChecksumMismatch(
             "The body does not match Upload-Checksum; it was discarded.", offset=upload.offset
         )
+    if not cursor.written:
+        return upload.offset, upload.expires_at  # nothing added: the expiry stays
     new_offset = upload.offset + cursor.written
-    await _advance(services, upload, new_offset)
-    return new_offset
+    return new_offset, await _advance(services, upload, new_offset)
 
 
 async def _keep_cut(
@@ -463,19 +491,21 @@ async def _keep_cut(
             return
         await files.sync(fd)
         await _advance(services, upload, upload.offset + cursor.written)
+    except NotFound:
+        pass  # the upload was removed meanwhile: the handler removes its file
     except Exception:
         log.exception("could not keep the bytes of a cut PATCH of upload %s", upload.id)
 
 
-async def _advance(services: Services, upload: Upload, new_offset: int) -> None:
+async def _advance(services: Services, upload: Upload, new_offset: int) -> datetime:
+    """Commit the new offset and a fresh expiry (bytes were added); the expiry."""
+    expires_at = _expiry(services, datetime.now(UTC))
     moved = await services.meta.advance_upload(
-        upload.id,
-        old_offset=upload.offset,
-        new_offset=new_offset,
-        expires_at=_expiry(services, datetime.now(UTC)),
+        upload.id, old_offset=upload.offset, new_offset=new_offset, expires_at=expires_at
     )
     if not moved:
         raise NotFound("The upload was removed meanwhile.")
+    return expires_at
 
 
 async def _finish(services: Services, files: TusFiles, user: User, upload: Upload, fd: int) -> str:
@@ -487,7 +517,9 @@ async def _finish(services: Services, files: TusFiles, user: User, upload: Uploa
         await files.close(fd)
         raise
     try:
-        record, _ = await services.files.store_staged(user, staged, name=upload.name)
+        record, _ = await services.files.store_staged(
+            user, staged, name=upload.name, upload_id=upload.id
+        )
     except QuotaExceeded:
         await services.meta.delete_upload(upload.id)
         raise

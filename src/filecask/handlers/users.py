@@ -2,7 +2,8 @@
 
 Quotas are set by administrators only (`POST /users` with `"quota"`, `PATCH /users/{name}`,
 or `filecask user quota`), and shown to the user in /me so a client can tell how much room
-is left before an upload is refused with 413 `quota-exceeded`."""
+is left before an upload is refused with 413 `quota-exceeded`: `quota - bytes - reserved`.
+`bytes` counts every distinct content the user keeps alive, by file or by bundle, once."""
 
 from __future__ import annotations
 
@@ -22,15 +23,21 @@ routes = web.RouteTableDef()
 
 @routes.get("/me")
 async def me(request: web.Request) -> web.Response:
+    """`bytes` is what the caller keeps alive: every distinct content of their files and
+    of the bundles they hold, counted once; `reserved`, what their unfinished resumable
+    uploads hold back. Both count against `quota`."""
     services = request.app[SERVICES]
     user = await require_user(request)
     usage = await services.meta.usage(user.id)
+    _, reserved = await services.meta.open_uploads(user.id)
     return web.json_response(
         {
             "name": user.name,
             "is_admin": user.is_admin,
             "files": usage.files,
             "bytes": usage.bytes,
+            "bundles": usage.bundles,
+            "reserved": reserved,
             "quota": user.quota,
         }
     )
@@ -87,7 +94,8 @@ async def update_user(request: web.Request) -> web.Response:
     if user is None:  # removed between the two steps
         raise NotFound(f"No user named {name!r}.", user=name)
     usage = await services.meta.usage(user.id)
-    summary = UserSummary(user.name, user.is_admin, user.created_at, usage, user.quota)
+    _, reserved = await services.meta.open_uploads(user.id)
+    summary = UserSummary(user.name, user.is_admin, user.created_at, usage, user.quota, reserved)
     return web.json_response(_summary_json(summary))
 
 
@@ -115,5 +123,7 @@ def _summary_json(summary: UserSummary) -> dict[str, Any]:
         "created_at": summary.created_at.isoformat(),
         "files": summary.usage.files,
         "bytes": summary.usage.bytes,
+        "bundles": summary.usage.bundles,
+        "reserved": summary.reserved,
         "quota": summary.quota,
     }

@@ -11,13 +11,20 @@ The contract:
   is tried first, so two users whose names collided before that rule (kept by migration
   0007) each stay reachable by their own spelling. Removing one removes their references
   (the caller first drops them one by one through the file store, so blobs leave the disk
-  too).
+  too) and their resumable uploads (`delete_user` returns their ids, so the caller removes
+  their partial files).
 - Every rule above holds with several processes on several machines writing to one
   PostgreSQL database at READ COMMITTED, not only under SQLite's single writer: the
   implementation takes row locks where a check and a write must be one step.
-- A user's quota bounds `usage(user).bytes` (their own references; bundles do not count).
-  `add_ref` checks it in the transaction that inserts the reference, so concurrent uploads,
-  from any process, can never together take a user past it.
+- What a user keeps alive is what they pay for: `usage(user).bytes` is the size of every
+  distinct blob the user keeps, by a file reference or by an entry of a bundle they hold,
+  each counted once. A bundle may only name content its maker holds by a file reference
+  (`add_bundle` checks it in its transaction), so making one never adds to the figure, and
+  deleting a file a bundle of theirs still names never takes from it.
+- A user's quota bounds that usage plus the declared lengths of their unfinished resumable
+  uploads (their reservations). `add_ref` and `create_upload` check it in the transaction
+  that inserts, after locking the user's row, so concurrent uploads of any kind, from any
+  process, can never together take a user past it.
 """
 
 from __future__ import annotations
@@ -70,7 +77,11 @@ def parse_quota(value: object) -> int | None:
 @dataclass(frozen=True, slots=True)
 class Usage:
     files: int
+    """The user's file references."""
     bytes: int
+    """Every distinct blob the user keeps alive (by file or by bundle), counted once."""
+    bundles: int = 0
+    """Bundles the user holds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +91,8 @@ class UserSummary:
     created_at: datetime
     usage: Usage
     quota: int | None = None
+    reserved: int = 0
+    """Bytes reserved by the user's unfinished resumable uploads."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +167,8 @@ class Upload:
 
 
 class MissingBlobs(Exception):
-    """`add_bundle` found, inside its transaction, that some named blobs are not stored."""
+    """`add_bundle` found, inside its transaction, that the user holds no file reference
+    to some named hashes (stored for someone else, or not at all: one answer for both)."""
 
     def __init__(self, hashes: set[str]) -> None:
         super().__init__(f"{len(hashes)} blob(s) not stored")
@@ -219,21 +233,33 @@ class MetaStore(Protocol):
         """Bytes (None: no limit); NotFound if there is no such user. Lowering it below what
         the user stores already removes nothing: it only refuses their new uploads."""
 
-    async def delete_user(self, name: str) -> None:
-        """NotFound if there is no such user; references left are removed with it."""
+    async def delete_user(self, name: str) -> list[str]:
+        """NotFound if there is no such user; references, bundle holds and resumable
+        uploads left are removed with it. The ids of those uploads: their partial files
+        are the caller's to remove."""
 
-    async def add_ref(self, user_id: int, blob: BlobInfo, name: str) -> tuple[FileRecord, bool]:
+    async def add_ref(
+        self, user_id: int, blob: BlobInfo, name: str, *, upload_id: str | None = None
+    ) -> tuple[FileRecord, bool]:
         """Reference `blob` for the user (creating the blob row if needed); True if new.
-        QuotaExceeded (and nothing changed) if the reference is new and would take the
-        user's usage past their quota; one they already hold costs nothing."""
+        QuotaExceeded (and nothing changed) if the blob is new to the user and would take
+        their usage plus their open uploads' reservations past their quota; a blob they
+        keep already (by file or bundle) costs nothing. `upload_id`: the resumable upload
+        this completes, whose own reservation is not counted against it. NotFound if the
+        user was removed meanwhile."""
 
     async def holds_ref(
         self, user_id: int, *, hex_hash: str | None = None, size: int | None = None
     ) -> bool:
-        """Whether the user references this hash, or any blob of exactly this size (an
-        upload's early quota check: a re-upload of something held costs nothing)."""
+        """Whether the user keeps this hash alive (by file or by bundle), or any blob of
+        exactly this size (an upload's early quota check: a re-upload costs nothing)."""
 
-    async def largest_ref_size(self, user_id: int) -> int: ...
+    async def largest_ref_size(self, user_id: int) -> int:
+        """The largest blob the user keeps alive (by file or bundle); 0 if none."""
+
+    async def unheld_hashes(self, user_id: int, hashes: list[str]) -> set[str]:
+        """Those of `hashes` the user holds no file reference to (lock free: a bundle's
+        early check; `add_bundle` checks again in its transaction)."""
 
     async def remove_ref(self, user_id: int, hex_hash: str) -> RemoveOutcome: ...
 
@@ -262,12 +288,19 @@ class MetaStore(Protocol):
         """Delete the blob row if nothing references it any more; True if it went."""
 
     async def add_bundle(
-        self, user_id: int, bundle_id: str, name: str, entries: list[tuple[str, str]]
+        self,
+        user_id: int,
+        bundle_id: str,
+        name: str,
+        entries: list[tuple[str, str]],
+        *,
+        max_bundles: int | None = None,
     ) -> bool:
         """Hold the bundle (creating it with its (path, hash) entries if new); True if the
-        user did not hold it before. MissingBlobs (and nothing changed) if a hash is not
-        stored, checked in the same transaction (a `missing_blobs` check made before may
-        be stale by then)."""
+        user did not hold it before. MissingBlobs (and nothing changed) if the user holds no
+        file reference to a hash, checked in the same transaction (an `unheld_hashes`
+        check made before may be stale by then). TooManyBundles if the user holds
+        `max_bundles` bundles already and not this one."""
 
     async def missing_blobs(self, hashes: list[str]) -> set[str]: ...
 
@@ -277,7 +310,10 @@ class MetaStore(Protocol):
         """When the bundle was made, or None if it does not exist: one indexed lookup,
         enough to tell whether a cached plan of it still holds (see `BundlePlans`)."""
 
-    async def list_bundles(self, user_id: int) -> list[BundleSummary]: ...
+    async def list_bundles(
+        self, user_id: int, *, hex_hash: str | None = None
+    ) -> list[BundleSummary]:
+        """The bundles the user holds, newest first; with `hex_hash`, only those naming it."""
 
     async def release_bundle(self, user_id: int, bundle_id: str) -> tuple[RemoveOutcome, list[str]]:
         """Drop the user's hold; with the last hold the bundle goes, and the hashes its
@@ -289,7 +325,15 @@ class MetaStore(Protocol):
 
     async def put_crcs(self, crcs: list[CachedCrc]) -> None: ...
 
-    async def create_upload(self, upload: Upload) -> None: ...
+    async def create_upload(self, upload: Upload, *, max_open: int | None = None) -> None:
+        """Insert the upload, reserving its `length` against the user's quota: refused
+        with QuotaExceeded if usage plus the reservations of the user's open uploads plus
+        this one would pass it, with TooManyUploads if the user has `max_open` open
+        already; both checked after locking the user's row, so concurrent creations (and
+        uploads) queue. NotFound if the user is gone."""
+
+    async def open_uploads(self, user_id: int) -> tuple[int, int]:
+        """The user's unfinished, unexpired uploads: how many, and the bytes they reserve."""
 
     async def get_upload(self, upload_id: str) -> Upload | None: ...
 

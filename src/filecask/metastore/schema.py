@@ -27,8 +27,9 @@ users = sa.Table(
     sa.Column("password_hash", sa.String(255), nullable=False),
     sa.Column("is_admin", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    # Most bytes the user's own references may add up to (bundles do not count); NULL:
-    # no limit. Enforced in `SqlMetaStore.add_ref`, in the transaction that adds the ref.
+    # Most bytes the user may keep alive (every distinct blob of their references and of
+    # the bundles they hold) plus what their open resumable uploads reserve; NULL: no limit.
+    # Enforced in `SqlMetaStore.add_ref` and `create_upload`, in the inserting transaction.
     sa.Column("quota", sa.BigInteger, nullable=True),
     sa.Index("uq_users_name_key", "name_key", unique=True),
 )
@@ -83,7 +84,14 @@ bundle_holders = sa.Table(
     sa.Column(
         "bundle_id", sa.String(64), sa.ForeignKey("bundles.id", ondelete="CASCADE"), nullable=False
     ),
-    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    # Indexed (0006): a user's usage and bundle count look their holds up by user.
+    sa.Column(
+        "user_id",
+        sa.Integer,
+        sa.ForeignKey("users.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.UniqueConstraint("bundle_id", "user_id", name="uq_bundle_holders_bundle_id_user_id"),
 )
@@ -104,7 +112,14 @@ uploads = sa.Table(
     # A resumable (tus) upload in progress, shared by every worker: its bytes so far live
     # in `<data-dir>/tmp/tus-<id>`; `offset` only ever names bytes already fsynced there.
     sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    # Indexed (0006): a user's open uploads are counted and summed (their reservations).
+    sa.Column(
+        "user_id",
+        sa.Integer,
+        sa.ForeignKey("users.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
     sa.Column("length", sa.BigInteger, nullable=False),
     sa.Column("offset", sa.BigInteger, nullable=False),
     sa.Column("name", sa.String(255), nullable=True),

@@ -27,6 +27,7 @@ PostgreSQL specifics, for several instances on one database:
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -46,7 +47,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from filecask.auth import user_name_key
 from filecask.changes import CHANNEL, ChangeStamps, PostgresChangeFeed, StampedCache, Topic
-from filecask.errors import Conflict, InsufficientStorage, NotFound, QuotaExceeded
+from filecask.errors import (
+    Conflict,
+    InsufficientStorage,
+    NotFound,
+    QuotaExceeded,
+    TooManyBundles,
+    TooManyUploads,
+)
 from filecask.metastore import (
     BlobInfo,
     Bundle,
@@ -149,6 +157,11 @@ class SqlMetaStore:
             self.stamps, Topic.BLOBS, max_items=BLOB_CACHE_ITEMS
         )
         self._usage: StampedCache[int, Usage] = StampedCache(
+            self.stamps, Topic.REFS, max_items=USAGE_CACHE_ITEMS
+        )
+        # A user's open uploads (count, reserved bytes, soonest expiry): they change by a
+        # write that moves REFS (created, completed, deleted) or when the soonest expires.
+        self._reserved: StampedCache[int, tuple[int, int, datetime | None]] = StampedCache(
             self.stamps, Topic.REFS, max_items=USAGE_CACHE_ITEMS
         )
         # Hashes asked for and not found: a flood of 404s (scanners, stale links) would
@@ -255,23 +268,50 @@ class SqlMetaStore:
         return None if row is None else _user(row)
 
     async def list_users(self) -> list[UserSummary]:
-        query = (
-            sa.select(
-                users.c.name,
-                users.c.is_admin,
-                users.c.created_at,
-                sa.func.count(refs.c.id),
-                sa.func.coalesce(sa.func.sum(blobs.c.size), 0),
-                users.c.quota,
-            )
-            .select_from(users.outerjoin(refs).outerjoin(blobs))
-            .group_by(users.c.id)
-            .order_by(users.c.name)
+        """Every user with the figures of `usage` and `open_uploads`, in one query: each
+        figure is grouped by user in a subquery, then joined (a plain join of refs and
+        bundle entries would count a blob kept both ways twice)."""
+        kept = sa.union(
+            sa.select(refs.c.user_id, refs.c.hash),
+            sa.select(bundle_holders.c.user_id, bundle_entries.c.hash).select_from(_held_entries()),
+        ).subquery()
+        kept_bytes = (
+            sa.select(kept.c.user_id, sa.func.sum(blobs.c.size).label("n"))
+            .select_from(kept.join(blobs, blobs.c.hash == kept.c.hash))
+            .group_by(kept.c.user_id)
+            .subquery()
         )
+        files = _count_by_user(refs.c.user_id)
+        held = _count_by_user(bundle_holders.c.user_id)
+        reserved = (
+            sa.select(uploads.c.user_id, sa.func.sum(uploads.c.length).label("n"))
+            .where(_open_upload(_now()))
+            .group_by(uploads.c.user_id)
+            .subquery()
+        )
+        figures = [files, kept_bytes, held, reserved]
+        joined: sa.FromClause = users
+        for figure in figures:
+            joined = joined.outerjoin(figure, figure.c.user_id == users.c.id)
+        query = sa.select(
+            users.c.name,
+            users.c.is_admin,
+            users.c.created_at,
+            users.c.quota,
+            *(sa.func.coalesce(figure.c.n, 0) for figure in figures),
+        ).select_from(joined)
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+            rows = (await conn.execute(query.order_by(users.c.name))).all()
         return [
-            UserSummary(r[0], r[1], _utc(r[2]), Usage(r[3], int(r[4])), _quota(r[5])) for r in rows
+            UserSummary(
+                r[0],
+                r[1],
+                _utc(r[2]),
+                Usage(int(r[4]), int(r[5]), int(r[6])),
+                _quota(r[3]),
+                int(r[7]),
+            )
+            for r in rows
         ]
 
     async def count_users(self) -> int:
@@ -287,12 +327,18 @@ class SqlMetaStore:
         value at once. `add_ref` never trusts a cache: it reads the row it locks."""
         await self._update_user(name, quota=quota)
 
-    async def delete_user(self, name: str) -> None:
+    async def delete_user(self, name: str) -> list[str]:
+        """The user's row is locked first, so an upload being created for them either
+        committed (its id is returned) or waits and then finds the user gone."""
         async with self._write({Topic.USERS, Topic.REFS}) as conn:
-            target = _lookup_user(name, users.c.id).scalar_subquery()
-            result = await conn.execute(users.delete().where(users.c.id == target))
-            if result.rowcount == 0:
+            locked = _lookup_user(name, users.c.id).with_for_update()
+            user_id = await conn.scalar(locked)
+            if user_id is None:
                 raise NotFound(f"No user named {name!r}.", user=name)
+            theirs = sa.select(uploads.c.id).where(uploads.c.user_id == user_id)
+            upload_ids = sorted((await conn.execute(theirs)).scalars())
+            await conn.execute(users.delete().where(users.c.id == user_id))
+            return upload_ids
 
     async def _update_user(self, name: str, **values: Any) -> None:
         async with self._write({Topic.USERS}) as conn:
@@ -303,12 +349,14 @@ class SqlMetaStore:
 
     # blobs and references
 
-    async def add_ref(self, user_id: int, blob: BlobInfo, name: str) -> tuple[FileRecord, bool]:
+    async def add_ref(
+        self, user_id: int, blob: BlobInfo, name: str, *, upload_id: str | None = None
+    ) -> tuple[FileRecord, bool]:
         now = _now()
         insert = self._insert()
         changed = {Topic.REFS}
         async with self._write(changed) as conn:
-            await _check_quota(conn, user_id, blob)
+            await _check_quota(conn, user_id, blob, now, upload_id)
             # The blob row exists, or is created here, and is locked (FOR SHARE) until we
             # commit: a concurrent removal of its last other reference waits and then sees
             # ours (PostgreSQL; see the module docstring). If that removal committed between
@@ -346,24 +394,30 @@ class SqlMetaStore:
     async def holds_ref(
         self, user_id: int, *, hex_hash: str | None = None, size: int | None = None
     ) -> bool:
-        query = sa.select(refs.c.id).where(refs.c.user_id == user_id)
+        kept = _kept_hashes(user_id).subquery()
+        query = sa.select(blobs.c.hash).select_from(blobs.join(kept, kept.c.hash == blobs.c.hash))
         if hex_hash is not None:
-            query = query.where(refs.c.hash == hex_hash)
+            query = query.where(blobs.c.hash == hex_hash)
         if size is not None:
-            query = query.join(blobs, blobs.c.hash == refs.c.hash).where(blobs.c.size == size)
+            query = query.where(blobs.c.size == size)
         async with self.engine.connect() as conn:
             return await conn.scalar(query.limit(1)) is not None
 
     async def largest_ref_size(self, user_id: int) -> int:
-        """The size of the largest file the user holds (0 if none): a re-upload of it costs
+        """The size of the largest blob the user keeps (0 if none): a re-upload of it costs
         nothing, so a stream that size may always run."""
-        query = (
-            sa.select(sa.func.coalesce(sa.func.max(blobs.c.size), 0))
-            .select_from(refs.join(blobs))
-            .where(refs.c.user_id == user_id)
+        kept = _kept_hashes(user_id).subquery()
+        query = sa.select(sa.func.coalesce(sa.func.max(blobs.c.size), 0)).select_from(
+            blobs.join(kept, kept.c.hash == blobs.c.hash)
         )
         async with self.engine.connect() as conn:
             return int(await conn.scalar(query) or 0)
+
+    async def unheld_hashes(self, user_id: int, hashes: list[str]) -> set[str]:
+        wanted = set(hashes)
+        async with self.engine.connect() as conn:
+            held = await _held_refs(conn, user_id, sorted(wanted))
+        return wanted - held
 
     async def remove_ref(self, user_id: int, hex_hash: str) -> RemoveOutcome:
         changed = {Topic.REFS}
@@ -417,14 +471,17 @@ class SqlMetaStore:
         return usage
 
     async def _load_usage(self, user_id: int) -> Usage:
-        query = (
-            sa.select(sa.func.count(refs.c.id), sa.func.coalesce(sa.func.sum(blobs.c.size), 0))
-            .select_from(refs.join(blobs))
-            .where(refs.c.user_id == user_id)
+        files = sa.select(sa.func.count()).select_from(refs).where(refs.c.user_id == user_id)
+        held = sa.select(sa.func.count()).select_from(bundle_holders)
+        held = held.where(bundle_holders.c.user_id == user_id)
+        query = sa.select(
+            files.scalar_subquery(),
+            _kept_bytes(user_id).scalar_subquery(),
+            held.scalar_subquery(),
         )
         async with self.engine.connect() as conn:
-            count, total = (await conn.execute(query)).one()
-        return Usage(int(count), int(total))
+            count, total, bundle_count = (await conn.execute(query)).one()
+        return Usage(int(count), int(total or 0), int(bundle_count))
 
     async def user_hashes(self, user_id: int) -> list[str]:
         query = sa.select(refs.c.hash).where(refs.c.user_id == user_id).order_by(refs.c.id)
@@ -481,18 +538,29 @@ class SqlMetaStore:
         return wanted - found
 
     async def add_bundle(
-        self, user_id: int, bundle_id: str, name: str, entries: list[tuple[str, str]]
+        self,
+        user_id: int,
+        bundle_id: str,
+        name: str,
+        entries: list[tuple[str, str]],
+        *,
+        max_bundles: int | None = None,
     ) -> bool:
-        """Checks, inside its transaction, that every blob is there and locks the rows (FOR
-        SHARE): the caller's earlier `missing_blobs` ran outside any lock, and the last
-        reference to one of them may have gone since (MissingBlobs then, not a foreign key
-        error). The bundle's row is inserted ON CONFLICT DO NOTHING and locked FOR SHARE,
-        so a twin `add_bundle` or a `release_bundle` of its last holder (FOR UPDATE) waits
-        or is waited for; a bundle deleted under us is created afresh."""
+        """Locks the user's row (FOR UPDATE: the bundle count, like the quota, is checked
+        by one transaction at a time), then the blob rows (FOR SHARE), then checks that the
+        user holds a file reference to each: a `remove_ref` of one (which locks its blob
+        FOR UPDATE) either committed before, and the reference is seen gone (MissingBlobs),
+        or waits for us and then finds the bundle entry keeping the blob. The caller's
+        earlier `unheld_hashes` ran outside any lock. The bundle's row is inserted ON
+        CONFLICT DO NOTHING and locked FOR SHARE, so a twin `add_bundle` or a
+        `release_bundle` of its last holder (FOR UPDATE) waits or is waited for; a bundle
+        deleted under us is created afresh. Moves REFS: the holder's usage figures change
+        (bundles held), though never their bytes."""
         insert = self._insert()
         wanted = sorted({hex_hash for _, hex_hash in entries})
-        async with self._write() as conn:
-            found: set[str] = set()
+        async with self._write({Topic.REFS}) as conn:
+            if (await conn.execute(_quota_for_update(user_id))).first() is None:
+                raise NotFound("The user was removed meanwhile.")
             for chunk in _chunks(wanted, 500):
                 query = (
                     sa.select(blobs.c.hash)
@@ -500,9 +568,12 @@ class SqlMetaStore:
                     .order_by(blobs.c.hash)
                     .with_for_update(read=True)
                 )
-                found.update((await conn.execute(query)).scalars())
-            if len(found) < len(wanted):
-                raise MissingBlobs(set(wanted) - found)
+                await conn.execute(query)
+            held = await _held_refs(conn, user_id, wanted)
+            if len(held) < len(wanted):
+                raise MissingBlobs(set(wanted) - held)
+            if max_bundles is not None:
+                await _check_bundle_count(conn, user_id, bundle_id, max_bundles)
             while True:
                 created = await conn.execute(
                     insert(bundles)
@@ -578,7 +649,9 @@ class SqlMetaStore:
             created = await conn.scalar(query)
         return None if created is None else _utc(created)
 
-    async def list_bundles(self, user_id: int) -> list[BundleSummary]:
+    async def list_bundles(
+        self, user_id: int, *, hex_hash: str | None = None
+    ) -> list[BundleSummary]:
         query = (
             sa.select(
                 bundles.c.id,
@@ -594,6 +667,9 @@ class SqlMetaStore:
             )
             .order_by(bundle_holders.c.id.desc())
         )
+        if hex_hash is not None:
+            naming = sa.select(bundle_entries.c.bundle_id).where(bundle_entries.c.hash == hex_hash)
+            query = query.where(bundles.c.id.in_(naming))
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [BundleSummary(r[0], r[1], int(r[3]), int(r[4]), _utc(r[2])) for r in rows]
@@ -601,8 +677,9 @@ class SqlMetaStore:
     async def release_bundle(self, user_id: int, bundle_id: str) -> tuple[RemoveOutcome, list[str]]:
         """The bundle's row is locked first (FOR UPDATE): two holders releasing at once
         would otherwise each see the other's hold and both leave the bundle, holderless,
-        keeping its blobs forever; an `add_bundle` (FOR SHARE) waits, then creates it anew."""
-        async with self._write() as conn:
+        keeping its blobs forever; an `add_bundle` (FOR SHARE) waits, then creates it anew.
+        Moves REFS: the holder's usage may shrink."""
+        async with self._write({Topic.REFS}) as conn:
             locked = sa.select(bundles.c.id).where(bundles.c.id == bundle_id).with_for_update()
             if await conn.scalar(locked) is None:
                 return RemoveOutcome.NOT_FOUND, []
@@ -682,8 +759,34 @@ class SqlMetaStore:
 
     # resumable (tus) uploads: plain rows, no cache (every worker must see every move)
 
-    async def create_upload(self, upload: Upload) -> None:
-        async with self._write() as conn:
+    async def create_upload(self, upload: Upload, *, max_open: int | None = None) -> None:
+        """The reservation and the count are read after locking the user's row (FOR
+        UPDATE; SQLite: BEGIN IMMEDIATE), as `add_ref` does, so two creations, or a
+        creation and an upload, by one user never both fit where only one does."""
+        now = upload.created_at
+        async with self._write({Topic.REFS}) as conn:
+            quota_row = (await conn.execute(_quota_for_update(upload.user_id))).first()
+            if quota_row is None:
+                raise NotFound("The user was removed meanwhile.")
+            count, reserved, soonest = await _open_uploads(conn, upload.user_id, now)
+            if max_open is not None and count >= max_open:
+                wait = 1
+                if soonest is not None:
+                    wait = max(1, math.ceil((_utc(soonest) - now).total_seconds()))
+                raise TooManyUploads(
+                    f"You have {count} unfinished uploads, the most allowed: finish or"
+                    " delete one, or wait for one to expire.",
+                    headers={"Retry-After": str(wait)},
+                    limit=max_open,
+                    retry_after=wait,
+                )
+            quota = quota_row.quota
+            if quota is not None:
+                used = int(await conn.scalar(_kept_bytes(upload.user_id)) or 0)
+                if used + reserved + upload.length > quota:
+                    raise QuotaExceeded(
+                        quota=int(quota), used=used, size=upload.length, reserved=reserved
+                    )
             await conn.execute(
                 uploads.insert().values(
                     id=upload.id,
@@ -697,6 +800,17 @@ class SqlMetaStore:
                     hash=upload.hash,
                 )
             )
+
+    async def open_uploads(self, user_id: int) -> tuple[int, int]:
+        """Cached (a signed-in /me stays free of database round trips) until a write moves
+        REFS or the soonest of the uploads expires."""
+        now = _now()
+        cached, stamp = self._reserved.get(user_id)
+        if cached is None or (cached[2] is not None and _utc(cached[2]) <= now):
+            async with self.engine.connect() as conn:
+                cached = await _open_uploads(conn, user_id, now)
+            self._reserved.put(user_id, cached, stamp)
+        return cached[0], cached[1]
 
     async def get_upload(self, upload_id: str) -> Upload | None:
         async with self.engine.connect() as conn:
@@ -731,13 +845,15 @@ class SqlMetaStore:
             return bool(result.rowcount)
 
     async def finish_upload(self, upload_id: str, hex_hash: str) -> None:
-        async with self._write() as conn:
+        """Moves REFS: the upload no longer reserves anything."""
+        async with self._write({Topic.REFS}) as conn:
             await conn.execute(
                 uploads.update().where(uploads.c.id == upload_id).values(hash=hex_hash)
             )
 
     async def delete_upload(self, upload_id: str) -> bool:
-        async with self._write() as conn:
+        """Moves REFS: the upload no longer reserves anything."""
+        async with self._write({Topic.REFS}) as conn:
             result = await conn.execute(uploads.delete().where(uploads.c.id == upload_id))
             return bool(result.rowcount)
 
@@ -954,32 +1070,113 @@ def _lookup_user(name: str, *columns: Any) -> sa.Select[Any]:
     )
 
 
-async def _check_quota(conn: AsyncConnection, user_id: int, blob: BlobInfo) -> None:
+async def _check_quota(
+    conn: AsyncConnection, user_id: int, blob: BlobInfo, now: datetime, upload_id: str | None
+) -> None:
     """QuotaExceeded if a new reference to `blob` would take the user past their quota.
 
     Runs first in `add_ref`'s write transaction, so the check and the insert are one atomic
     step: on SQLite, BEGIN IMMEDIATE already makes every writer of every process wait for
     the one before it; on PostgreSQL the user's row is locked (FOR UPDATE, which SQLite's
-    compiler leaves out), so a second upload by the same user waits here and then, at READ
-    COMMITTED, sums a usage that includes the first. Usage is summed from the tables, never
-    from a cache. The lock is taken whether or not a quota is set: a quota set concurrently
-    (an UPDATE of the same row) is then seen too."""
-    quota = await conn.scalar(_quota_for_update(user_id))
+    compiler leaves out), so a second upload (or bundle, or resumable upload's creation) by
+    the same user waits here and then, at READ COMMITTED, sums a usage that includes the
+    first. Usage is summed from the tables, never from a cache: every distinct blob the user
+    keeps, by file or by bundle, plus what their other open resumable uploads reserve. The
+    lock is taken whether or not a quota is set: a quota set concurrently (an UPDATE of the
+    same row) is then seen too, and a user removed meanwhile is NotFound, not a foreign key
+    error."""
+    row = (await conn.execute(_quota_for_update(user_id))).first()
+    if row is None:
+        raise NotFound("The user was removed meanwhile.")
+    quota = row.quota
     if quota is None:
         return
-    held = sa.select(refs.c.id).where(refs.c.user_id == user_id, refs.c.hash == blob.hash)
-    if await conn.scalar(held) is not None:
-        return  # a re-upload of content the user holds costs nothing
-    used = int(
-        await conn.scalar(
-            sa.select(sa.func.coalesce(sa.func.sum(blobs.c.size), 0))
-            .select_from(refs.join(blobs))
-            .where(refs.c.user_id == user_id)
-        )
-        or 0
+    kept = _kept_hashes(user_id).subquery()
+    keeps = sa.select(kept.c.hash).where(kept.c.hash == blob.hash).limit(1)
+    if await conn.scalar(keeps) is not None:
+        return  # content the user keeps already costs nothing more
+    used = int(await conn.scalar(_kept_bytes(user_id)) or 0)
+    _, reserved, _ = await _open_uploads(conn, user_id, now, excluding=upload_id)
+    if used + reserved + blob.size > quota:
+        raise QuotaExceeded(quota=int(quota), used=used, size=blob.size, reserved=reserved)
+
+
+def _held_entries() -> sa.Join:
+    """Bundle entries joined with their bundles' holders."""
+    return bundle_entries.join(
+        bundle_holders, bundle_holders.c.bundle_id == bundle_entries.c.bundle_id
     )
-    if used + blob.size > quota:
-        raise QuotaExceeded(quota=int(quota), used=used, size=blob.size)
+
+
+def _kept_hashes(user_id: int) -> sa.CompoundSelect[tuple[str]]:
+    """Every distinct hash the user keeps alive: their file references' and the entries of
+    the bundles they hold (UNION: each once)."""
+    by_ref = sa.select(refs.c.hash.label("hash")).where(refs.c.user_id == user_id)
+    by_bundle = (
+        sa.select(bundle_entries.c.hash.label("hash"))
+        .select_from(_held_entries())
+        .where(bundle_holders.c.user_id == user_id)
+    )
+    return sa.union(by_ref, by_bundle)
+
+
+def _kept_bytes(user_id: int) -> sa.Select[Any]:
+    """The user's usage in bytes: the sizes of `_kept_hashes`, summed."""
+    kept = _kept_hashes(user_id).subquery()
+    return sa.select(sa.func.coalesce(sa.func.sum(blobs.c.size), 0)).select_from(
+        blobs.join(kept, kept.c.hash == blobs.c.hash)
+    )
+
+
+def _count_by_user(column: sa.Column[Any]) -> sa.Subquery:
+    """(user_id, n): rows per user of `column`'s table."""
+    return (
+        sa.select(column.label("user_id"), sa.func.count().label("n")).group_by(column).subquery()
+    )
+
+
+def _open_upload(now: datetime) -> sa.ColumnElement[bool]:
+    """An upload still reserving its length: not complete, not expired."""
+    return sa.and_(uploads.c.hash.is_(None), uploads.c.expires_at > now)
+
+
+async def _open_uploads(
+    conn: AsyncConnection, user_id: int, now: datetime, *, excluding: str | None = None
+) -> tuple[int, int, datetime | None]:
+    """The user's open uploads: how many, the bytes they reserve, the soonest expiry."""
+    query = sa.select(
+        sa.func.count(),
+        sa.func.coalesce(sa.func.sum(uploads.c.length), 0),
+        sa.func.min(uploads.c.expires_at),
+    ).where(uploads.c.user_id == user_id, _open_upload(now))
+    if excluding is not None:
+        query = query.where(uploads.c.id != excluding)
+    count, reserved, soonest = (await conn.execute(query)).one()
+    return int(count), int(reserved), soonest
+
+
+async def _held_refs(conn: AsyncConnection, user_id: int, hashes: list[str]) -> set[str]:
+    """Those of `hashes` the user holds a file reference to."""
+    held: set[str] = set()
+    for chunk in _chunks(hashes, 500):
+        query = sa.select(refs.c.hash).where(refs.c.user_id == user_id, refs.c.hash.in_(chunk))
+        held.update((await conn.execute(query)).scalars())
+    return held
+
+
+async def _check_bundle_count(
+    conn: AsyncConnection, user_id: int, bundle_id: str, max_bundles: int
+) -> None:
+    """TooManyBundles if the user holds `max_bundles` bundles and not `bundle_id`."""
+    mine = bundle_holders.c.user_id == user_id
+    holds_it = sa.select(bundle_holders.c.id).where(mine, bundle_holders.c.bundle_id == bundle_id)
+    if await conn.scalar(holds_it) is not None:
+        return
+    held = int(await conn.scalar(sa.select(sa.func.count()).where(mine)) or 0)
+    if held >= max_bundles:
+        raise TooManyBundles(
+            f"You hold {held} bundles, the most allowed: delete one first.", limit=max_bundles
+        )
 
 
 def _quota_for_update(user_id: int) -> sa.Select[Any]:

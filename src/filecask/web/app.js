@@ -119,25 +119,41 @@ async function showApp(me) {
   $("#sign-in-view").hidden = true;
   $("#app-view").hidden = false;
   showUsage(me);
-  await loadFiles();
+  await Promise.all([loadFiles(), loadBundles()]);
 }
 
 // ------------------------------------------------------------------ usage
 
+/** `bytes` is what the user keeps alive: their files' contents and their ZIP links'
+ * (each content once), and `reserved` what unfinished uploads hold back; both count. */
 function showUsage(me) {
-  const files = `${me.files} file${me.files === 1 ? "" : "s"}`;
+  const counts = [plural(me.files, "file")];
+  if (me.bundles) counts.push(plural(me.bundles, "ZIP link"));
+  const held = counts.join(", ");
+  const used = me.bytes + me.reserved;
+  const notes = [];
+  if (me.reserved) notes.push(`${formatSize(me.reserved)} of it is reserved by unfinished uploads.`);
+  if (me.bundles) {
+    notes.push("Your ZIP links keep their files stored, and counted here, even after you delete the files.");
+  }
   const bar = $("#usage-bar");
   if (me.quota === null) {
-    $("#usage-text").textContent = `${files}, ${formatSize(me.bytes)} used (no quota).`;
+    $("#usage-text").textContent = [`${held}, ${formatSize(used)} used (no quota).`, ...notes].join(" ");
     bar.hidden = true;
   } else {
-    const percent = me.quota ? Math.min(100, Math.round((100 * me.bytes) / me.quota)) : 100;
-    $("#usage-text").textContent =
-      `${files}, ${formatSize(me.bytes)} of your ${formatSize(me.quota)} quota used (${percent}%).`;
+    const percent = me.quota ? Math.min(100, Math.round((100 * used) / me.quota)) : 100;
+    $("#usage-text").textContent = [
+      `${held}, ${formatSize(used)} of your ${formatSize(me.quota)} quota used (${percent}%).`,
+      ...notes,
+    ].join(" ");
     bar.max = Math.max(me.quota, 1);
-    bar.value = Math.min(me.bytes, bar.max);
+    bar.value = Math.min(used, bar.max);
     bar.hidden = false;
   }
+}
+
+function plural(count, noun) {
+  return `${count} ${noun}${count === 1 ? "" : "s"}`;
 }
 
 async function refreshUsage() {
@@ -238,7 +254,10 @@ async function uploadResumable(file, onProgress) {
     }
     if (response && response.status < 500 && response.status !== 409 && response.status !== 423) {
       localStorage.removeItem(key);
-      throw new ApiError(response.status, await problemOf(response), null);
+      const problem = await problemOf(response);
+      // Give its reservation back at once rather than at its expiry (best effort).
+      fetch(url, { method: "DELETE", headers: tusHeaders({}), credentials: "omit" }).catch(() => {});
+      throw new ApiError(response.status, problem, null);
     }
     failures += 1;
     if (failures > TUS_RETRIES) throw new Error("the connection keeps failing; try again later");
@@ -406,11 +425,17 @@ function fileRow(file) {
 }
 
 async function deleteFile(file, row) {
-  if (!window.confirm(`Delete "${file.name}"? Links to it stop working unless someone else holds it.`)) {
-    return;
-  }
+  // Which of the user's ZIP links name this content: they keep it stored (and counted).
+  let holders = null;
   try {
-    await api(`/files/${file.hash}`, { method: "DELETE" });
+    holders = (await api(`/archives?hash=${file.hash}`)).archives;
+  } catch (error) {
+    if (error.status === 401) return;
+  }
+  if (!window.confirm(deleteQuestion(file, holders))) return;
+  let answer;
+  try {
+    answer = await api(`/files/${file.hash}`, { method: "DELETE" });
   } catch (error) {
     if (error.status !== 401) toast(`Could not delete ${file.name}: ${error.message}`);
     return;
@@ -419,8 +444,39 @@ async function deleteFile(file, row) {
   selected.delete(file.hash);
   updateSelection();
   $("#no-files").hidden = $("#file-list").children.length > 0;
-  toast(`Deleted ${file.name}.`);
+  const kept = answer && answer.held_by_bundles ? answer.held_by_bundles : [];
+  if (kept.length) {
+    toast(`Deleted ${file.name}. Its content stays stored, and counted in your usage, ` +
+      `while your ${kept.length === 1 ? "ZIP link" : "ZIP links"} ${quoted(kept)} ` +
+      `${kept.length === 1 ? "holds" : "hold"} it.`);
+  } else {
+    toast(`Deleted ${file.name}.`);
+  }
   await refreshUsage();
+}
+
+/** The truth about a delete: a ZIP link of the user's that names the content keeps it
+ * stored, downloadable and counted; otherwise its link stops working unless another user
+ * stored the same content. `holders`: those ZIP links, or null if they could not be read. */
+function deleteQuestion(file, holders) {
+  const question = `Delete "${file.name}"?`;
+  if (holders === null) {
+    return `${question} If one of your ZIP links includes it, its content stays stored, ` +
+      "counted in your usage and downloadable until you delete that ZIP link; otherwise " +
+      "its link stops working, unless someone else stored the same content.";
+  }
+  if (!holders.length) {
+    return `${question} Its link stops working, unless someone else stored the same content.`;
+  }
+  const one = holders.length === 1;
+  return `${question} Your ${one ? "ZIP link" : "ZIP links"} ${quoted(holders)} still ` +
+    `${one ? "includes" : "include"} it: its content stays stored, counted in your usage ` +
+    `and downloadable (its link too) until you delete ${one ? "that ZIP link" : "them"} ` +
+    "below.";
+}
+
+function quoted(bundles) {
+  return bundles.map((bundle) => `"${bundle.name}"`).join(", ");
 }
 
 // ------------------------------------------------------------------ ZIP bundles
@@ -477,11 +533,64 @@ async function makeBundle(event) {
     link.href = bundle.url;
     link.textContent = bundle.url;
     $("#bundle-result").hidden = false;
+    await Promise.all([loadBundles(), refreshUsage()]);
   } catch (error) {
     if (error.status !== 401) toast(`Could not make the ZIP link: ${error.message}`);
   } finally {
     updateSelection();
   }
+}
+
+/** The user's ZIP links, each with its link and a Delete button: deleting one lets go
+ * of the contents only it kept (files deleted since), in the store and in the usage. */
+async function loadBundles() {
+  const list = $("#bundle-list");
+  let listed;
+  try {
+    listed = (await api("/archives")).archives;
+  } catch (error) {
+    if (error.status !== 401) toast(`Could not list your ZIP links: ${error.message}`);
+    return;
+  }
+  list.replaceChildren(...listed.map(bundleRow));
+  $("#no-bundles").hidden = listed.length > 0;
+}
+
+function bundleRow(bundle) {
+  const link = element("a", {
+    className: "name", href: bundle.url, textContent: bundle.name, target: "_blank", rel: "noopener",
+  });
+  const when = new Date(bundle.created_at);
+  const meta = element("div", { className: "meta" }, [
+    `${plural(bundle.files, "file")}, ${formatSize(bundle.bytes)} · `,
+    element("time", { dateTime: bundle.created_at, textContent: when.toLocaleString() }),
+  ]);
+  const copy = element("button", { type: "button", className: "quiet", textContent: "Copy link" });
+  copy.addEventListener("click", () => copyText(bundle.url));
+  const remove = element("button", { type: "button", className: "danger", textContent: "Delete" });
+  remove.addEventListener("click", () => deleteBundle(bundle, row));
+  const row = element("li", {}, [
+    element("div", { className: "name" }, [link, meta]),
+    element("div", { className: "actions" }, [copy, remove]),
+  ]);
+  row.dataset.id = bundle.id;
+  return row;
+}
+
+async function deleteBundle(bundle, row) {
+  const question = `Delete the ZIP link "${bundle.name}"? The link stops working; files ` +
+    "you deleted that only it kept leave the store and your usage. Your files stay.";
+  if (!window.confirm(question)) return;
+  try {
+    await api(`/archives/${bundle.id}`, { method: "DELETE" });
+  } catch (error) {
+    if (error.status !== 401) toast(`Could not delete ${bundle.name}: ${error.message}`);
+    return;
+  }
+  row.remove();
+  $("#no-bundles").hidden = $("#bundle-list").children.length > 0;
+  toast(`Deleted the ZIP link ${bundle.name}.`);
+  await refreshUsage();
 }
 
 // ------------------------------------------------------------------ helpers

@@ -19,7 +19,7 @@ The normalisation is written out here rather than imported, so this migration ke
 what it did if `filecask.auth.user_name_key` ever changes.
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2027-02-01
 """
 
@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
