@@ -52,7 +52,8 @@ to about 10 ms by `jsonbody.MAX_ITEMS`, holds other clients up."""
 
 async def read_json_object(request: web.Request, *, limit: int = JSON_BODY_MAX) -> dict[str, Any]:
     """The body as a JSON object; any body that is not one, or that nests too deep or
-    holds an over-long number or a lone surrogate, is a 400 (`filecask.jsonbody`); at most `limit` bytes (413 past it)."""
+    holds an over-long number or a lone surrogate, is a 400 (`filecask.jsonbody`); at most
+    `limit` bytes (413 past it)."""
     raw = await _read_small_body(request, limit)
     if len(raw) <= JSON_PARSE_INLINE_MAX:
         return parse_json_object(raw)
