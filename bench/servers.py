@@ -205,8 +205,10 @@ def filecask(
     archive_root: Path | None = None,
     workers: int | None = None,
     name: str = "filecask",
+    args: tuple[str, ...] = (),
 ) -> Iterator[Filecask]:
-    """`filecask serve` on a free loopback port, ready (`/healthz` 200) when yielded."""
+    """`filecask serve` on a free loopback port, ready (`/healthz` 200) when yielded;
+    `args` are extra `serve` flags."""
     run_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     command = [
@@ -219,6 +221,7 @@ def filecask(
         command += ["--archive-root", str(archive_root)]
     if workers is not None:
         command += ["--workers", str(workers)]
+    command += args
     env = {k: v for k, v in os.environ.items() if not k.startswith("FILECASK_")}
     env["FILECASK_ADMIN_PASSWORD"] = password
     log = run_dir / f"{name}.log"

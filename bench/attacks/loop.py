@@ -262,8 +262,8 @@ def in_loops(port: int, method: str, path: str, loops: int) -> None:
     )
 
 
-def lag_gauge(port: int) -> None:
-    _, body = request(port, "GET", "/metrics")
+def lag_gauge(port: int, user: str) -> None:
+    _, body = request(port, "GET", "/metrics", user=user)
     lines = [
         line
         for line in body.decode().splitlines()
@@ -278,7 +278,7 @@ def run(port: int, user: str) -> None:
     attack_field_quota(port, user)
     attack_unterminated(port, user)
     attack_bundle(port, user, BUNDLE_ENTRIES)
-    lag_gauge(port)
+    lag_gauge(port, user)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     password = secrets.token_urlsafe(16)
     with tempfile.TemporaryDirectory(prefix="filecask-loop-") as tmp:
         base = Path(tmp)
-        with filecask(base / "run", base / "data", password) as server:
+        with filecask(
+            base / "run", base / "data", password, args=("--max-bundle-entries", "12000")
+        ) as server:
             print(f"filecask serve on port {server.port} (pid {server.pid})", file=sys.stderr)
             run(server.port, f"admin:{password}")
     return 0

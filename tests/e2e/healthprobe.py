@@ -2,8 +2,8 @@
 
 Run as a script by `HealthProbe` (tests/e2e/lag.py): it asks `GET /healthz` on one
 kept-alive connection, back to back with `interval` seconds between answers, until its
-standard input closes, then prints every latency (seconds) as one JSON list. A separate
-process keeps the attack's own CPU and GIL out of the figures; a request that fails or
+standard input closes, then prints every latency (seconds) as one JSON list (after a
+`ready` line once the first answer is in). A separate process keeps the attack's own CPU and GIL out of the figures; a request that fails or
 is refused counts as the time it took, so a dropped connection is not a fast answer.
 """
 
@@ -17,6 +17,7 @@ import time
 
 
 def probe(port: int, interval: float, stop: threading.Event) -> list[float]:
+    """Latencies until `stop`; prints `ready` once the first answer is in."""
     latencies: list[float] = []
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     while not stop.is_set():
@@ -30,6 +31,8 @@ def probe(port: int, interval: float, stop: threading.Event) -> list[float]:
             ok = False
         elapsed = time.perf_counter() - started
         latencies.append(elapsed if ok else max(elapsed, 10.0))
+        if len(latencies) == 1:
+            print("ready", flush=True)
         if not ok:
             conn.close()
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)

@@ -38,6 +38,10 @@ class HealthProbe:
             stdout=subprocess.PIPE,
             text=True,
         )
+        # Measuring from here on: an attack started after this line is seen whole.
+        assert self._process.stdout is not None
+        ready = self._process.stdout.readline()
+        assert ready.strip() == "ready", f"the health probe did not start: {ready!r}"
         return self
 
     def __exit__(

@@ -304,14 +304,8 @@ def test_fuzz_headers(fuzzed: Server, request: Any) -> None:
     assert_sound(send(fuzzed, method, target, headers, body, chunks), request)
 
 
-# The sign-in helper's item of issue 14 (non-ASCII bytes after `Authorization: Basic`):
-# generated here on its own, as the issue found it, so the header fuzz above reaches
-# every other header. MERGE: remove this xfail mark once that fix is merged (strict: it
-# fails the run as soon as the fix is in, so the mark cannot be forgotten).
-@pytest.mark.xfail(
-    reason="issue 14 sign-in part: non-ASCII bytes after 'Authorization: Basic' give a 500",
-    strict=True,
-)
+# Non-ASCII bytes after `Authorization: Basic` (issue 14 §5), generated on their own as the
+# issue found them, so the header fuzz above reaches every other header.
 @FUZZ
 @hypothesis.given(
     target=st.sampled_from([b"/me", b"/files", b"/metrics", b"/users"]),
@@ -565,15 +559,8 @@ def test_fuzz_multipart_framing(
     post_form(fuzzed, form, target, chunked)
 
 
-# The names helper's item of issue 14 (a lone surrogate in a file name: here the bytes of
-# a multipart file name that are not UTF-8, which the parser keeps as surrogates) gives a
-# 500 until that fix is merged: generated on its own, so the framing fuzz above asserts.
-# MERGE: remove this xfail mark once that fix is merged (strict: the run fails as soon
-# as the fix is in, so the mark cannot be forgotten).
-@pytest.mark.xfail(
-    reason="issue 14 names part: a multipart file name that is not UTF-8 gives a 500",
-    strict=True,
-)
+# A lone surrogate in a file name (issue 14 §5): here the bytes of a multipart file name
+# that are not UTF-8, which the parser keeps as surrogates, generated on their own.
 @FUZZ
 @hypothesis.given(
     form=multipart_bodies(dispositions(NASTY_BYTES)),
