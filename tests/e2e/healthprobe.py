@@ -3,8 +3,9 @@
 Run as a script by `HealthProbe` (tests/e2e/lag.py): it asks `GET /healthz` on one
 kept-alive connection, back to back with `interval` seconds between answers, until its
 standard input closes, then prints every latency (seconds) as one JSON list (after a
-`ready` line once the first answer is in). A separate process keeps the attack's own CPU and GIL out of the figures; a request that fails or
-is refused counts as the time it took, so a dropped connection is not a fast answer.
+`ready` line once the first answer is in). A separate process keeps the attack's own CPU
+and GIL out of the figures; a request that fails or is refused counts as the time it
+took, so a dropped connection is not a fast answer.
 """
 
 from __future__ import annotations
