@@ -110,10 +110,14 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         _too_deep()
     if _LONG_NUMBER in outside.translate(_NUMBER_CHARS):
         _number_too_long()
-    if _SURROGATE_ESCAPE.search(text) and _holds_lone_surrogate(body):
+    lone = _lone_surrogate(body) if _SURROGATE_ESCAPE.search(text) else None
+    if lone is not None:
+        point = f"U+{ord(lone[0]):04X}"
         raise BadRequest(
-            "The body is not valid JSON text: a string holds a lone UTF-16 surrogate"
-            " (a \\uD800-\\uDFFF escape without its pair), which is not a character."
+            f"The body is not valid JSON text: a string holds a lone UTF-16 surrogate, {point}"
+            " (a \\uD800-\\uDFFF escape without its pair), which is not a character.",
+            code_point=point,
+            pointer=lone[1],
         )
     if not isinstance(body, dict):
         raise BadRequest("The body must be a JSON object.")
@@ -174,18 +178,24 @@ def _refuse_constant(token: str) -> NoReturn:
     raise _Refused(BadRequest(f"{token} is not a JSON value."))
 
 
-def _holds_lone_surrogate(value: Any) -> bool:
-    """Any string (key or value) with a surrogate: valid pairs were already combined
-    into one character by the parser, so any left is alone. Iterative: no recursion."""
-    stack = [value]
+def _lone_surrogate(value: Any) -> tuple[str, str] | None:
+    """The first surrogate in any string (key or value) and the JSON pointer (RFC 6901)
+    of that string, or None: valid pairs were already combined into one character by the
+    parser, so any left is alone. Iterative: no recursion."""
+    stack: list[tuple[Any, str]] = [(value, "")]
     while stack:
-        item = stack.pop()
+        item, pointer = stack.pop()
         if isinstance(item, str):
-            if _SURROGATE.search(item):
-                return True
+            if found := _SURROGATE.search(item):
+                return found.group(), pointer
         elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
+            for key, member in item.items():
+                stack.append((key, pointer))
+                stack.append((member, f"{pointer}/{_escape_pointer(key)}"))
         elif isinstance(item, list):
-            stack.extend(item)
-    return False
+            stack.extend((member, f"{pointer}/{i}") for i, member in enumerate(item))
+    return None
+
+
+def _escape_pointer(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")

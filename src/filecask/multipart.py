@@ -23,7 +23,7 @@ a complete file. Here:
   (`bytes.find`), and the reader yields (`asyncio.sleep(0)`) after each skipped part.
 - **Strict framing** (400): a boundary of 1 to 70 printable ASCII characters; a boundary
   line followed by anything but spaces and tabs before its CRLF; part headers that are not
-  `Name: value` lines of UTF-8 without control characters, a line over `max_line` bytes,
+  `Name: value` lines of UTF-8 without C0 controls or DEL, a line over `max_line` bytes,
   more than `MAX_HEADER_LINES` lines.
 
 Memory per upload is bounded: the buffer holds at most one read from the connection plus
@@ -277,20 +277,23 @@ class FormReader:
 
 
 def _header(line: bytes) -> tuple[str, str]:
-    """A part header line as (lower-case name, value); 400 unless it is `Name: value` in
-    UTF-8 without control characters."""
+    """A part header line as (lower-case name, value); 400 unless it is `Name: value`
+    in UTF-8 (else lone surrogates) without C0 controls or DEL. Other characters a file
+    name may not hold (C1 and bidi controls...) are for `names.validate_file_name` to
+    refuse, naming them."""
     raw_name, colon, raw_value = line.partition(b":")
     try:
-        name, value = raw_name.decode("ascii"), raw_value.decode("utf-8")
+        name = raw_name.decode("ascii")
     except UnicodeDecodeError:
-        raise BadRequest(
-            "A multipart part header is not an ASCII name and a UTF-8 value."
-        ) from None
+        raise BadRequest("A multipart part header's name is not ASCII.") from None
+    # Bytes that are not UTF-8 become lone surrogates, as in aiohttp's own header parsing:
+    # a file name holding one is refused by `names.validate_file_name`, naming it.
+    value = raw_value.decode("utf-8", "surrogateescape")
     if (
         not colon
         or not name
         or any(c in ' \t()<>@,;:\\"/[]?={}' or not c.isprintable() for c in name)
-        or any(c != "\t" and (ord(c) < 32 or 127 <= ord(c) < 160) for c in value)
+        or any(c != "\t" and (ord(c) < 32 or ord(c) == 127) for c in value)
     ):
         raise BadRequest("A multipart part header is not a `Name: value` line.")
     return name.lower(), value.strip(" \t")
