@@ -209,6 +209,10 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "s3_secret_access_key": ("s3-secret-from-env", "s3-secret-from-env"),
     "s3_presign": ("5m", 300.0),
     "s3_part_size": ("16M", 16 * MIB),
+    "max_head_size": ("64K", 64 << 10),
+    "max_connections": ("10000", 10000),
+    "max_connections_per_address": ("16", 16),
+    "server_header": ("false", False),
 }
 """For each setting: a text an operator might write, and the value it means."""
 

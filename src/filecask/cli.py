@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc as collector
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from filecask import __version__
 from filecask.accesslog import AccessLogger
 from filecask.app import Services, StartupError, close_services, create_app, open_services
 from filecask.auth import generate_password, validate_password, validate_user_name
-from filecask.connections import make_runner
+from filecask.connections import make_runner, raise_open_file_limit
 from filecask.errors import FilecaskError, QuotaExceeded
 from filecask.fsck import Report, fsck, gc
 from filecask.logs import announce, configure_logging
@@ -112,6 +113,7 @@ def serve(**flags: Any) -> None:
     """Run the HTTP server."""
     settings = build_settings(flags)
     configure_logging(settings.log_format)
+    raise_open_file_limit()  # every connection is a file descriptor (workers inherit it)
     run(_preflight, settings)
     if settings.workers == 1:
         _run_server(settings, None, print_banner=True)
@@ -160,6 +162,12 @@ def _run_server(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await runner.setup()
+        # What start-up made (modules, the app, the stores: about 100,000 objects) lives
+        # as long as the process: moved out of the collector's sight, so that a full
+        # collection, which a burst of new connections can set off, does not walk it all
+        # (over 100 ms of a stalled loop, measured with 1,000 connections at once).
+        collector.collect()
+        collector.freeze()
         try:
             sites: list[web.BaseSite]
             if sockets is None:

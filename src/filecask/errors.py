@@ -24,7 +24,10 @@ members and response headers (``WWW-Authenticate``, ``Retry-After``, ``Content-R
     ├── RateLimited                  429
     ├── ChecksumMismatch             460
     ├── InsufficientStorage          507
-    └── ServiceUnavailable           503
+    ├── ServiceUnavailable           503
+    │   └── TooManyConnections       503
+    ├── HeadTooLarge                 431
+    └── VersionNotSupported          505
 """
 
 from __future__ import annotations
@@ -246,3 +249,32 @@ class ChecksumMismatch(FilecaskError):
     status = 460
     slug = "checksum-mismatch"
     title = "Checksum mismatch"
+
+
+class TooManyConnections(ServiceUnavailable):
+    """A new connection past the open-connection limits (in all, or from one address),
+    answered at once and closed, like nginx's `limit_conn` (also a 503)."""
+
+    slug = "too-many-connections"
+    title = "Too many connections"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
+class HeadTooLarge(FilecaskError):
+    """A request line, a header field or the request head as a whole over its limit
+    (RFC 6585 §5); the connection is closed after the answer."""
+
+    status = 431
+    slug = "request-header-fields-too-large"
+    title = "Request Header Fields Too Large"
+
+
+class VersionNotSupported(FilecaskError):
+    """A request in an HTTP version other than 1.0 and 1.1 (RFC 9110 §15.6.6), answered
+    in HTTP/1.1; the connection is closed after the answer."""
+
+    status = 505
+    slug = "http-version-not-supported"
+    title = "HTTP Version Not Supported"

@@ -9,10 +9,11 @@ from typing import Any
 from urllib.parse import quote
 
 from aiohttp import BodyPartReader, hdrs, web
+from aiohttp.streams import StreamReader
 
 from filecask.app import SERVICES, CachedBody, Services
 from filecask.blobstore import OpenBlob
-from filecask.connections import receive
+from filecask.connections import receive, would_wait
 from filecask.errors import (
     BadRequest,
     FilecaskError,
@@ -178,12 +179,12 @@ async def _body_source(request: web.Request) -> tuple[str | None, AsyncIterator[
     name = request.query.get("name")
     stall = request.app[SERVICES].settings.body_timeout
     if request.content_type != "multipart/form-data":
-        return name, _raw_chunks(request, stall)
+        return name, _raw_chunks(request.content, stall)
     try:
         reader = await request.multipart()
         while (part := await receive(reader.next(), stall)) is not None:
             if isinstance(part, BodyPartReader) and part.name == "file":
-                return name or part.filename, _part_chunks(part, stall)
+                return name or part.filename, _part_chunks(part, request.content, stall)
             if isinstance(part, BodyPartReader):  # skip another field, read for read
                 while await receive(part.read_chunk(RECEIVE_CHUNK), stall):
                     pass
@@ -192,14 +193,29 @@ async def _body_source(request: web.Request) -> tuple[str | None, AsyncIterator[
     raise BadRequest("A multipart upload needs a form field named 'file'.")
 
 
-async def _part_chunks(part: BodyPartReader, stall: float) -> AsyncIterator[bytes]:
-    while chunk := await receive(part.read_chunk(RECEIVE_CHUNK), stall):
+async def _part_chunks(
+    part: BodyPartReader, content: StreamReader, stall: float
+) -> AsyncIterator[bytes]:
+    """The `file` part as it arrives, with an empty chunk before each wait for the client
+    (the store writes out what it gathered then: see `BlobStore.stage`)."""
+    while True:
+        if would_wait(content):
+            yield b""
+        chunk = await receive(part.read_chunk(RECEIVE_CHUNK), stall)
+        if not chunk:
+            return
         yield chunk
 
 
-async def _raw_chunks(request: web.Request, stall: float) -> AsyncIterator[bytes]:
-    """A raw body as it arrives, in pieces of at most RECEIVE_CHUNK."""
-    while chunk := await receive(request.content.read(RECEIVE_CHUNK), stall):
+async def _raw_chunks(content: StreamReader, stall: float) -> AsyncIterator[bytes]:
+    """A raw body as it arrives, in pieces of at most RECEIVE_CHUNK, with an empty chunk
+    before each wait for the client (as `_part_chunks`)."""
+    while True:
+        if would_wait(content):
+            yield b""
+        chunk = await receive(content.read(RECEIVE_CHUNK), stall)
+        if not chunk:
+            return
         yield chunk
 
 
