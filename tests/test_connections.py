@@ -767,6 +767,11 @@ def test_connections_are_counted_per_ipv4_address_and_ipv6_64(peer: Any, key: st
     assert address_key(peer, parse_networks("10.0.0.0/8")) == key
 
 
+def test_without_trusted_proxies_every_address_is_counted() -> None:
+    assert address_key(("10.1.2.3", 5000), ()) == "10.1.2.3"
+    assert address_key(("2001:db8::1", 5000, 0, 0), ()) == "2001:db8::/64"
+
+
 # -- the Server header ----------------------------------------------------------------
 
 

@@ -186,8 +186,11 @@ def address_key(peername: Any, exempt: tuple[IPNetwork, ...]) -> str | None:
     addresses would not limit it). None for no limit: a trusted proxy, or no IP peer."""
     if not isinstance(peername, tuple) or not peername or not isinstance(peername[0], str):
         return None
+    host = peername[0]
+    if not exempt and ":" not in host:
+        return host  # IPv4, as the kernel writes it: already canonical
     try:
-        ip = ipaddress.ip_address(peername[0].partition("%")[0])
+        ip = ipaddress.ip_address(host.partition("%")[0])
     except ValueError:
         return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -517,34 +520,43 @@ class FilecaskRequestHandler(RequestHandler):
         head = len(data) if in_body else self._head_bytes + len(data)
         if body is not None and in_body:
             head -= body.total_raw_bytes - body_before  # as received: compressed, if so
-        new = self._request_count - count
-        messages = self._messages
         limit = self._limits.max_head_size
+        # Data that ends a head (CRLF CRLF) leaves no unfinished one behind, whatever it
+        # held; and if all it brought fits the limit, so does each head it completed:
+        # the common case (a request a read) needs no measuring.
+        ended = data[-4:] == b"\r\n\r\n"
+        measure = not ended or 0 < limit < head
+        messages = self._messages
+        new = self._request_count - count
         for index in range(len(messages) - new, len(messages)):
             message, payload = messages[index]
             if isinstance(message, _ErrInfo):  # answered by handle_error, then the end
                 self._discarding = True
                 self._body = None
-                head = 0
-                break
+                self._head_bytes = 0
+                return
             if message.version is not HttpVersion11 and message.version != HttpVersion10:
                 major, minor = message.version
                 detail = f"HTTP/{major}.{minor} is not supported; use HTTP/1.1."
                 self._refuse_from(index, VersionNotSupported(detail))
                 return
-            size = _head_size(message)
-            if 0 < limit < size:
-                self._refuse_from(index, HeadTooLarge(_head_limit_detail(limit)))
-                return
-            head -= size
+            if measure:
+                size = _head_size(message)
+                if 0 < limit < size:
+                    self._refuse_from(index, HeadTooLarge(_head_limit_detail(limit)))
+                    return
+                head -= size
             if payload is EMPTY_PAYLOAD:
                 self._body = None
             else:
                 head -= payload.total_raw_bytes
                 self._body = payload
-        if self._body is not None and not self._body.is_eof():
-            head = 0
-        self._head_bytes = max(head, 0)
+        if self._body is not None:
+            if not self._body.is_eof():
+                self._head_bytes = 0  # a body arriving: no head is
+                return
+            self._body = None
+        self._head_bytes = 0 if ended else max(head, 0)
         if 0 < limit < self._head_bytes and not self._buffer_paused:
             self._queue_error(HeadTooLarge(_head_limit_detail(limit)))
 
