@@ -129,9 +129,9 @@ _ERROR_11 = ERROR._replace(version=HttpVersion11, should_close=False)
 """aiohttp's stand-in request for a protocol error, answered in HTTP/1.1; the protocol
 ends the connection itself after the answer (`FilecaskRequestHandler._linger`)."""
 _VERSION_ERRORS = ("Invalid HTTP version", "PRI/Upgrade")
+"""llhttp's words for a version it cannot parse (1.2, 3.0) and for HTTP/2's preface."""
 _PROTOCOL_ERRORS = (HeadTooLarge, VersionNotSupported)
 """Client errors this protocol answers itself (a 505 is the client's doing too)."""
-"""llhttp's words for a version it cannot parse (1.2, 3.0) and for HTTP/2's preface."""
 
 
 @dataclass(frozen=True)
@@ -229,9 +229,6 @@ class ConnectionCounts:
             )
             self._logged = now
             self._unlogged = 0
-
-    def of(self, key: str) -> int:
-        return self._by_address.get(key, 0)
 
     def admit(self, key: str | None, limits: ConnectionLimits) -> str | None:
         """Count a new connection in, or say (in words for its 503) why it may not be."""
