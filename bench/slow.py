@@ -29,6 +29,7 @@ RECEIVE_BUFFER = 64 * 2**10
 CLIENT_TIMEOUT = 600.0
 DISTINCT = 4
 """Distinct files and distinct archive folders; clients take them in turn."""
+CLIENTS_PER_ADDRESS = 100
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,19 @@ class Target:
     sha256: str
 
 
-async def _connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+def source_address(client: int) -> str:
+    """A loopback address of its own for every CLIENTS_PER_ADDRESS clients: a thousand
+    real clients come from many addresses, and filecask limits connections per address
+    (`--max-connections-per-address`, 128)."""
+    return f"127.1.{client // CLIENTS_PER_ADDRESS}.1"
+
+
+async def _connect(port: int, client: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
     sock.setblocking(False)
     try:
+        sock.bind((source_address(client), 0))
         await asyncio.get_running_loop().sock_connect(sock, (HOST, port))
     except BaseException:
         sock.close()
@@ -62,9 +71,9 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[int, int]:
     return status, int(lengths[0])
 
 
-async def _slow_get(port: int, target: Target) -> str | None:
+async def _slow_get(port: int, target: Target, client: int) -> str | None:
     """One paced download; None if the body is exactly right, else what went wrong."""
-    reader, writer = await _connect(port)
+    reader, writer = await _connect(port, client)
     try:
         request = f"GET {target.path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nConnection: close\r\n\r\n"
         writer.write(request.encode())
@@ -86,15 +95,15 @@ async def _slow_get(port: int, target: Target) -> str | None:
         writer.close()
 
 
-async def _guarded(port: int, target: Target) -> str | None:
+async def _guarded(port: int, target: Target, client: int) -> str | None:
     try:
-        return await asyncio.wait_for(_slow_get(port, target), CLIENT_TIMEOUT)
+        return await asyncio.wait_for(_slow_get(port, target, client), CLIENT_TIMEOUT)
     except (OSError, TimeoutError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
         return f"{target.path}: {type(exc).__name__}: {exc}"
 
 
 async def _run_clients(port: int, targets: list[Target]) -> list[str | None]:
-    return list(await asyncio.gather(*(_guarded(port, t) for t in targets)))
+    return list(await asyncio.gather(*(_guarded(port, t, n) for n, t in enumerate(targets))))
 
 
 def _targets(bench: Bench) -> list[Target]:

@@ -232,6 +232,10 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "max_bundle_size": ("64K", 64 << 10),
     "max_bundles_per_user": ("10", 10),
     "max_open_uploads": ("3", 3),
+    "max_head_size": ("64K", 64 << 10),
+    "max_connections": ("10000", 10000),
+    "max_connections_per_address": ("16", 16),
+    "server_header": ("false", False),
 }
 """For each setting: a text an operator might write, and the value it means."""
 

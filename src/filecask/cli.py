@@ -25,7 +25,7 @@ from filecask import __version__
 from filecask.accesslog import AccessLogger
 from filecask.app import Services, StartupError, close_services, create_app, open_services
 from filecask.auth import generate_password, validate_password, validate_user_name
-from filecask.connections import make_runner
+from filecask.connections import make_runner, raise_open_file_limit
 from filecask.errors import FilecaskError, QuotaExceeded
 from filecask.fsck import Report, fsck, gc
 from filecask.logs import announce, configure_logging
@@ -113,6 +113,7 @@ def serve(**flags: Any) -> None:
     """Run the HTTP server."""
     settings = build_settings(flags)
     configure_logging(settings.log_format)
+    raise_open_file_limit()  # every connection is a file descriptor (workers inherit it)
     run(_preflight, settings)
     if settings.workers == 1:
         _run_server(settings, None, print_banner=True)

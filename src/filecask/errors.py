@@ -28,7 +28,10 @@ members and response headers (``WWW-Authenticate``, ``Retry-After``, ``Content-R
     ├── TooManyUploads               429
     ├── ChecksumMismatch             460
     ├── InsufficientStorage          507
-    └── ServiceUnavailable           503
+    ├── ServiceUnavailable           503
+    │   └── TooManyConnections       503
+    ├── HeadTooLarge                 431
+    └── VersionNotSupported          505
 """
 
 from __future__ import annotations
@@ -289,3 +292,32 @@ class TooManyUploads(FilecaskError):
     status = 429
     slug = "too-many-uploads"
     title = "Too many open uploads"
+
+
+class TooManyConnections(ServiceUnavailable):
+    """A new connection past the open-connection limits (in all, or from one address),
+    answered at once and closed, like nginx's `limit_conn` (also a 503)."""
+
+    slug = "too-many-connections"
+    title = "Too many connections"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
+class HeadTooLarge(FilecaskError):
+    """A request line, a header field or the request head as a whole over its limit
+    (RFC 6585 §5); the connection is closed after the answer."""
+
+    status = 431
+    slug = "request-header-fields-too-large"
+    title = "Request Header Fields Too Large"
+
+
+class VersionNotSupported(FilecaskError):
+    """A request in an HTTP version other than 1.0 and 1.1 (RFC 9110 §15.6.6), answered
+    in HTTP/1.1; the connection is closed after the answer."""
+
+    status = 505
+    slug = "http-version-not-supported"
+    title = "HTTP Version Not Supported"

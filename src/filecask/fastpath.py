@@ -30,7 +30,7 @@ from typing import Any
 
 from aiohttp import hdrs
 from aiohttp.helpers import rfc822_formatted_time
-from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
+from aiohttp.http import HttpVersion11
 
 from filecask.accesslog import log_line
 from filecask.app import CachedBody
@@ -48,12 +48,12 @@ ROUTE = "/files/{hash}"
 PREFIX = "/files/"
 TARGET_LENGTH = len(PREFIX) + 64
 _SKIP = (hdrs.RANGE, hdrs.IF_NONE_MATCH, hdrs.EXPECT)
-_TAIL = f"\r\n{hdrs.SERVER}: {SERVER_SOFTWARE}\r\n\r\n".encode()
 
 
 def response_head(headers: Mapping[str, str], length: int) -> bytes:
     """The start of a 200 answer with `headers`: status line, the headers in aiohttp's
-    order (the handler's, then Content-Length), up to the value of `Date`."""
+    order (the handler's, then Content-Length), up to the value of `Date` (which is
+    followed by the `Server` header, if any: `SmallDownloads` adds both)."""
     lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
     text = f"HTTP/1.1 200 OK\r\n{''.join(lines)}{hdrs.CONTENT_LENGTH}: {length}\r\n{hdrs.DATE}: "
     return text.encode("latin-1")
@@ -62,7 +62,7 @@ def response_head(headers: Mapping[str, str], length: int) -> bytes:
 class SmallDownloads:
     """Answers plain GETs of cached small blobs for one app (see the module docstring)."""
 
-    __slots__ = ("_access_log", "_bodies", "_metrics", "_trusted", "answered")
+    __slots__ = ("_access_log", "_bodies", "_metrics", "_tail", "_trusted", "answered")
 
     def __init__(
         self,
@@ -71,11 +71,16 @@ class SmallDownloads:
         *,
         access_log: logging.Logger | None,
         trusted_proxies: tuple[IPNetwork, ...],
+        server_name: str | None = "filecask",
     ) -> None:
         self._bodies = bodies
         self._metrics = metrics
         self._access_log = access_log
         self._trusted = trusted_proxies
+        # After Date, as aiohttp orders them: the `Server` header (the handler path's
+        # answers carry the same, filecask.connections), then the end of the head.
+        server = "" if server_name is None else f"\r\n{hdrs.SERVER}: {server_name}"
+        self._tail = f"{server}\r\n\r\n".encode("latin-1")
         self.answered = 0
         """Requests answered here: tests use it to know which path a request took."""
 
@@ -100,7 +105,8 @@ class SmallDownloads:
         if cached is None:
             return False
         date = rfc822_formatted_time().encode("latin-1")
-        transport.writelines((cached.head, date, _TAIL, cached.body))
+        tail = self._tail
+        transport.writelines((cached.head, date, tail, cached.body))
         self.answered += 1
         try:  # answered: whatever goes wrong in the counting must not lose the answer
             seconds = time.perf_counter() - started
@@ -108,7 +114,7 @@ class SmallDownloads:
             tally.record(hdrs.METH_GET, ROUTE, "200", seconds)
             tally.sent += len(cached.body)
             if self._access_log is not None:
-                sent = len(cached.head) + len(date) + len(_TAIL) + len(cached.body)
+                sent = len(cached.head) + len(date) + len(tail) + len(cached.body)
                 self._log(message, peername, sent, seconds)
         except Exception:
             log.exception("counting a small download answered by the fast path")

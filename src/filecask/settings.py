@@ -466,6 +466,32 @@ SETTINGS: tuple[Setting, ...] = (
         "Most unfinished resumable (tus) uploads one user may have; another gets 429.",
         "N",
     ),
+    # Issue 14, section 4 (memory per connection) and the Server header: connections.
+    Setting(
+        "max_head_size",
+        parse_size,
+        "Largest request head in all (request line and every header field); 431 past it.",
+        "SIZE",
+    ),
+    Setting(
+        "max_connections",
+        parse_count,
+        "Open connections per worker; past it (or the open-file limit) new ones get 503.",
+        "N",
+    ),
+    Setting(
+        "max_connections_per_address",
+        parse_count,
+        "Open connections per client address (IPv6: per /64) and worker; 503 past it."
+        " Trusted proxies are exempt.",
+        "N",
+    ),
+    Setting(
+        "server_header",
+        parse_bool,
+        "Send `Server: filecask` (no version) in every response; false sends none.",
+        "BOOL",
+    ),
 )
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
@@ -532,6 +558,12 @@ class Settings:
     max_bundle_size: int = 1 << 20  # bundles.MAX_BYTES
     max_bundles_per_user: int = 100
     max_open_uploads: int = 20
+    # Issue 14 §4: nginx's large_client_header_buffers (4 x 8k) hold a head of 32 KiB;
+    # worker_connections and limit_conn, as a real site would set them.
+    max_head_size: int = 32 << 10
+    max_connections: int = 4096
+    max_connections_per_address: int = 128
+    server_header: bool = True
 
     def __post_init__(self) -> None:
         # Absolute once, here, so nothing later depends on the working directory.

@@ -89,7 +89,11 @@ class BlobStore(Protocol):
         self, chunks: AsyncIterator[bytes], *, max_size: int, reserve: int = 0
     ) -> StagedBlob:
         """Stream `chunks` to scratch space; PayloadTooLarge past `max_size` bytes,
-        InsufficientStorage when the disk fills. Nothing is left behind on failure."""
+        InsufficientStorage when the disk fills. Nothing is left behind on failure.
+
+        An empty chunk says the source is about to wait for its client: a store that
+        gathers data before writing it may write it out then (the disk store does, so a
+        stalled upload holds little memory; S3 parts cannot be smaller than 5 MiB)."""
 
     async def adopt(self, fd: int, path: Path) -> StagedBlob:
         """Stage a finished resumable upload's file (hashed here), taking over `fd` and

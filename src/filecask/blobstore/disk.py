@@ -37,6 +37,11 @@ T = TypeVar("T")
 WRITE_CHUNK = 1 << 20
 READ_CHUNK = 1 << 20
 """Bytes gathered before one executor write: few hops, bounded memory (two chunks live)."""
+IDLE_WRITE = 64 << 10
+"""Bytes held back at most while the upload waits for its client: when the source says it
+is about to wait (an empty chunk), what it gave is written if it is this much or more,
+so a stalled or trickling upload holds less than this of its body, and a client that
+sends a byte at a time still costs one write per IDLE_WRITE."""
 HEAD_BYTES = 8192
 SCRATCH_PREFIX = "upload-"
 INTENT_PREFIX = "commit-"
@@ -214,9 +219,10 @@ class DiskBlobStore:
         reserve: int,
         inflight: list[asyncio.Future[None]],
     ) -> tuple[StreamHasher, bytes]:
-        """Hash and write while the next chunk arrives; at most two buffers alive. Every
-        thread hop on `fd` is added to `inflight`, so a failure can wait for them before
-        closing it."""
+        """Hash and write while the next chunk arrives; at most two buffers alive (one of
+        WRITE_CHUNK gathering, one being written), and less than IDLE_WRITE gathered while
+        `chunks` waits for its client (it says so with an empty chunk). Every thread hop
+        on `fd` is added to `inflight`, so a failure can wait for them before closing it."""
         hasher = StreamHasher()
         head = b""
         buffer = bytearray()
@@ -231,7 +237,7 @@ class DiskBlobStore:
             if len(head) < HEAD_BYTES:
                 head += chunk[: HEAD_BYTES - len(head)]
             buffer += chunk
-            if len(buffer) >= WRITE_CHUNK:
+            if len(buffer) >= (WRITE_CHUNK if chunk else IDLE_WRITE):
                 if pending is not None:
                     await pending
                 pending = _spawn(self._write, fd, hasher, bytes(buffer), reserve)

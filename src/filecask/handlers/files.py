@@ -9,10 +9,11 @@ from typing import Any
 from urllib.parse import quote
 
 from aiohttp import hdrs, web
+from aiohttp.streams import StreamReader
 
 from filecask.app import SERVICES, CachedBody, Services
 from filecask.blobstore import OpenBlob
-from filecask.connections import receive
+from filecask.connections import receive, would_wait
 from filecask.errors import (
     BadRequest,
     FilecaskError,
@@ -195,7 +196,7 @@ async def _body_source(
     settings = request.app[SERVICES].settings
     stall = settings.body_timeout
     if request.content_type != "multipart/form-data":
-        return name, _raw_chunks(request, stall)
+        return name, _raw_chunks(request.content, stall)
     limits = FormLimits(
         max_parts=settings.multipart_max_parts,
         max_form_size=settings.multipart_max_form_size,
@@ -207,12 +208,31 @@ async def _body_source(
 
     form = FormReader(read, boundary_of(request.headers[hdrs.CONTENT_TYPE]), limits, budget=budget)
     filename = await form.open_file()
-    return name or filename, form.file_content()
+    return name or filename, _flushing(request.content, form.file_content())
 
 
-async def _raw_chunks(request: web.Request, stall: float) -> AsyncIterator[bytes]:
-    """A raw body as it arrives, in pieces of at most RECEIVE_CHUNK."""
-    while chunk := await receive(request.content.read(RECEIVE_CHUNK), stall):
+async def _flushing(content: StreamReader, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """`chunks`, with an empty chunk before each wait for the client (the store writes out
+    what it gathered then: see `BlobStore.stage`)."""
+    while True:
+        if would_wait(content):
+            yield b""
+        try:
+            chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        yield chunk
+
+
+async def _raw_chunks(content: StreamReader, stall: float) -> AsyncIterator[bytes]:
+    """A raw body as it arrives, in pieces of at most RECEIVE_CHUNK, with an empty chunk
+    before each wait for the client (as `_flushing`)."""
+    while True:
+        if would_wait(content):
+            yield b""
+        chunk = await receive(content.read(RECEIVE_CHUNK), stall)
+        if not chunk:
+            return
         yield chunk
 
 

@@ -30,7 +30,7 @@ from aiohttp import web
 
 from filecask.app import SERVICES, Services
 from filecask.changes import Topic
-from filecask.connections import receive
+from filecask.connections import receive, would_wait
 from filecask.errors import (
     BadRequest,
     ChecksumMismatch,
@@ -65,6 +65,8 @@ METADATA_MAX = 4096
 RECEIVE_CHUNK = 256 << 10
 WRITE_CHUNK = 1 << 20
 """Bytes gathered before one executor write: a PATCH body is never held in memory."""
+IDLE_WRITE = 64 << 10
+"""Bytes held back at most while a PATCH waits for its client (as the disk store's)."""
 SWEEP_INTERVAL = 60.0
 USERS_WATCH = 0.5
 """How often the sweeper looks whether a user was removed (a memory load)."""
@@ -435,8 +437,16 @@ async def _receive_into(
         cursor.written += pending_size
         pending = None
 
+    content = request.content
     try:
-        while chunk := await receive(request.content.read(RECEIVE_CHUNK), settings.body_timeout):
+        while True:
+            # Before waiting for the client, write what it sent (if IDLE_WRITE or more):
+            # a stalled PATCH holds less than that of its body, not up to WRITE_CHUNK.
+            if len(buffer) >= IDLE_WRITE and would_wait(content):
+                await flush()
+            chunk = await receive(content.read(RECEIVE_CHUNK), settings.body_timeout)
+            if not chunk:
+                break
             received += len(chunk)
             if received > room:
                 raise PayloadTooLarge(
