@@ -19,6 +19,7 @@ from filecask.names import (
     check_collisions,
     fold,
     is_reserved_device_name,
+    lookalike_character,
     path_problem,
     refused_character,
     safe_entry_names,
@@ -202,6 +203,98 @@ def test_path_problem_never_raises(path: str) -> None:
         problem.encode()
 
 
+# -- compatibility look-alikes (NFKC, Windows best-fit: the WorstFit attacks) ---------------
+
+LOOKALIKE_PATHS = [
+    ("\uff0e\uff0e\uff0f\uff0e\uff0e\uff0fevil.txt", "U+FF0F", "'/'"),
+    ("\u2025\uff0fevil.txt", "U+FF0F", "'/'"),
+    ("\u2025/evil.txt", "U+2025", "'..'"),
+    ("a/\uff0e", "U+FF0E", "'.'"),
+    ("a\uff3cb", "U+FF3C", "'\\\\'"),
+    ("C\uff1a\uff0fx", "U+FF1A", "':'"),
+    ("\uff43\uff4f\uff4e", "U+FF43", "device name"),
+    ("docs/\uff23\uff2f\uff2d\uff11.txt", "U+FF23", "device name"),
+    ("c\u014dn.txt", "U+014D", "device name"),  # best-fit 1252 drops the macron
+    ("..\u2215..\u2215evil", "U+2215", "'/'"),
+    ("a\u2044b", "U+2044", "'/'"),
+    ("a\u29f8b", "U+29F8", "'/'"),
+    ("a\ufe68b", "U+FE68", "'\\\\'"),
+    ("a\u2216b", "U+2216", "'\\\\'"),
+    ("a\u00a5b", "U+00A5", "'\\\\'"),  # code page 932: the yen sign is the backslash
+    ("a\ufe55b", "U+FE55", "':'"),
+    ("a\ua789b", "U+A789", "':'"),
+    ("a\u2100b", "U+2100", "'/'"),  # ACCOUNT OF: NFKC 'a/c'
+    ("a\uff1fb", "U+FF1F", "'?'"),
+    ("a\uff0ab", "U+FF0A", "'*'"),
+    ("a\uff1cb", "U+FF1C", "'<'"),
+    ("a\uff02b", "U+FF02", "'\"'"),
+    ("a\uff5cb", "U+FF5C", "'|'"),
+    ("notes\u2026", "U+2026", "dot or a space"),
+    ("a\u3000/b", "U+3000", "dot or a space"),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "point", "reason"), LOOKALIKE_PATHS, ids=[ascii(p) for p, _, _ in LOOKALIKE_PATHS]
+)
+def test_paths_that_read_as_harmful_after_nfkc_or_best_fit_are_refused(
+    path: str, point: str, reason: str
+) -> None:
+    problem = path_problem(path)
+    assert problem is not None
+    assert point in problem
+    assert reason in problem
+    found = lookalike_character(path)
+    assert found is not None
+    assert found.code == point
+    assert path[found.index] == found.char
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "caf\u00e9/d\u00eda.txt",
+        "\u5199\u771f/\u65c5\u884c 2024.jpg",
+        "\u30d5\u30a1\u30a4\u30eb\u3002txt",
+        "emoji \U0001f389/\u2764\ufe0f.txt",
+        "wait\u2026 what.txt",
+        "\u00bd cup.txt",
+        "\ufb01le.txt",  # the fi ligature reads as 'fi': harmless
+        "\u0444\u043e\u0442\u043e/\u043a\u043e\u0442.png",
+        "\uff41\uff42\uff43.txt",  # fullwidth letters that are no device name
+        "C\u00f4ne.txt",
+        "\uff0ehidden",
+    ],
+)
+def test_ordinary_non_ascii_paths_are_accepted(path: str) -> None:
+    assert path_problem(path) is None
+    assert lookalike_character(path) is None
+
+
+LOOKALIKE_ALPHABET = st.sampled_from(
+    list("ab.c/ on\u00e9\u5199\u2026\u2025\u2024\uff0e\uff0f\uff3c\uff1a\uff43\uff4f\uff4e")
+    + list("\u2215\u2044\u2216\ufe55\ufe68\u00a5\u3000\u2100\uff1f\u014d\u00bd")
+)
+
+
+@given(st.text(alphabet=LOOKALIKE_ALPHABET, max_size=12))
+@example("\uff0e\uff0e\uff0f\uff0e\uff0e\uff0fevil.txt")
+@example("\u2025/evil")
+def test_an_accepted_path_reads_as_an_accepted_path_after_nfkc(path: str) -> None:
+    """Whatever NFKC makes of an accepted path has the same components, none of them `.`,
+    `..`, a device name, ending with a dot or a space, or holding a Windows character."""
+    if path_problem(path) is not None:
+        return
+    normal = unicodedata.normalize("NFKC", path)
+    parts = normal.split("/")
+    assert len(parts) == len(path.split("/"))
+    for part in parts:
+        assert part not in {"", ".", ".."}
+        assert part[-1] not in ". "
+        assert not is_reserved_device_name(part)
+        assert not set(part) & set('\\:<>"|?*')
+
+
 # -- collisions ---------------------------------------------------------------------------
 
 NFC = unicodedata.normalize("NFC", "café.txt")
@@ -236,7 +329,10 @@ def test_fold_is_canonical_caseless() -> None:
 
 # -- making any set of entries safe ------------------------------------------------------
 
-COMPONENT_ALPHABET = "aA.: ?*<|\\bcCoOnN1\u00b9e\u0301é\u202e\u200b\udcff\x01\u2028\ufffe"
+COMPONENT_ALPHABET = (
+    "aA.: ?*<|\\bcCoOnN1\u00b9e\u0301é\u202e\u200b\udcff\x01\u2028\ufffe"
+    "\uff0e\uff0f\u2025\u2026\uff3c\uff1a\uff43\uff4f\u014d\u2215\u00a5\u3000"
+)
 components = st.text(alphabet=COMPONENT_ALPHABET, max_size=8)
 paths = st.lists(components, min_size=1, max_size=3).map("/".join)
 entry_lists = st.lists(st.tuples(paths, st.booleans()), max_size=12, unique_by=lambda e: e[0])
@@ -274,6 +370,27 @@ def test_safe_entry_names_keep_names_that_follow_the_rules(parts: list[str]) -> 
         return
     entries = [(p, False) for p in candidates]
     assert safe_entry_names(entries) == candidates
+
+
+def test_safe_entry_names_rename_lookalikes() -> None:
+    entries = [
+        ("\uff0e\uff0e\uff0f\uff0e\uff0e\uff0fevil.txt", False),
+        ("\u2025/evil.txt", False),
+        ("a\uff3cb", False),
+        ("\uff43\uff4f\uff4e", False),
+        ("..\u2215..\u2215evil", False),
+        ("notes\u2026", False),
+        ("caf\u00e9 \u5199\u771f \U0001f389.txt", False),
+    ]
+    assert safe_entry_names(entries) == [
+        "\uff0e\uff0e_\uff0e\uff0e_evil.txt",
+        "_/evil.txt",
+        "a_b",
+        "_\uff43\uff4f\uff4e",
+        ".._.._evil",
+        "notes_",
+        "caf\u00e9 \u5199\u771f \U0001f389.txt",
+    ]
 
 
 def test_safe_entry_names_rename_rather_than_drop() -> None:

@@ -72,6 +72,22 @@ HARMFUL_PATHS = [
     "pipe|.txt",
     "less<.txt",
 ]
+LOOKALIKE_PATHS = [  # NFKC / Windows best-fit look-alikes (the WorstFit attacks)
+    "\uff0e\uff0e\uff0f\uff0e\uff0e\uff0fevil.txt",
+    "\u2025\uff0fevil.txt",
+    "\u2025/evil.txt",
+    "a\uff3cb",
+    "C\uff1a\uff0fx",
+    "\uff43\uff4f\uff4e",
+    "..\u2215..\u2215evil",
+    "a\u2044b",
+    "a\u29f8b",
+    "a\ufe68b",
+    "a\u2216b",
+    "a\ufe55b",
+    "a\ua789b",
+    "a\u00a5b",
+]
 COLLIDING = [
     ("Readme.txt", "README.TXT"),
     ("caf\u00e9.txt", "cafe\u0301.txt"),
@@ -152,6 +168,7 @@ def bundle_attacks(target: Target) -> dict[str, Counter[str]]:
         "harmful paths": Counter(),
         "hostile characters": Counter(),
         "collisions": Counter(),
+        "NFKC/best-fit look-alikes": Counter(),
     }
 
     def bundle(paths: list[str], name: str = "bench.zip") -> int:
@@ -166,6 +183,8 @@ def bundle_attacks(target: Target) -> dict[str, Counter[str]]:
         results["hostile characters"][outcome(bundle(["a"], name=f"x{char}.zip"))] += 1
     for pair in COLLIDING:
         results["collisions"][outcome(bundle(list(pair)))] += 1
+    for path in LOOKALIKE_PATHS:
+        results["NFKC/best-fit look-alikes"][outcome(bundle(["ok.txt", path]))] += 1
     return results
 
 

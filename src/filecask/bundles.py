@@ -19,6 +19,7 @@ from filecask.names import (
     Collision,
     check_collisions,
     fold,
+    lookalike_character,
     parents,
     path_problem,
     refused_character,
@@ -103,8 +104,8 @@ def _entry(index: int, item: Any) -> tuple[str, str]:
     if problem:
         error = BadRequest(f"files[{index}].path '{shown(path)}' {problem}.", entry=index)
         error.extensions["path"] = shown(path)
-        found = refused_character(path)
-        if found is not None:
+        found = refused_character(path) or lookalike_character(path)
+        if found is not None and found.code in problem:
             error.extensions["code_point"] = found.code
         raise error
     return path, hex_hash

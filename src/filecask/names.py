@@ -15,7 +15,16 @@ A path inside a ZIP must also extract safely on Windows and macOS: no drive lett
 `:` (an NTFS alternate data stream; the path separator of classic macOS), none of
 `< > " | ? *`, no component ending with a dot or a space (Windows drops them, so `a.` and
 `a` are the same file), no reserved device name (`CON`, `aux.txt`, `COM1`, `LPT¹`...) and
-no component over 255 bytes. Two entries of one archive must not be the same file where
+no component over 255 bytes. The same rules hold for what a path reads as after Unicode
+compatibility normalisation (NFKC) or Windows' "best-fit" conversion to a code page (the
+WorstFit attacks: an unzip tool that calls the ANSI file API turns `\uff0e\uff0e\uff0fevil`
+into `../evil`): a character that reads as one of `/ \\ : < > " | ? *` (the fullwidth and
+small forms, U+2215 DIVISION SLASH, U+2044 FRACTION SLASH, U+2216 SET MINUS, U+00A5 YEN
+SIGN on Japanese Windows, U+A789 MODIFIER LETTER COLON...) is refused, naming its code
+point, and so is a component that reads as `.` or `..` (U+2025 TWO DOT LEADER), as ending
+with a dot or a space (`notes\u2026`) or, accents dropped, as a device name (fullwidth
+`con`, `c\u014dn`). Accents, every script, emoji and `\u2026` inside a name stay
+allowed. Two entries of one archive must not be the same file where
 names are compared after Unicode normalisation and case folding (macOS, Windows): no two
 paths equal after NFC + case-fold, and no file whose folded path is also a folder of
 another entry.
@@ -145,7 +154,78 @@ def path_problem(path: str) -> str | None:
         return f"contains {found.label} at position {found.index}: it is {found.reason}"
     if len(path.encode()) > PATH_MAX_BYTES:
         return f"is longer than {PATH_MAX_BYTES} bytes"
-    return _safety_problem(path)
+    problem = _safety_problem(path)
+    if problem is not None:
+        return problem
+    found = lookalike_character(path)
+    if found is not None:
+        return f"contains {found.label} at position {found.index}: {found.reason}"
+    return None
+
+
+_LOOKALIKES = {
+    **dict.fromkeys("\u2044\u2215\u2571\u29f8", "/"),
+    **dict.fromkeys("\u00a5\u20a9\u2216\u2572\u29f5\u29f9", "\\"),
+    **dict.fromkeys("\u0589\u05c3\u2236\ua789", ":"),
+    **dict.fromkeys("\u02ba\u02ee", '"'),
+    **dict.fromkeys("\u01c0\u2223", "|"),
+    "\u2217": "*",
+}
+"""What Windows' best-fit tables turn these into (where NFKC leaves them as they are):
+the slashes, `¥` (code page 932) and `₩` (949) as the path separator, the colons..."""
+_LOOKALIKE_CLASS = re.compile("[" + re.escape("".join(_LOOKALIKES)) + "]")
+_SEPARATING = frozenset('/<>:"|?*\\')
+
+
+def _reads_as(char: str) -> str:
+    """What `char` may become on another system: its best-fit form, else its NFKC form."""
+    return _LOOKALIKES.get(char) or unicodedata.normalize("NFKC", char)
+
+
+def _skeleton(part: str) -> str:
+    """`part` as it reads with compatibility forms and accents dropped (a fullwidth `c`
+    and `\u014d` read as `co`)."""
+    decomposed = unicodedata.normalize("NFKD", part)
+    return "".join(_reads_as(c) for c in decomposed if not unicodedata.combining(c))
+
+
+def lookalike_character(path: str) -> Refused | None:
+    """The first character of a (printable, otherwise valid) `path` that makes it read, after
+    NFKC or Windows best-fit conversion, as a path the rules refuse; or None."""
+    if path.isascii():
+        return None
+    plain = unicodedata.is_normalized("NFKC", path) and not _LOOKALIKE_CLASS.search(path)
+    start = 0
+    for part in path.split("/"):
+        found = None if part.isascii() else _lookalike_in_component(part, plain)
+        if found is not None:
+            return Refused(start + found.index, found.char, found.reason)
+        start += len(part) + 1
+    return None
+
+
+def _lookalike_in_component(part: str, plain: bool) -> Refused | None:
+    first = next(i for i, c in enumerate(part) if not c.isascii())
+    if not plain:
+        read = [c if c.isascii() else _reads_as(c) for c in part]
+        for index, (char, reading) in enumerate(zip(part, read, strict=True)):
+            bad = next((c for c in reading if c in _SEPARATING), None)
+            if bad is not None and reading != char:
+                return Refused(index, char, f"it reads as {bad!r} {_AFTER}")
+        text = "".join(read)
+        if text in {".", ".."}:
+            return Refused(first, part[first], f"the component reads as {text!r} {_AFTER}")
+        if text[-1] in ". ":
+            reason = f"the component reads as ending with a dot or a space {_AFTER}"
+            return Refused(len(part) - 1, part[-1], reason)
+    if _skeleton(part[:8]).lower().startswith(_RESERVED_STARTS) and is_reserved_device_name(
+        _skeleton(part)
+    ):  # the skeleton of a prefix is a prefix of the skeleton: only a few are built whole
+        return Refused(first, part[first], f"the component reads as a device name {_AFTER}")
+    return None
+
+
+_AFTER = "after Unicode compatibility normalisation (NFKC) or Windows best-fit conversion"
 
 
 _BAD_CHARACTERS = re.compile(r'[<>:"|?*\\]')
@@ -314,7 +394,9 @@ def safe_entry_names(entries: Sequence[tuple[str, bool]]) -> list[str | None]:
 
 def _all_safe(entries: Sequence[tuple[str, bool]]) -> bool:
     if any(
-        refused_character(path) is not None or _safety_problem(path) is not None
+        refused_character(path) is not None
+        or _safety_problem(path) is not None
+        or lookalike_character(path) is not None
         for path, _ in entries
     ):
         return False
@@ -334,13 +416,24 @@ def _safe_component(part: str) -> str:
             "_" if c in _WINDOWS_CHARACTERS or _character_reason(c) is not None else c for c in part
         )
     )
-    if cleaned in {"", ".", ".."}:
+    if not cleaned.isascii():  # what reads as a separator on another system becomes '_' too
+        cleaned = "".join(
+            "_" if not c.isascii() and _SEPARATING.intersection(_reads_as(c)) else c
+            for c in cleaned
+        )
+    if cleaned in {"", ".", ".."} or _read(cleaned) in {".", ".."}:
         return "_"
-    if is_reserved_device_name(cleaned):
+    if is_reserved_device_name(cleaned) or is_reserved_device_name(_skeleton(cleaned)):
         cleaned = "_" + cleaned
     cleaned = _truncate(cleaned, COMPONENT_MAX_BYTES)
-    kept = cleaned.rstrip(". ")
+    kept = cleaned
+    while kept and _read(kept[-1])[-1:] in (".", " "):
+        kept = kept[:-1]
     return cleaned if kept == cleaned else kept + "_"
+
+
+def _read(text: str) -> str:
+    return text if text.isascii() else "".join(_reads_as(c) for c in text)
 
 
 def _numbered(path: str, number: int) -> str:

@@ -29,7 +29,10 @@ _NAME_CHARACTERS = (
 _PATH_RULES = (
     "Safe to extract on Windows and macOS: no drive letter, no ':' or any of "
     "`< > \" | ? *`, no component ending with '.' or ' ', no device name (`CON`, `aux.txt`, "
-    "`COM1`...), no component over 255 bytes, and no two entries that are one file once "
+    "`COM1`...), no component over 255 bytes, the same once NFKC or Windows best-fit "
+    "conversion is applied (no U+FF0F FULLWIDTH SOLIDUS, U+2215 DIVISION SLASH, U+FF1A "
+    "FULLWIDTH COLON, U+2025 TWO DOT LEADER, fullwidth `con`...: else 400 naming the "
+    "`code_point`), and no two entries that are one file once "
     "case and Unicode forms are ignored (`Readme.txt`/`README.TXT`, NFC/NFD, `a` next to "
     "`A/b`): else 400."
 )

@@ -492,6 +492,7 @@ def test_the_web_page_bundles_files_whose_names_are_not_safe_paths(
     for case): the page names the ZIP's entries so the server accepts them."""
     server = module_launcher()
     names = ["Readme.txt", "README.TXT", "what?.txt", "CON.txt", "notes: v2.txt"]
+    names += ["a\uff0fb.txt", "\uff43\uff4f\uff4e.txt", "notes\u2026"]  # NFKC look-alikes
     contents = {name: f"web {name}".encode() for name in names}
     for name in names:
         upload(server, contents[name], name)
@@ -527,4 +528,96 @@ def test_the_web_page_bundles_files_whose_names_are_not_safe_paths(
         "what_.txt": contents["what?.txt"],
         "_CON.txt": contents["CON.txt"],
         "notes_ v2.txt": contents["notes: v2.txt"],
+        "a_b.txt": contents["a\uff0fb.txt"],
+        "_\uff43\uff4f\uff4e.txt": contents["\uff43\uff4f\uff4e.txt"],
+        "notes_": contents["notes\u2026"],
     }
+
+
+# -- compatibility look-alikes: NFKC and Windows best-fit (WorstFit) ----------------------
+
+LOOKALIKE_PATHS = {
+    "\uff0e\uff0e\uff0f\uff0e\uff0e\uff0fevil.txt": "U+FF0F",
+    "\u2025\uff0fevil.txt": "U+FF0F",
+    "\u2025/evil.txt": "U+2025",
+    "a\uff3cb": "U+FF3C",
+    "C\uff1a\uff0fx": "U+FF1A",
+    "\uff43\uff4f\uff4e": "U+FF43",
+    "..\u2215..\u2215evil": "U+2215",
+    "a\u2044b": "U+2044",
+    "a\u2216b": "U+2216",
+    "a\ufe55b": "U+FE55",
+    "a\u00a5b": "U+00A5",
+}
+
+
+@pytest.mark.parametrize("path", list(LOOKALIKE_PATHS), ids=[ascii(p) for p in LOOKALIKE_PATHS])
+def test_bundle_paths_that_read_as_harmful_after_nfkc_or_best_fit_are_refused(
+    names_server: Server, path: str
+) -> None:
+    hex_hash = upload(names_server, b"lookalike bundled content")
+    before = usage(names_server)
+    mark = len(names_server.stderr())
+    answer = post_bundle(
+        names_server,
+        {"files": [{"hash": hex_hash, "path": "ok.txt"}, {"hash": hex_hash, "path": path}]},
+    )
+    problem = assert_refused(names_server, answer, mark, code_point=LOOKALIKE_PATHS[path])
+    assert problem["entry"] == 1
+    assert problem["path"] == path
+    assert usage(names_server) == before
+
+
+def test_ordinary_non_ascii_bundle_paths_are_kept_as_sent(names_server: Server) -> None:
+    paths = ["caf\u00e9/d\u00eda.txt", "\u5199\u771f/\u65c5\u884c.jpg", "wait\u2026 \U0001f389.txt"]
+    hashes = [upload(names_server, f"ordinary {i}".encode()) for i in range(len(paths))]
+    created = post_bundle(
+        names_server,
+        {"files": [{"hash": h, "path": p} for h, p in zip(hashes, paths, strict=True)]},
+    )
+    assert created.status == 201, created.body
+    answer = call(names_server, "GET", f"/archive/{created.json()['id']}/")
+    assert answer.status == 200
+    with zipfile.ZipFile(io.BytesIO(answer.body)) as opened:
+        assert sorted(opened.namelist()) == sorted(paths)
+
+
+def test_old_bundles_with_lookalike_paths_are_served_renamed(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    server = start_server(data_dir=data_dir)
+    old_paths = [
+        "\uff0e\uff0e\uff0f\uff0e\uff0e\uff0fevil.txt",
+        "\u2025/evil.txt",
+        "a\uff3cb",
+        "\uff43\uff4f\uff4e",
+        "..\u2215..\u2215evil",
+    ]
+    hashes = [upload(server, f"old lookalike {i}".encode()) for i in range(len(old_paths))]
+    created = post_bundle(
+        server, {"files": [{"hash": h, "path": f"f{i}.txt"} for i, h in enumerate(hashes)]}
+    )
+    assert created.status == 201, created.body
+    bundle_id = created.json()["id"]
+    server.stop()
+    with sqlite3.connect(data_dir / "filecask.db") as db:
+        for position, path in enumerate(old_paths):
+            db.execute(
+                "UPDATE bundle_entries SET path = ? WHERE bundle_id = ? AND position = ?",
+                (path, bundle_id, position),
+            )
+    again = start_server(data_dir=data_dir)
+    answer = call(again, "GET", f"/archive/{bundle_id}/")
+    assert answer.status == 200, answer.body[:300]
+    expected = {
+        "\uff0e\uff0e_\uff0e\uff0e_evil.txt": b"old lookalike 0",
+        "_/evil.txt": b"old lookalike 1",
+        "a_b": b"old lookalike 2",
+        "_\uff43\uff4f\uff4e": b"old lookalike 3",
+        ".._.._evil": b"old lookalike 4",
+    }
+    with zipfile.ZipFile(io.BytesIO(answer.body)) as opened:
+        assert {n: opened.read(n) for n in opened.namelist()} == expected
+    for tool in extractors():
+        assert extract(tool, answer.body, tmp_path / tool) == expected

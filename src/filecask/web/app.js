@@ -489,13 +489,30 @@ function updateSelection() {
 const WINDOWS_CHARACTERS = /[<>:"|?*\\]/g;
 const DEVICE_NAME = /^(con|prn|aux|nul|conin\$|conout\$|com[0-9\u00b9\u00b2\u00b3]|lpt[0-9\u00b9\u00b2\u00b3]) *(\.|$)/i;
 
+/** What Windows' best-fit conversion turns into a separator or a Windows character (the
+ * server's names.py keeps the same list); NFKC look-alikes (fullwidth forms) are found by
+ * normalising. */
+const BEST_FIT = /[\u2044\u2215\u2571\u29f8\u00a5\u20a9\u2216\u2572\u29f5\u29f9\u0589\u05c3\u2236\ua789\u02ba\u02ee\u01c0\u2223\u2217]/;
+const SEPARATING = /[<>:"|?*\\/]/;
+
+/** Whether `c` (one character) reads as a separator or a Windows character elsewhere. */
+function readsAsSeparator(c) {
+  return c > "\x7f" && (BEST_FIT.test(c) || SEPARATING.test(c.normalize("NFKC")));
+}
+
 /** A file name as a ZIP entry the server accepts (the rules of the README's "Names and
- * archives"): no ':' or other character Windows refuses, no trailing dot or space, no
- * device name ("CON.txt" becomes "_CON.txt"). */
+ * archives"): no ':' or other character Windows refuses, nor one that reads as such after
+ * NFKC or best-fit conversion ("a／b"), no trailing dot or space (nor "…"), no device name
+ * ("CON.txt" becomes "_CON.txt", so does "ｃｏｎ.txt"). */
 function entryName(name) {
-  let safe = name.replace(WINDOWS_CHARACTERS, "_");
-  if (DEVICE_NAME.test(safe)) safe = `_${safe}`;
-  return safe.replace(/[. ]+$/, "_") || "_";
+  let safe = [...name].map((c) => (readsAsSeparator(c) ? "_" : c)).join("");
+  safe = safe.replace(WINDOWS_CHARACTERS, "_");
+  const skeleton = safe.normalize("NFKD").replace(/\p{Mn}/gu, "").normalize("NFKC");
+  if (DEVICE_NAME.test(safe) || DEVICE_NAME.test(skeleton)) safe = `_${safe}`;
+  const chars = [...safe];
+  let end = chars.length;
+  while (end > 0 && /[. ]$/.test(chars[end - 1].normalize("NFKC"))) end -= 1;
+  return (end === chars.length ? safe : `${chars.slice(0, end).join("")}_`) || "_";
 }
 
 /** How the server compares entries: case and Unicode forms ignored (near enough to its
