@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from filecask.app import Services
 from filecask.fsck import Report, fsck, gc
-from filecask.metastore.schema import blobs
+from filecask.metastore.schema import blobs, bundle_holders, bundles
 from tests.conftest import ADMIN, AppClient, MakeUser, StoreView
 from tests.test_filestore import assert_consistent
 
@@ -145,6 +145,36 @@ async def test_a_row_nothing_references_is_dropped_with_its_bytes(
     assert not view(services).exists(hex_hash)
     async with services.meta.engine.connect() as conn:
         assert await conn.scalar(sa.select(sa.func.count()).select_from(blobs)) == 0
+
+
+async def test_a_bundle_nobody_holds_is_garbage_with_what_only_it_named(
+    client: AppClient, services: Services
+) -> None:
+    """What a user removal left before it was atomic: a bundle whose holder rows went by
+    cascade. Its link stops at once; fsck and gc report it and remove it, then the blob
+    only it kept."""
+    hex_hash = await upload(client, b"kept only by a forgotten bundle")
+    manifest = {"name": "old.zip", "files": [{"path": "a.txt", "hash": hex_hash}]}
+    made = await client.post("/archives", json=manifest, headers=ADMIN)
+    assert made.status == 201, await made.text()
+    bundle_id = (await made.json())["id"]
+    assert (await client.delete(f"/files/{hex_hash}", headers=ADMIN)).status == 200
+    async with services.meta.engine.begin() as conn:
+        await conn.execute(bundle_holders.delete())
+    assert (await client.get(f"/archive/{bundle_id}/")).status == 404
+    dry = await gc(services, grace=0, dry_run=True)
+    assert kinds(dry) == sorted(
+        [("holderless", bundle_id, False), ("unreferenced", hex_hash, False)]
+    )
+    assert view(services).exists(hex_hash)
+    report = await fsck(services, repair=True)
+    assert kinds(report) == sorted(
+        [("holderless", bundle_id, True), ("unreferenced", hex_hash, True)]
+    )
+    assert not view(services).exists(hex_hash)
+    async with services.meta.engine.connect() as conn:
+        assert await conn.scalar(sa.select(sa.func.count()).select_from(bundles)) == 0
+    assert kinds(await gc(services, grace=0)) == []
 
 
 @pytest.mark.local_only  # liveness by flock; S3 judges by age (test_blobstore_s3)

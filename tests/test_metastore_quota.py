@@ -484,10 +484,43 @@ async def test_removing_a_user_names_their_uploads(store: SqlMetaStore) -> None:
     made = [upload_of(bob, 10), upload_of(bob, 20)]
     for upload in made:
         await store.create_upload(upload)
-    assert await store.delete_user("bob") == sorted(u.id for u in made)
+    assert (await store.delete_user("bob")).upload_ids == sorted(u.id for u in made)
     assert [await store.get_upload(u.id) for u in made] == [None, None]
     with pytest.raises(NotFound):
         await store.create_upload(upload_of(bob, 1))
+
+
+async def test_removing_a_user_takes_everything_they_kept_in_one_step(store: SqlMetaStore) -> None:
+    """References, holds and the bundles nobody else holds go with the user; the blob
+    rows stay for the caller (named, to drop under their locks), a bundle someone else
+    holds stays."""
+    bob, carol = await new_user(store), await new_user(store, "carol")
+    for content in (b"a", b"b", b"shared"):
+        await store.add_ref(bob, blob(content), content.decode())
+    await store.add_ref(carol, blob(b"shared"), "shared")
+    await store.add_bundle(bob, "only-bob", "x.zip", [("a", blob(b"a").hash)])
+    await store.add_bundle(bob, "both", "y.zip", [("s", blob(b"shared").hash)])
+    await store.add_bundle(carol, "both", "y.zip", [("s", blob(b"shared").hash)])
+    removed = await store.delete_user("bob")
+    assert removed.refs == 3
+    assert removed.hashes == sorted(blob(c).hash for c in (b"a", b"b", b"shared"))
+    assert await store.get_bundle("only-bob") is None
+    assert await store.get_bundle("both") is not None
+    assert await store.holderless_bundles() == []
+    assert sorted(await store.unreferenced_blobs()) == sorted(blob(c).hash for c in (b"a", b"b"))
+
+
+async def test_an_expired_upload_never_advances(store: SqlMetaStore) -> None:
+    """A PATCH still writing when its upload expired revived it (and its reservation)."""
+    bob = await new_user(store)
+    gone = upload_of(bob, 100, expires_in=-1)
+    await store.create_upload(gone)
+    later = datetime.now(UTC) + timedelta(hours=1)
+    assert not await store.advance_upload(gone.id, old_offset=0, new_offset=10, expires_at=later)
+    assert (await store.get_upload(gone.id)).offset == 0  # type: ignore[union-attr]
+    live = upload_of(bob, 100)
+    await store.create_upload(live)
+    assert await store.advance_upload(live.id, old_offset=0, new_offset=10, expires_at=later)
 
 
 # --- the same rules under concurrency, on SQLite and on PostgreSQL ------------------------

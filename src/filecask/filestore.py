@@ -192,10 +192,7 @@ class FileStore:
     async def _release_bundle(self, user: User, bundle_id: str) -> RemoveOutcome:
         outcome, hashes = await self.meta.release_bundle(user.id, bundle_id)
         self.crash.reached("bundle.released")
-        for hex_hash in hashes:
-            async with self.locks.hold(hex_hash):
-                if await self.meta.drop_blob_if_unreferenced(hex_hash):
-                    await self.blobs.delete(hex_hash)
+        await self._drop_unreferenced(hashes)
         return outcome
 
     async def remove_user(self, name: str) -> int:
@@ -207,17 +204,26 @@ class FileStore:
             raise NotFound(f"No user named {name!r}.", user=name)
         if user.is_admin and sum(u.is_admin for u in await self.meta.list_users()) <= 1:
             raise Conflict("The last administrator cannot be removed.", user=name)
-        hashes = await self.meta.user_hashes(user.id)
+        return await self.finish(self._remove_user(name))
+
+    async def _remove_user(self, name: str) -> int:
+        removed = await self.meta.delete_user(name)
+        # Everything the user kept went in one transaction (an upload or bundle being
+        # added meanwhile either went with it or found the user gone); the blobs nothing
+        # keeps any more leave the disk now, each under its lock as a release does.
+        await self._drop_unreferenced(removed.hashes)
+        # Their uploads' rows went with the user; their partial files go now (a PATCH
+        # writing one holds its lock and removes it itself on finding the row gone). Other
+        # instances, with their own tmp/, remove theirs when they see the user go
+        # (`uploads.sweeper`).
+        await remove_upload_files(TusFiles(self.blobs.tmp_dir), removed.upload_ids)
+        return removed.refs
+
+    async def _drop_unreferenced(self, hashes: list[str]) -> None:
         for hex_hash in hashes:
-            await self.finish(self._delete(user, hex_hash))
-        for bundle_id in await self.meta.user_bundle_ids(user.id):
-            await self.finish(self._release_bundle(user, bundle_id))
-        upload_ids = await self.meta.delete_user(name)
-        # Their rows went with the user; their partial files go now (a PATCH writing one
-        # holds its lock and removes it itself on finding the row gone). Other instances,
-        # with their own tmp/, remove theirs when they see the user go (`uploads.sweeper`).
-        await self.finish(remove_upload_files(TusFiles(self.blobs.tmp_dir), upload_ids))
-        return len(hashes)
+            async with self.locks.hold(hex_hash):
+                if await self.meta.drop_blob_if_unreferenced(hex_hash):
+                    await self.blobs.delete(hex_hash)
 
 
 def _check_removal(outcome: RemoveOutcome, what: str, **ids: Any) -> None:

@@ -2,8 +2,8 @@
 
 What "consistent" means, from the rules in `filestore`: every blob row has its bytes in the
 store under its hash, with that size and that SHA-256; every blob in the store has a row;
-every row is referenced by a user or a bundle; nothing is left in tmp/ by a dead upload;
-nothing else lives in the store.
+every row is referenced by a user or by a bundle someone holds; every bundle has a holder;
+nothing is left in tmp/ by a dead upload; nothing else lives in the store.
 
 Both commands are safe while servers run on the same data directory. A verdict that leads
 to a change (this blob has no row, this row has no reference) is re-checked under the
@@ -17,6 +17,8 @@ What repair does, and what it cannot do:
   removed; it was never acknowledged to anyone.
 - a row nothing references (the invariant forbids it; kept for safety): dropped with its
   bytes.
+- a bundle nobody holds (a user removal before it was atomic left some): removed, then the
+  rows only it kept as above.
 - leftover scratch files of dead uploads: removed.
 - a corrupt blob (content or size not what its hash says) and stray entries: moved to
   `<data-dir>/quarantine/`, out of every download's reach, bytes kept for a person.
@@ -45,7 +47,8 @@ Progress = Callable[[int], None]
 @dataclass(frozen=True)
 class Finding:
     kind: str
-    """corrupt, unreadable, missing, orphan, interrupted, unreferenced, leftover or stray."""
+    """corrupt, unreadable, missing, orphan, interrupted, holderless, unreferenced, leftover,
+    expired or stray."""
     key: str
     detail: str
     size: int = 0
@@ -76,6 +79,7 @@ async def fsck(services: Services, *, repair: bool, progress: Progress | None = 
     """Re-hash every blob and compare the store with the database (see the module doc)."""
     report = Report()
     interrupted = await _interrupted_commits(services, report, repair=repair)
+    await _holderless_bundles(services, report, repair=repair)
     await _unreferenced_rows(services, report, repair=repair)
     rows = await services.meta.blob_sizes()
     seen: set[str] = set(interrupted)
@@ -109,6 +113,7 @@ async def gc(services: Services, *, grace: float, dry_run: bool = False) -> Repo
     re-hashing: cheap to run often."""
     report = Report()
     await _interrupted_commits(services, report, repair=not dry_run)
+    await _holderless_bundles(services, report, repair=not dry_run)
     await _unreferenced_rows(services, report, repair=not dry_run)
     rows = await services.meta.all_blob_hashes()
     cutoff = time.time() - grace
@@ -201,6 +206,17 @@ async def _missing(services: Services, report: Report, hex_hash: str) -> None:
         detail = f"a row with no bytes in the store; {refs} reference(s) point at lost content"
         action = "the content cannot be restored: re-upload it"
         report.findings.append(Finding("missing", hex_hash, detail, action=action))
+
+
+async def _holderless_bundles(services: Services, report: Report, *, repair: bool) -> None:
+    """Bundles nobody holds (a user removal before it was atomic left them, their links
+    still serving): removed whatever their age, since a bundle is made with its first
+    holder in one transaction; the blobs only they named are then unreferenced rows."""
+    for bundle_id, entries in await services.meta.holderless_bundles():
+        detail = f"a bundle of {entries} entries that nobody holds"
+        if repair and await services.meta.drop_holderless_bundle(bundle_id) is None:
+            continue  # held again (made afresh) or removed meanwhile
+        report.findings.append(Finding("holderless", bundle_id, detail, 0, repair, "removed"))
 
 
 async def _unreferenced_rows(services: Services, report: Report, *, repair: bool) -> None:

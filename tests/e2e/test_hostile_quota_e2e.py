@@ -16,9 +16,11 @@ before the fix:
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
@@ -37,6 +39,7 @@ from bench.attacks.quota import (
     upload_path,
 )
 
+from filecask.hashes import fanout
 from tests.e2e.conftest import (
     ADMIN_CREDENTIALS,
     HOST,
@@ -338,3 +341,123 @@ def test_a_quota_in_another_scripts_digits_is_refused_everywhere(
     )
     assert serve.returncode == 2, serve.stderr
     assert "FILECASK_MAX_UPLOAD_SIZE" in serve.stderr
+
+
+# ---------------------------------------------------------------- red-team follow-ups
+
+SEED_FILES = 150
+"""Files (each in a bundle of its own) the removed user has: enough that removing them
+took the old code a second or more, the window the racing uploads fell into."""
+
+
+def holderless_and_unreferenced(server: Server, env: dict[str, str] | None) -> list[str]:
+    done = run_filecask(
+        ["gc", "--json", "--dry-run", "--grace", "0", "--data-dir", str(server.data_dir)],
+        cwd=server.cwd,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    findings = json.loads(done.stdout)["findings"]
+    return [f["kind"] for f in findings if f["kind"] in ("holderless", "unreferenced", "orphan")]
+
+
+def anonymous_status(server: Server, path: str) -> int:
+    conn = http.client.HTTPConnection(HOST, server.port, timeout=30)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_user_removed_while_uploading_leaves_no_link_behind(
+    request: pytest.FixtureRequest, start_server: StartServer, database: str
+) -> None:
+    """One thread loops (upload new content, bundle it) while the administrator removes
+    the user: before, bundles made meanwhile stayed with no holder, their links answering
+    anonymous GETs with the content forever, and the blobs uploaded meanwhile stayed with
+    no reference; `gc` never removed the bundles."""
+    env = None
+    if database == "postgresql":
+        env = {"FILECASK_DATABASE_URL": request.getfixturevalue("postgres_database")}
+    server = start_server(*FAST_ARGON2, "--max-bundles-per-user", "10000", env=env)
+    admin = Api(server.port, ADMIN_CREDENTIALS)
+    name = new_name("leaving")
+    user = admin.new_user(name, quota=None)
+
+    def seed(first: int) -> None:
+        for i in range(first, SEED_FILES, 4):
+            hex_hash = user.upload(f"seed {name} {i}".encode()).json()["hash"]
+            assert user.bundle(f"s{i}.zip", [("s.txt", hex_hash)]).status == 201
+
+    seeders = [threading.Thread(target=seed, args=(i,)) for i in range(4)]
+    for t in seeders:
+        t.start()
+    for t in seeders:
+        t.join()
+
+    made: list[tuple[str, str]] = []  # (hash, bundle id) the server accepted
+    stored: list[str] = []
+    stop = threading.Event()
+
+    def race() -> None:
+        while not stop.is_set():
+            uploaded = user.upload(os.urandom(2000))
+            if uploaded.status != 201:
+                return  # the user is gone (401)
+            hex_hash = uploaded.json()["hash"]
+            stored.append(hex_hash)
+            bundled = user.bundle(f"{hex_hash[:8]}.zip", [("x.bin", hex_hash)])
+            if bundled.status == 201:
+                made.append((hex_hash, bundled.json()["id"]))
+
+    racer = threading.Thread(target=race)
+    racer.start()
+    try:
+        eventually(lambda: len(made) >= 3, 20, "the racing loop bundles")
+        assert admin.request("DELETE", f"/users/{name}").status == 204
+        eventually(lambda: not racer.is_alive(), 20, "the racing loop sees the user gone")
+    finally:
+        stop.set()
+        racer.join()
+    served = [b for _, b in made if anonymous_status(server, f"/archive/{b}/") != 404]
+    assert not served, f"{len(served)} of {len(made)} links of a removed user still answer"
+    kept = [h for h in stored if (server.data_dir / "store" / fanout(h)).exists()]
+    assert not kept, f"{len(kept)} of {len(stored)} blobs of a removed user stay on disk"
+    assert holderless_and_unreferenced(server, env) == []
+
+
+def test_a_patch_running_when_its_upload_expires_cannot_revive_it(
+    start_server: StartServer,
+) -> None:
+    """A PATCH that kept sending past its upload's expiry ended 204 and revived it: with a
+    second upload accepted meanwhile (the first no longer reserved), the user reserved
+    2 MiB for a 1 MiB quota. Timing is the server's: the PATCH trickles until the server
+    itself answers that the upload expired."""
+    server = start_server(*FAST_ARGON2, "--upload-expiry", "2s")
+    admin = Api(server.port, ADMIN_CREDENTIALS)
+    user = admin.new_user(new_name("trickler"))
+    first = user.tus_create(QUOTA).headers["Location"]
+    first_file = f"tus-{upload_path(first).rsplit('/', 1)[1]}"
+    body = QUOTA - 1  # the last byte never comes: the upload stays open
+    sock = open_patch(server, user, first, body)
+    sent = 0
+    deadline = time.monotonic() + 30
+    while user.request("HEAD", upload_path(first), headers=TUS).status != 410:
+        assert time.monotonic() < deadline, "the upload never expired"
+        sock.sendall(b"t" * 1000)
+        sent += 1000
+        time.sleep(0.1)
+    second = user.tus_create(QUOTA)
+    assert second.status == 201, second  # the expired upload reserves nothing any more
+    sock.sendall(b"t" * (body - sent))
+    answer = sock.recv(65536).decode("latin-1")
+    sock.close()
+    status = int(answer.split(" ", 2)[1])
+    assert status == 410, answer  # was 204, with Upload-Expires moved forward
+    assert user.me()["reserved"] == QUOTA  # was 2 MiB
+    assert user.request("HEAD", upload_path(first), headers=TUS).status == 404
+    eventually(lambda: first_file not in tus_files(server.data_dir), 10, "its bytes go")

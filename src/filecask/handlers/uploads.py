@@ -246,10 +246,14 @@ async def _let_go(
     services: Services, files: TusFiles, upload_id: str, fd: int, failed: bool
 ) -> None:
     """Close the upload's file after a PATCH; after a failed one, remove it instead if
-    its row is gone (its user was removed, or it was deleted, while the PATCH wrote): no
-    one else can, since the PATCH held the file's lock."""
+    its row is gone (its user was removed, or it was deleted, while the PATCH wrote) or
+    it expired meanwhile (the row goes too): no one else can, since the PATCH held the
+    file's lock (the sweeper skips a locked file)."""
     try:
-        if failed and await services.meta.get_upload(upload_id) is None:
+        current = await services.meta.get_upload(upload_id) if failed else None
+        if failed and (current is None or current.expires_at <= datetime.now(UTC)):
+            if current is not None:
+                await services.meta.delete_upload(upload_id)
             await files.remove(upload_id, fd)
             return
     except Exception:
@@ -501,8 +505,8 @@ async def _keep_cut(
             return
         await files.sync(fd)
         await _advance(services, upload, upload.offset + cursor.written)
-    except NotFound:
-        pass  # the upload was removed meanwhile: the handler removes its file
+    except (NotFound, Gone):
+        pass  # the upload was removed or expired meanwhile: the handler removes its file
     except Exception:
         log.exception("could not keep the bytes of a cut PATCH of upload %s", upload.id)
 
@@ -514,6 +518,11 @@ async def _advance(services: Services, upload: Upload, new_offset: int) -> datet
         upload.id, old_offset=upload.offset, new_offset=new_offset, expires_at=expires_at
     )
     if not moved:
+        current = await services.meta.get_upload(upload.id)
+        if current is not None and current.expires_at <= datetime.now(UTC):
+            # Expired while the body arrived: its reservation ended then, and a late
+            # PATCH must not bring it back (the caller drops its bytes).
+            raise Gone("This upload expired while the body arrived; start a new one.")
         raise NotFound("The upload was removed meanwhile.")
     return expires_at
 

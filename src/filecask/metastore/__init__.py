@@ -166,6 +166,19 @@ class Upload:
     """The stored file's hash once the upload is complete."""
 
 
+@dataclass(frozen=True, slots=True)
+class RemovedUser:
+    """What `delete_user` removed with the user."""
+
+    upload_ids: list[str]
+    """Their resumable uploads: the partial files are the caller's to remove."""
+    refs: int
+    """How many file references they had."""
+    hashes: list[str]
+    """Blobs they referenced or that a bundle only they held named: the rows stay, for the
+    caller to drop (with the bytes) those nothing keeps any more, under each hash's lock."""
+
+
 class MissingBlobs(Exception):
     """`add_bundle` found, inside its transaction, that the user holds no file reference
     to some named hashes (stored for someone else, or not at all: one answer for both)."""
@@ -233,10 +246,10 @@ class MetaStore(Protocol):
         """Bytes (None: no limit); NotFound if there is no such user. Lowering it below what
         the user stores already removes nothing: it only refuses their new uploads."""
 
-    async def delete_user(self, name: str) -> list[str]:
-        """NotFound if there is no such user; references, bundle holds and resumable
-        uploads left are removed with it. The ids of those uploads: their partial files
-        are the caller's to remove."""
+    async def delete_user(self, name: str) -> RemovedUser:
+        """NotFound if there is no such user. Atomic with respect to concurrent adds for
+        the user: their references, bundle holds, the bundles no one else holds and their
+        resumable uploads go with them, whatever was added meanwhile."""
 
     async def add_ref(
         self, user_id: int, blob: BlobInfo, name: str, *, upload_id: str | None = None
@@ -280,7 +293,16 @@ class MetaStore(Protocol):
         """Every blob row's hash and recorded size (fsck compares them with the store)."""
 
     async def unreferenced_blobs(self) -> list[str]:
-        """Blob rows nothing references: the invariant says none exist; fsck finds them."""
+        """Blob rows nothing keeps (no reference, no held bundle naming them): the invariant
+        says none exist; fsck and gc find them."""
+
+    async def holderless_bundles(self) -> list[tuple[str, int]]:
+        """Bundles nobody holds, with their entry counts (left by a user removal before
+        it was atomic): garbage that fsck and gc remove."""
+
+    async def drop_holderless_bundle(self, bundle_id: str) -> list[str] | None:
+        """Delete the bundle with its entries if nobody holds it; the hashes it named (for
+        the caller to drop the blobs nothing keeps), or None if it is held or gone."""
 
     async def references_to(self, hex_hash: str) -> int: ...
 

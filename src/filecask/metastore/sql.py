@@ -64,6 +64,7 @@ from filecask.metastore import (
     FailureStore,
     FileRecord,
     MissingBlobs,
+    RemovedUser,
     RemoveOutcome,
     Upload,
     Usage,
@@ -327,9 +328,15 @@ class SqlMetaStore:
         value at once. `add_ref` never trusts a cache: it reads the row it locks."""
         await self._update_user(name, quota=quota)
 
-    async def delete_user(self, name: str) -> list[str]:
-        """The user's row is locked first, so an upload being created for them either
-        committed (its id is returned) or waits and then finds the user gone."""
+    async def delete_user(self, name: str) -> RemovedUser:
+        """One transaction, after locking the user's row: `add_ref`, `add_bundle` and
+        `create_upload` lock it too, so whatever they add for the user either committed
+        before (and goes here) or waits and then finds the user gone. Drops the user's
+        references and bundle holds, the bundles left with no holder (and their entries),
+        then the user (their uploads go by cascade). The blob rows stay for the caller,
+        who drops those nothing keeps any more under each hash's lock (as `release_bundle`'s
+        caller does): a cascade alone left holderless bundles serving their content and
+        blobs nothing referenced."""
         async with self._write({Topic.USERS, Topic.REFS}) as conn:
             locked = _lookup_user(name, users.c.id).with_for_update()
             user_id = await conn.scalar(locked)
@@ -337,8 +344,19 @@ class SqlMetaStore:
                 raise NotFound(f"No user named {name!r}.", user=name)
             theirs = sa.select(uploads.c.id).where(uploads.c.user_id == user_id)
             upload_ids = sorted((await conn.execute(theirs)).scalars())
+            hashes = set(
+                (
+                    await conn.execute(sa.select(refs.c.hash).where(refs.c.user_id == user_id))
+                ).scalars()
+            )
+            dropped = await conn.execute(refs.delete().where(refs.c.user_id == user_id))
+            held = sa.select(bundle_holders.c.bundle_id).where(bundle_holders.c.user_id == user_id)
+            bundle_ids = sorted((await conn.execute(held)).scalars())
+            await conn.execute(bundle_holders.delete().where(bundle_holders.c.user_id == user_id))
+            for bundle_id in bundle_ids:
+                hashes.update(await _drop_if_holderless(conn, bundle_id) or ())
             await conn.execute(users.delete().where(users.c.id == user_id))
-            return upload_ids
+            return RemovedUser(upload_ids, dropped.rowcount, sorted(hashes))
 
     async def _update_user(self, name: str, **values: Any) -> None:
         async with self._write({Topic.USERS}) as conn:
@@ -498,13 +516,36 @@ class SqlMetaStore:
             return {hex_hash: int(size) for hex_hash, size in rows}
 
     async def unreferenced_blobs(self) -> list[str]:
+        """Only a bundle someone holds keeps a blob: one with no holder is garbage itself
+        (`holderless_bundles`), and so is what only it names."""
         kept_by_ref = sa.select(refs.c.id).where(refs.c.hash == blobs.c.hash).exists()
         kept_by_bundle = (
-            sa.select(bundle_entries.c.position).where(bundle_entries.c.hash == blobs.c.hash)
+            sa.select(bundle_entries.c.position)
+            .select_from(
+                bundle_entries.join(
+                    bundle_holders, bundle_holders.c.bundle_id == bundle_entries.c.bundle_id
+                )
+            )
+            .where(bundle_entries.c.hash == blobs.c.hash)
         ).exists()
         query = sa.select(blobs.c.hash).where(~kept_by_ref, ~kept_by_bundle)
         async with self.engine.connect() as conn:
             return list((await conn.execute(query)).scalars())
+
+    async def holderless_bundles(self) -> list[tuple[str, int]]:
+        query = (
+            sa.select(bundles.c.id, sa.func.count(bundle_entries.c.position))
+            .select_from(bundles.outerjoin(bundle_entries))
+            .where(~_is_held())
+            .group_by(bundles.c.id)
+            .order_by(bundles.c.id)
+        )
+        async with self.engine.connect() as conn:
+            return [(r[0], int(r[1])) for r in (await conn.execute(query)).all()]
+
+    async def drop_holderless_bundle(self, bundle_id: str) -> list[str] | None:
+        async with self._write({Topic.REFS}) as conn:
+            return await _drop_if_holderless(conn, bundle_id)
 
     async def references_to(self, hex_hash: str) -> int:
         """User references plus bundle entries naming the blob (for fsck's report)."""
@@ -605,7 +646,7 @@ class SqlMetaStore:
         for 50 ms. A bundle never changes, it is only deleted (and perhaps made again,
         with a new `created_at`): its row is read again after the pages, and if it went
         or was remade meanwhile (the pages may be cut short) the read starts over."""
-        head = sa.select(bundles).where(bundles.c.id == bundle_id)
+        head = sa.select(bundles).where(bundles.c.id == bundle_id, _is_held())
         for _attempt in range(3):
             async with self.engine.connect() as conn:
                 row = (await conn.execute(head)).first()
@@ -644,7 +685,7 @@ class SqlMetaStore:
             last = page[-1].position
 
     async def bundle_created_at(self, bundle_id: str) -> datetime | None:
-        query = sa.select(bundles.c.created_at).where(bundles.c.id == bundle_id)
+        query = sa.select(bundles.c.created_at).where(bundles.c.id == bundle_id, _is_held())
         async with self.engine.connect() as conn:
             created = await conn.scalar(query)
         return None if created is None else _utc(created)
@@ -835,11 +876,16 @@ class SqlMetaStore:
         """A compare-and-set in one UPDATE: atomic on PostgreSQL too, where a concurrent
         UPDATE of the row makes this one wait and then re-check `offset` on the row as the
         other left it (READ COMMITTED re-evaluates the WHERE), so two PATCHes from one
-        offset never both win."""
+        offset never both win. An upload past its expiry never moves: its reservation
+        ended then, so a PATCH still writing when it passed must not bring it back."""
         async with self._write() as conn:
             result = await conn.execute(
                 uploads.update()
-                .where(uploads.c.id == upload_id, uploads.c.offset == old_offset)
+                .where(
+                    uploads.c.id == upload_id,
+                    uploads.c.offset == old_offset,
+                    uploads.c.expires_at > _now(),
+                )
                 .values(offset=new_offset, expires_at=expires_at)
             )
             return bool(result.rowcount)
@@ -1183,6 +1229,29 @@ def _quota_for_update(user_id: int) -> sa.Select[Any]:
     """The user's quota, locking their row until the transaction ends (FOR UPDATE on
     PostgreSQL; SQLite's compiler drops the clause, BEGIN IMMEDIATE serialises instead)."""
     return sa.select(users.c.quota).where(users.c.id == user_id).with_for_update()
+
+
+def _is_held() -> sa.Exists:
+    """Someone holds the bundle: one with no holder (left by a user removal before it was
+    atomic) is garbage for fsck and gc to remove, and no link to it answers meanwhile."""
+    return sa.select(bundle_holders.c.id).where(bundle_holders.c.bundle_id == bundles.c.id).exists()
+
+
+async def _drop_if_holderless(conn: AsyncConnection, bundle_id: str) -> list[str] | None:
+    """Delete the bundle and its entries if nobody holds it (its row locked FOR UPDATE
+    first, as in `release_bundle`: an `add_bundle` of it, FOR SHARE, waits, then makes it
+    afresh); the hashes its entries named, or None if it is held or gone."""
+    locked = sa.select(bundles.c.id).where(bundles.c.id == bundle_id).with_for_update()
+    if await conn.scalar(locked) is None:
+        return None
+    held = sa.select(bundle_holders.c.id).where(bundle_holders.c.bundle_id == bundle_id)
+    if await conn.scalar(held.limit(1)) is not None:
+        return None
+    named = sa.select(bundle_entries.c.hash).where(bundle_entries.c.bundle_id == bundle_id)
+    hashes = list((await conn.execute(named.distinct())).scalars())
+    await conn.execute(bundle_entries.delete().where(bundle_entries.c.bundle_id == bundle_id))
+    await conn.execute(bundles.delete().where(bundles.c.id == bundle_id))
+    return hashes
 
 
 async def _is_referenced(conn: AsyncConnection, hex_hash: str) -> bool:
