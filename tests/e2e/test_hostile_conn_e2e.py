@@ -392,8 +392,9 @@ def test_100_trickled_uploads_hold_little_memory(start_server: StartServer, kind
     """100 signed-in uploads (raw `POST /files`, or tus `PATCH`) each trickle 1 MiB - 1
     of an 8 MiB body in 8 KiB pieces, then stall. What arrived is written before the
     server waits for more, so each holds under 64 KiB of its body: all 100 hold under
-    16 MiB (the issue measured 134 MiB: a 1 MiB write buffer each, and aiohttp's)."""
-    server = start_server("--access-log", "false")
+    16 MiB (the issue measured 134 MiB: a 1 MiB write buffer each, and aiohttp's). The
+    open-upload cap is raised so that one user may have all 100 open."""
+    server = start_server("--access-log", "false", "--max-open-uploads", str(UPLOADS))
     warm(server)
     process = psutil.Process(server.pid)
     idle = settled_rss(process)
