@@ -37,13 +37,14 @@ import secrets
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bench.servers import filecask_command, free_port
 
 HOST = "127.0.0.1"
 ATTACKER = "127.0.0.2"
@@ -308,22 +309,6 @@ class Running:
     admin_password: str
     data_dir: Path
     log: Path
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def filecask_command() -> list[str]:
-    script = Path(sys.executable).with_name("filecask")
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-m", "filecask"]
 
 
 @contextlib.contextmanager

@@ -233,16 +233,7 @@ def _schemas() -> Json:
                 "held_by_bundles": {
                     "type": "array",
                     "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "required": ["id", "name", "url"],
-                        "properties": {
-                            "id": _schema("Hash"),
-                            "name": {"type": "string"},
-                            "url": {"type": "string", "format": "uri"},
-                        },
-                        "additionalProperties": False,
-                    },
+                    "items": _schema("BundleCreated"),  # the same id, name and link
                 },
             },
             "additionalProperties": False,
