@@ -95,15 +95,60 @@ API_SUITE = {
 SQLite and the data directory."""
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("filecask")
+    group.addoption(
+        "--quick",
+        action="store_true",
+        help="the edit-test loop: no e2e or slow test, SQLite and the data directory only",
+    )
+    group.addoption(
+        "--alone",
+        choices=("include", "skip", "only"),
+        default="include",
+        help="tests marked `alone` (they time the server): run them too (default), "
+        "leave them out (the parallel pass of scripts/test), or run only them",
+    )
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if metafunc.module.__name__.rpartition(".")[2] not in API_SUITE:
         return
     if "backend" not in metafunc.fixturenames:
         return
     local_only = metafunc.definition.get_closest_marker("local_only") is not None
+    quick = metafunc.config.getoption("quick")
     metafunc.parametrize(
-        "backend", backends.BACKENDS[:1] if local_only else backends.BACKENDS, indirect=True
+        "backend",
+        backends.BACKENDS[:1] if local_only or quick else backends.BACKENDS,
+        indirect=True,
     )
+
+
+SERVICE_FIXTURES = frozenset({"postgres", "s3_server"})
+"""The real PostgreSQL and S3 servers: what `--quick` leaves out."""
+
+
+@pytest.hookimpl(trylast=True)  # after tests/e2e/conftest.py has marked its tests
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    quick = config.getoption("quick")
+    alone = config.getoption("alone")
+
+    def kept(item: pytest.Item) -> bool:
+        if quick and (
+            item.get_closest_marker("e2e")
+            or item.get_closest_marker("slow")
+            or SERVICE_FIXTURES & set(getattr(item, "fixturenames", ()))
+        ):
+            return False
+        if alone == "include":
+            return True
+        return (item.get_closest_marker("alone") is not None) == (alone == "only")
+
+    deselected = [item for item in items if not kept(item)]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if kept(item)]
 
 
 @pytest.fixture(scope="session")
@@ -149,7 +194,7 @@ def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
         overrides["database_url"] = request.getfixturevalue("postgres_database")
     if kind.endswith("-s3"):
         server: backends.S3Server = request.getfixturevalue("s3_server")
-        overrides.update(backends.s3_settings(server, server.create_bucket()))
+        overrides.update(server.area())
     return overrides
 
 
@@ -183,14 +228,11 @@ class StoreView:
         self.settings = settings
         self.s3: Any = None
         if settings.storage is not None:
-            import boto3
-
-            self.s3 = boto3.client(
-                "s3",
-                endpoint_url=settings.s3_endpoint_url,
-                region_name=settings.s3_region,
-                aws_access_key_id=settings.s3_access_key_id,
-                aws_secret_access_key=settings.s3_secret_access_key,
+            self.s3 = backends.s3_client(
+                str(settings.s3_endpoint_url),
+                str(settings.s3_region),
+                str(settings.s3_access_key_id),
+                str(settings.s3_secret_access_key),
             )
             self.bucket = settings.s3_bucket
             self.prefix = settings.s3_prefix

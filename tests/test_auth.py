@@ -949,17 +949,32 @@ async def test_verifications_in_flight_stay_within_the_memory_budget(
     assert auth.budget.used == 0
 
 
+class HeldHasher(CountingHasher):
+    """Holds each verification until `release` is set: a test sees it running for sure."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> bool:  # type: ignore[override]
+        self.started.set()
+        self.release.wait(60)
+        return super().verify(hash, password)
+
+
 async def test_a_queued_sign_in_whose_client_left_costs_no_argon2(services: Services) -> None:
-    hasher = ConcurrencyHasher()
+    hasher = HeldHasher()
     settings = settings_for(services, auth_max_failures=1000, auth_memory_budget=1 << 20)
     auth = Authenticator(services.meta, settings, hasher=hasher)
     first = asyncio.ensure_future(auth.authenticate(encode_basic_auth("a", "pw-a"), "1.2.3.4"))
-    while not hasher.running:  # running, holding the whole budget
+    while not hasher.started.is_set():  # running, holding the whole budget
         await asyncio.sleep(0.001)
     queued = asyncio.ensure_future(auth.authenticate(encode_basic_auth("b", "pw-b"), "1.2.3.5"))
     while not auth.budget.waiting:
         await asyncio.sleep(0.001)
     queued.cancel()
+    hasher.release.set()
     await asyncio.gather(first, queued, return_exceptions=True)
     assert hasher.verifications == 1
     assert auth.budget.used == 0

@@ -29,6 +29,7 @@ from filecask.connections import FilecaskServer
 from filecask.fastpath import SmallDownloads
 from filecask.settings import Settings, parse_networks
 from tests.conftest import ADMIN, AppClient, ServeTestServer
+from tests.waiting import until
 
 HOST = "127.0.0.1"
 SMALL = b"small file\n" * 300
@@ -472,7 +473,8 @@ async def test_a_request_behind_an_unsent_fast_answer_waits_for_the_client(
     before = fast.answered
     async with squeezed(client) as (reader, writer):
         writer.write(plain(f"/files/{MID_SHA}") * 2)
-        await asyncio.sleep(0.3)
+        await until(lambda: fast.answered > before, "the first answer went the fast way")
+        await asyncio.sleep(0.3)  # and the second does not follow it
         assert fast.answered == before + 1
         await read_answer(reader, MID)
         await read_answer(reader, MID)
@@ -498,14 +500,13 @@ async def test_a_client_that_stops_reading_a_fast_answer_is_dropped_by_the_send_
     aiohttp_client: Callable[[TestServer], Awaitable[AppClient]], settings: Settings
 ) -> None:
     client = await mid_server(
-        aiohttp_client, settings.replace(keepalive_timeout=0.2, send_timeout=0.8)
+        aiohttp_client, settings.replace(keepalive_timeout=0.2, send_timeout=2)
     )
     fast = fast_of(client)
     before = fast.answered
     async with squeezed(client) as (_reader, writer):
         writer.write(plain(f"/files/{MID_SHA}"))
-        await asyncio.sleep(0.2)
-        assert fast.answered == before + 1
+        await until(lambda: fast.answered == before + 1, "the answer went the fast way")
         assert len(server_of(client).connections) >= 1
         for _ in range(60):
             await asyncio.sleep(0.1)
@@ -611,11 +612,10 @@ async def test_graceful_shutdown_lets_a_fast_answer_finish(
     server = server_of(client)
     async with squeezed(client) as (reader, writer):
         writer.write(plain(f"/files/{MID_SHA}"))
-        await asyncio.sleep(0.1)
         handler = handler_of(client, writer)
         transport = handler.transport
         assert transport is not None
-        assert transport.get_write_buffer_size() > 0
+        await until(lambda: transport.get_write_buffer_size() > 0, "the answer is going out")
         server.pre_shutdown()  # as the runner's cleanup does, then shutdown
         shutdown = asyncio.create_task(server.shutdown(10))
         unsent_when_done: list[int] = []
@@ -635,10 +635,10 @@ async def test_a_client_reading_nothing_is_dropped_after_a_shutdown_gives_up(
     server = server_of(client)
     async with squeezed(client) as (_reader, writer):
         writer.write(plain(f"/files/{MID_SHA}"))
-        await asyncio.sleep(0.1)
         handler = handler_of(client, writer)
         transport = handler.transport
         assert transport is not None
+        await until(lambda: transport.get_write_buffer_size() > 0, "the answer is going out")
         server.pre_shutdown()
         await server.shutdown(0.2)
         assert handler.transport is None  # forgotten by the close

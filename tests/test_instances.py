@@ -101,6 +101,7 @@ async def status(client: AppClient, headers: dict[str, str]) -> int:
 # the change feed: caches follow writes made at another instance
 
 
+@pytest.mark.alone  # times the change feed against its bound
 async def test_a_password_changed_at_a_is_refused_at_b_within_change_poll(
     two_apps: tuple[AppClient, AppClient],
 ) -> None:
@@ -162,6 +163,7 @@ async def test_a_killed_listener_connection_still_leaves_the_bound(
     await within(reconnected, POLL + SLACK)
 
 
+@pytest.mark.alone  # times the change feed against its bound
 async def test_a_user_removed_at_a_is_refused_at_b(two_apps: tuple[AppClient, AppClient]) -> None:
     a, b = two_apps
     bob = await make_user(a, "bob")
@@ -174,6 +176,7 @@ async def test_a_user_removed_at_a_is_refused_at_b(two_apps: tuple[AppClient, Ap
     assert await within(refused, POLL + SLACK) < FAST
 
 
+@pytest.mark.alone  # times the change feed against its bound
 async def test_blob_cache_and_remembered_misses_follow_the_other_instance(
     two_apps: tuple[AppClient, AppClient],
 ) -> None:
@@ -200,6 +203,7 @@ async def test_blob_cache_and_remembered_misses_follow_the_other_instance(
 # shared sign-in throttling
 
 
+@pytest.mark.alone  # times the change feed against its bound
 async def test_failures_at_a_throttle_b_even_for_the_right_password(
     aiohttp_client: AiohttpClient, tmp_path: Path, postgres_database: str
 ) -> None:

@@ -231,6 +231,7 @@ def test_a_huge_head_is_cut_at_the_cap_not_at_the_header_timeout(conn_server: Se
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.alone  # HealthProbe: p99 < 50 ms
 def test_1000_hostile_heads_cost_under_100_mib_and_the_memory_comes_back(
     start_server: StartServer,
 ) -> None:
@@ -317,6 +318,7 @@ def test_1000_hostile_heads_cost_under_100_mib_and_the_memory_comes_back(
 # -- connection limits ----------------------------------------------------------------
 
 
+@pytest.mark.alone  # HealthProbe: p99 < 50 ms
 def test_an_address_at_its_limit_is_refused_while_others_are_served(conn_server: Server) -> None:
     """An attacker holds its 128 connections (each with a head under way); its next
     one gets 503 at once; a client from another address is served, and `/healthz` from

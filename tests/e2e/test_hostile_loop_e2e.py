@@ -178,6 +178,7 @@ def in_loops(server: Server, action: Callable[[http.client.HTTPConnection], None
 # -- multipart ------------------------------------------------------------------------
 
 
+@pytest.mark.alone  # HealthProbe: p99 < 50 ms
 @pytest.mark.parametrize("fields", [20_000, 40_000])
 def test_many_small_fields_are_refused_and_do_not_stall_the_server(
     server: Server, fields: int
@@ -283,6 +284,7 @@ def bundle_server(module_launcher: ServerLauncher) -> Server:
     return module_launcher(*BUNDLE_SERVE_FLAGS)
 
 
+@pytest.mark.alone  # HealthProbe: p99 < 50 ms
 def test_head_loops_on_a_big_bundle_leave_the_server_responsive(bundle_server: Server) -> None:
     """8 anonymous HEAD loops on a bundle of 11,500 entries: each HEAD rebuilt the ZIP
     plan on the loop (0.18 s), /healthz p90 went to 332 ms. The first HEAD plans it, off
@@ -308,6 +310,7 @@ def test_head_loops_on_a_big_bundle_leave_the_server_responsive(bundle_server: S
     assert request(bundle_server, "HEAD", path, auth=None)[0] == 404
 
 
+@pytest.mark.alone  # HealthProbe: p99 < 50 ms
 def test_ranged_get_loops_on_a_big_bundle_leave_the_server_responsive(
     bundle_server: Server,
 ) -> None:

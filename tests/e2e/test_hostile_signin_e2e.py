@@ -208,6 +208,7 @@ def test_look_alike_user_names(start_server: StartServer) -> None:
 # --- memory -------------------------------------------------------------------------------
 
 
+@pytest.mark.alone  # HealthProbe: p99 < 50 ms
 def test_a_burst_of_sign_ins_stays_within_the_memory_budget(start_server: StartServer) -> None:
     """Each verification takes 64 MiB (the default argon2 memory; one pass and one lane
     instead of three and four keep the test short and light on a shared machine). 8

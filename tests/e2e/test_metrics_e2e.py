@@ -49,6 +49,16 @@ def worker_of(workers: list[psutil.Process], client: tuple[str, int]) -> int:
     raise AssertionError(f"no worker holds the connection from {client}")
 
 
+def wait_for_count(server: Server, wanted: float) -> None:
+    """Until a scrape shows `wanted` (every worker flushed: FLUSH_INTERVAL on a quiet
+    machine; polled, so a loaded one is slower, not wrong), failing after 10 intervals."""
+    deadline = time.monotonic() + 10 * FLUSH_INTERVAL
+    while (seen := readyz_requests(server)) != wanted:
+        assert seen < wanted, f"{seen} /readyz requests counted, {wanted} made"
+        assert time.monotonic() < deadline, f"{seen} /readyz requests counted, {wanted} made"
+        time.sleep(0.1)
+
+
 def test_metrics_are_totals_over_every_worker(start_server: StartServer) -> None:
     server = start_server("--workers", "2", "--access-log", "false", env=SCRAPER)
     workers = psutil.Process(server.pid).children()
@@ -72,7 +82,7 @@ def test_metrics_are_totals_over_every_worker(start_server: StartServer) -> None
         made += 1
     # A worker hands its tallies to the shared files every FLUSH_INTERVAL seconds (and
     # when it is scraped itself): after that, every scrape sees the total.
-    time.sleep(FLUSH_INTERVAL + 0.5)
+    wait_for_count(server, made)
     # Several scrapes, on new connections, so both workers answer some of them.
     for _ in range(CONNECTIONS):
         assert readyz_requests(server) == made
@@ -89,8 +99,7 @@ def test_a_previous_run_s_metric_files_are_removed_at_start(start_server: StartS
     conn.request("GET", "/readyz")
     conn.getresponse().read()
     conn.close()
-    time.sleep(FLUSH_INTERVAL + 0.5)  # the scrape may land on the other worker
-    assert readyz_requests(first) == 1
+    wait_for_count(first, 1)  # the scrape may land on the other worker: once it flushed
     first.stop()
     second = start_server("--workers", "2", data_dir=first.data_dir, env=SCRAPER)
     assert readyz_requests(second) == 0

@@ -232,6 +232,7 @@ def fsck_report(cluster: Cluster) -> dict[str, Any]:
     return report
 
 
+@pytest.mark.alone  # times the change feed against its bound
 def test_a_changed_password_stops_working_everywhere_within_the_bound(cluster: Cluster) -> None:
     body = json.dumps({"name": "bob", "password": "old-password"}).encode()
     admin = Client(cluster.a.port, {**ADMIN, "Content-Type": "application/json"})
@@ -264,6 +265,7 @@ def test_a_changed_password_stops_working_everywhere_within_the_bound(cluster: C
         assert status_of(port, "GET", "/me", basic("bob", "new-password")) == 200
 
 
+@pytest.mark.alone  # times the change feed against its bound
 def test_failed_sign_ins_at_one_instance_throttle_the_other(cluster: Cluster) -> None:
     body = json.dumps({"name": "carol", "password": "carol-password"}).encode()
     admin = Client(cluster.a.port, {**ADMIN, "Content-Type": "application/json"})

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import io
 import logging
@@ -44,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
+from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -113,6 +114,13 @@ _FULL = frozenset({"XMinioStorageFull", "QuotaExceeded", "507"})
 """Codes that mean the store cannot be used right now (or at all, as configured): 503."""
 
 
+@functools.cache
+def _shared_session() -> AioSession:
+    """One session per process: it caches botocore's parsed service models, which every
+    new session reads and parses again (a tenth of a second per store opened)."""
+    return get_session()
+
+
 class S3BlobStore:
     """The `BlobStore` protocol over one aiobotocore client, opened in `open`."""
 
@@ -145,7 +153,7 @@ class S3BlobStore:
 
     async def open(self) -> None:
         """Open the client. Nothing is reaped: scratch is judged by age, by fsck and gc."""
-        session = get_session()
+        session = _shared_session()
         settings = self.settings
         config = AioConfig(
             signature_version="s3v4",
