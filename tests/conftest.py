@@ -15,12 +15,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web_runner import BaseRunner
 from blockbuster import BlockBuster, blockbuster_ctx
 
-import filecask.handlers.pages
-import filecask.metrics
-from filecask.accesslog import AccessLogger
-from filecask.app import SERVICES, Services, close_services, create_app, open_services
-from filecask.connections import make_runner
+import filecask.api.pages
+import filecask.http.metrics
+from filecask.app import close_services, create_app, open_services
 from filecask.hashes import fanout
+from filecask.http.accesslog import AccessLogger
+from filecask.http.protocol import make_runner
+from filecask.services import SERVICES, Services
 from filecask.settings import Settings
 from tests import backends
 
@@ -32,7 +33,7 @@ Auth = dict[str, str]
 # create_app imports the handler modules (they need the app's keys), and prometheus-client
 # reads /proc and the pages their files when first imported: once, at start-up, never in a
 # request. Import them here so that start-up cost is not charged to the first test's loop.
-_IMPORTED_AT_STARTUP = (filecask.handlers.pages, filecask.metrics)
+_IMPORTED_AT_STARTUP = (filecask.api.pages, filecask.http.metrics)
 
 
 def basic(name: str, password: str) -> Auth:
@@ -66,16 +67,16 @@ def blockbuster(request: pytest.FixtureRequest) -> Iterator[BlockBuster | None]:
         for function in bb.functions.values():
             # Start-up, before the first request: SQLAlchemy resolves the SQLite path and
             # Alembic reads its migration scripts.
-            function.can_block_in("filecask/metastore/sql.py", {"open", "_upgrade_schema"})
+            function.can_block_in("filecask/storage/meta/sql.py", {"open", "_upgrade_schema"})
             # Start-up too: botocore reads ~/.aws/config and its JSON service models when
             # the S3 client is created.
-            function.can_block_in("filecask/blobstore/s3.py", "open")
+            function.can_block_in("filecask/storage/blobs/s3.py", "open")
             # asyncpg looks for ~/.pgpass (a few stats, microseconds) when it opens a new
             # pool connection without a password.
             function.can_block_in("asyncpg/connect_utils.py", "_parse_connect_dsn_and_args")
         # os.sendfile onto a non-blocking socket, retried on writability: exactly what
         # asyncio's own loop.sendfile does on the loop thread.
-        bb.functions["os.sendfile"].can_block_in("filecask/sendfile.py", "_sendfile_range")
+        bb.functions["os.sendfile"].can_block_in("filecask/http/sendfile.py", "_sendfile_range")
         yield bb
 
 
@@ -302,7 +303,7 @@ def store_view(settings: Settings) -> StoreView:
 
 
 class ServeTestServer(TestServer):
-    """aiohttp's test server on the protocol `filecask serve` runs (filecask.connections:
+    """aiohttp's test server on the protocol `filecask serve` runs (filecask.http.protocol:
     its timeouts, problem+json protocol errors and the small-download fast path), so the
     in-process tests go through what clients really meet."""
 

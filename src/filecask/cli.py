@@ -22,16 +22,15 @@ import uvloop
 from aiohttp import web
 
 from filecask import __version__
-from filecask.accesslog import AccessLogger
-from filecask.app import Services, StartupError, close_services, create_app, open_services
+from filecask.app import StartupError, close_services, create_app, open_services
 from filecask.auth import generate_password, validate_password, validate_user_name
-from filecask.connections import make_runner, raise_open_file_limit
 from filecask.errors import FilecaskError, QuotaExceeded
-from filecask.fsck import Report, fsck, gc
+from filecask.http.accesslog import AccessLogger
+from filecask.http.metrics import use_multiprocess_dir
+from filecask.http.protocol import make_runner, raise_open_file_limit
+from filecask.http.workers import BACKLOG, Supervisor, bind_sockets, close_sockets
 from filecask.logs import announce, configure_logging
-from filecask.metastore import parse_quota
-from filecask.metrics import use_multiprocess_dir
-from filecask.migrate import Advance, MigrationError, migrate, report_lines, source_settings
+from filecask.services import Services
 from filecask.settings import (
     SETTINGS,
     SETTINGS_BY_NAME,
@@ -40,7 +39,9 @@ from filecask.settings import (
     load_settings,
     parse_duration,
 )
-from filecask.workers import BACKLOG, Supervisor, bind_sockets, close_sockets
+from filecask.storage.fsck import Report, fsck, gc
+from filecask.storage.meta import parse_quota
+from filecask.storage.mover import Advance, MigrationError, migrate, report_lines, source_settings
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -143,7 +144,7 @@ def _run_server(
     """One server process: on its own address, or on sockets the master bound for it.
 
     An AppRunner rather than `web.run_app`, which cannot be given our protocol
-    (`filecask.connections`: header and send timeouts, problem+json protocol errors).
+    (`filecask.http.protocol`: header and send timeouts, problem+json protocol errors).
     SIGTERM and SIGINT stop it gracefully: listening stops, requests in flight get up to
     aiohttp's shutdown timeout to finish, then the app's cleanup closes the stores."""
 
@@ -449,8 +450,8 @@ def _print_report(report: Report, as_json: bool, *, verb: str) -> None:
 
 
 def _add_client_commands() -> None:
-    """upload, download, rm, ls, archive: the HTTP client (`filecask.clientcli`)."""
-    from filecask.clientcli import COMMANDS
+    """upload, download, rm, ls, archive: the HTTP client (`filecask.client.commands`)."""
+    from filecask.client.commands import COMMANDS
 
     for command in COMMANDS:
         main.add_command(command)
