@@ -143,3 +143,12 @@ def test_client_imports_nothing_of_the_server(name: str) -> None:
         todo.extend(graph[module])
     server = {m for m in reached if not m.startswith("filecask.client")} - CLIENT_MAY_IMPORT
     assert server == set()
+
+
+def test_api_suite_names_real_modules() -> None:
+    """The modules run on every backend exist under these names (a move must update them)."""
+    from tests.conftest import API_SUITE
+
+    tests = Path(__file__).resolve().parent
+    for name in API_SUITE:
+        assert (tests.parent / (name.replace(".", "/") + ".py")).is_file(), name
