@@ -1,9 +1,13 @@
 """The `filecask` command: `serve` and user administration. Thin: parse, build Settings,
-delegate. Every `serve` flag comes from the settings table."""
+delegate. Every `serve` flag comes from the settings table.
+
+Server modules (the app, `http`, `storage`, aiohttp's web server, SQLAlchemy) are imported
+inside the server commands, not here: `filecask --help` and the client commands
+(`filecask.client.commands`) never load them, so they start in a fraction of the time
+(`scripts/help-time` measures it, `tests/test_cli_imports.py` keeps it so)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import gc as garbage_collector
@@ -11,26 +15,15 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import uvloop
-from aiohttp import web
 
 from filecask import __version__
-from filecask.app import StartupError, close_services, create_app, open_services
-from filecask.auth import generate_password, validate_password, validate_user_name
 from filecask.errors import FilecaskError, QuotaExceeded
-from filecask.http.accesslog import AccessLogger
-from filecask.http.metrics import use_multiprocess_dir
-from filecask.http.protocol import make_runner, raise_open_file_limit
-from filecask.http.workers import BACKLOG, Supervisor, bind_sockets, close_sockets
-from filecask.logs import announce, configure_logging
-from filecask.services import Services
 from filecask.settings import (
     SETTINGS,
     SETTINGS_BY_NAME,
@@ -39,9 +32,13 @@ from filecask.settings import (
     load_settings,
     parse_duration,
 )
-from filecask.storage.fsck import Report, fsck, gc
-from filecask.storage.meta import parse_quota
-from filecask.storage.mover import Advance, MigrationError, migrate, report_lines, source_settings
+
+if TYPE_CHECKING:
+    import socket
+
+    from filecask.services import Services
+    from filecask.storage.fsck import Report
+    from filecask.storage.mover import Advance
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -74,6 +71,7 @@ def build_settings(flags: dict[str, Any]) -> Settings:
 
 def run(coro_fn: Callable[[Services], Awaitable[T]], settings: Settings, *, reap: bool = True) -> T:
     """Open the stores, run one coroutine against them, close them; errors as messages."""
+    from filecask.app import close_services, open_services
 
     async def main() -> T:
         services = await open_services(settings, reap=reap)
@@ -87,6 +85,11 @@ def run(coro_fn: Callable[[Services], Awaitable[T]], settings: Settings, *, reap
 
 def run_loop(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to its end; the errors people can act on become one-line messages."""
+    import uvloop
+
+    from filecask.app import StartupError
+    from filecask.storage.mover import MigrationError
+
     try:
         return uvloop.run(coro)
     except FilecaskError as exc:
@@ -112,6 +115,11 @@ SECRET_HELP = "\n\n".join(
 @setting_options(*(s.name for s in SETTINGS if not s.secret))
 def serve(**flags: Any) -> None:
     """Run the HTTP server."""
+    from filecask.http.metrics import use_multiprocess_dir
+    from filecask.http.protocol import raise_open_file_limit
+    from filecask.http.workers import Supervisor, bind_sockets, close_sockets
+    from filecask.logs import announce, configure_logging
+
     settings = build_settings(flags)
     configure_logging(settings.log_format)
     raise_open_file_limit()  # every connection is a file descriptor (workers inherit it)
@@ -147,6 +155,16 @@ def _run_server(
     (`filecask.http.protocol`: header and send timeouts, problem+json protocol errors).
     SIGTERM and SIGINT stop it gracefully: listening stops, requests in flight get up to
     aiohttp's shutdown timeout to finish, then the app's cleanup closes the stores."""
+    import asyncio
+
+    import uvloop
+    from aiohttp import web
+
+    from filecask.app import create_app
+    from filecask.http.accesslog import AccessLogger
+    from filecask.http.protocol import make_runner
+    from filecask.http.workers import BACKLOG
+    from filecask.logs import announce
 
     async def serve() -> None:
         runner = make_runner(
@@ -220,6 +238,8 @@ def user() -> None:
 @setting_options("data_dir", "database_url")
 def user_add(name: str, admin: bool, password_stdin: bool, **flags: Any) -> None:
     """Create a user."""
+    from filecask.auth import validate_user_name
+
     settings = build_settings(flags)
     name = _checked(validate_user_name, name)
     password = _read_password(password_stdin, confirm=True)
@@ -274,6 +294,8 @@ def user_quota(name: str, size: str, **flags: Any) -> None:
     """Limit the bytes NAME's files may take: SIZE is e.g. 10G or 512M (binary units), or
     'none' (or 'unlimited') for no limit. Takes effect at once, also in a running server;
     lowering it below what NAME stores deletes nothing, it refuses new uploads."""
+    from filecask.storage.meta import parse_quota
+
     settings = build_settings(flags)
     quota = None if size.strip().lower() in NO_QUOTA else _checked(parse_quota, size)
     run(lambda s: s.meta.set_quota(name, quota), settings)
@@ -298,6 +320,8 @@ def user_remove(name: str, yes: bool, **flags: Any) -> None:
 
 
 def _read_password(from_stdin: bool, *, confirm: bool) -> str:
+    from filecask.auth import generate_password, validate_password
+
     if from_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
@@ -329,6 +353,7 @@ def fsck_command(repair: bool, as_json: bool, **flags: Any) -> None:
     """Check that the store and the database agree: re-hash every blob, find orphans,
     missing or corrupt blobs and dead uploads' leftovers. Safe while serving.
     Exit status: 0 consistent (after repairs), 1 problems remain."""
+    from filecask.storage.fsck import fsck
 
     async def check(services: Services) -> Report:
         total = sum((await services.meta.blob_sizes()).values())
@@ -359,6 +384,8 @@ def gc_command(grace: str, dry_run: bool, as_json: bool, **flags: Any) -> None:
     """Remove blobs nothing references, and dead uploads' scratch files, older than the
     grace period; expired resumable uploads and the partial files of uploads that no
     longer exist (a removed user's) whatever their age. Safe while serving."""
+    from filecask.storage.fsck import gc
+
     try:
         seconds = parse_duration(grace)
     except ValueError as exc:
@@ -408,6 +435,8 @@ def migrate_command(source_dir: Path, from_database_url: str | None, **flags: An
     be empty; a bootstrap `admin` from a first start, holding nothing, is replaced by the
     source's users. Unfinished resumable uploads are not migrated. The source's files are only read.
     Exit status: 0 copied and verified, 1 refused, stopped or not verified."""
+    from filecask.storage.mover import migrate, report_lines, source_settings
+
     target = build_settings(flags)
     source = source_settings(source_dir, from_database_url)
     summary = run_loop(migrate(source, target, progress=_progress_bar))

@@ -1,7 +1,7 @@
 """Settings: one typed, frozen object built from CLI flags > environment > `.env` > defaults.
 
 One table (`SETTINGS`) names every setting once; it drives the environment variable names,
-the `serve` flags and their help, the README's settings table and a test that keeps them in
+the `serve` flags and their help, the table in docs/settings.md and a test that keeps them in
 step. Nothing here reads the environment at import time: `load_settings` is handed it.
 """
 

@@ -13,15 +13,17 @@ from click.testing import CliRunner
 
 from filecask.cli import main
 from filecask.client.commands import bundle_paths
-from filecask.client.http import (
+from filecask.client.contract import (
     CLIENT_ENV,
     DEFAULT_URL,
     PASSWORD_ENV,
     URL_ENV,
     USER_ENV,
+    ExitCode,
+)
+from filecask.client.http import (
     ClientError,
     Credentials,
-    ExitCode,
     NetrcEntry,
     checked_hash,
     exit_code_for_status,

@@ -8,6 +8,9 @@ Output is for scripts: results on stdout (one line per file, or JSON Lines with
 codes of `ExitCode`. Progress bars appear only when stderr is a terminal. A command that
 handles several files stops at the first failure; the lines already printed are the files
 that were done.
+
+The HTTP side (`filecask.client.http`, and with it aiohttp and uvloop) is imported when a
+command runs, not when the commands are defined: `--help` loads none of it.
 """
 
 from __future__ import annotations
@@ -20,32 +23,15 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-import aiohttp
 import click
-import uvloop
 
-from filecask.client.http import (
-    DEFAULT_URL,
-    PASSWORD_ENV,
-    URL_ENV,
-    USER_ENV,
-    Advance,
-    Client,
-    ClientError,
-    Credentials,
-    ExitCode,
-    Prompt,
-    checked_hash,
-    network_error,
-    no_progress,
-    part_path,
-    resolve_credentials,
-    resolve_url,
-)
+from filecask.client.contract import DEFAULT_URL, PASSWORD_ENV, URL_ENV, USER_ENV, ExitCode
 from filecask.names import safe_entry_names
 
 if TYPE_CHECKING:
     from click._termui_impl import ProgressBar
+
+    from filecask.client.http import Advance, ClientError, Credentials, Prompt
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -126,6 +112,10 @@ def _fail(error: ClientError) -> NoReturn:
 
 def _run(make: Callable[[], Awaitable[T]], url: str) -> T:
     """Run one command's coroutine; every failure becomes a message and its exit code."""
+    import aiohttp
+    import uvloop
+
+    from filecask.client.http import ClientError, network_error
 
     async def main() -> T:
         return await make()
@@ -141,6 +131,8 @@ def _run(make: Callable[[], Awaitable[T]], url: str) -> T:
 
 
 def _url(flag: str | None) -> str:
+    from filecask.client.http import ClientError, resolve_url
+
     try:
         return resolve_url(flag, os.environ)
     except ClientError as exc:
@@ -150,6 +142,8 @@ def _url(flag: str | None) -> str:
 def _credentials(url: str, user: str | None) -> Credentials:
     """Resolve credentials before any request, asking only on a terminal (both stdin, to
     type, and stderr, where the question goes, since stdout may be piped)."""
+    from filecask.client.http import ClientError, resolve_credentials
+
     prompt: Prompt | None = None
     if sys.stdin.isatty() and sys.stderr.isatty():
         prompt = _prompt
@@ -167,6 +161,8 @@ def _prompt(label: str, hide: bool) -> str:
 def _progress_factory() -> Callable[[str, int | None], AbstractContextManager[Advance]]:
     """Progress bars on stderr when it is a terminal; nothing at all otherwise (click's
     hidden bar would still print its label, which is noise in a log)."""
+    from filecask.client.http import no_progress
+
     if not sys.stderr.isatty():
         return no_progress
 
@@ -182,6 +178,8 @@ def _progress_factory() -> Callable[[str, int | None], AbstractContextManager[Ad
 
 
 def _checked_hashes(values: tuple[str, ...]) -> list[str]:
+    from filecask.client.http import ClientError, checked_hash
+
     try:
         return [checked_hash(value) for value in values]
     except ClientError as exc:
@@ -211,6 +209,8 @@ def upload(files: tuple[Path, ...], url: str | None, user: str | None, as_json: 
     Each file is hashed locally, then streamed as `PUT /files/HASH?name=NAME` (NAME: its
     base name); the server checks the bytes against the hash, so what is stored is
     verified end to end. Uploading content you already hold costs nothing."""
+    from filecask.client.http import Client
+
     base = _url(url)
     credentials = _credentials(base, user)
 
@@ -243,6 +243,8 @@ def download(hash_: str, output: str | None, url: str | None) -> None:
     It is written to PATH.part and renamed to PATH only once its hash is right. If
     PATH.part exists (a cut download), only the rest is fetched (Range, If-Range). A
     mismatch removes PATH.part and exits 5."""
+    from filecask.client.http import Client, part_path
+
     base = _url(url)
     [hex_hash] = _checked_hashes((hash_,))
     target: Path | None = None
@@ -272,6 +274,8 @@ def download(hash_: str, output: str | None, url: str | None) -> None:
 @user_option
 def rm(hashes: tuple[str, ...], url: str | None, user: str | None) -> None:
     """Delete your reference to each HASH (the bytes go when nobody holds them)."""
+    from filecask.client.http import Client
+
     base = _url(url)
     hex_hashes = _checked_hashes(hashes)
     credentials = _credentials(base, user)
@@ -297,6 +301,8 @@ def rm(hashes: tuple[str, ...], url: str | None, user: str | None) -> None:
 @json_option
 def ls(url: str | None, user: str | None, as_json: bool) -> None:
     """List your files, newest first: HASH SIZE DATE NAME (every page)."""
+    from filecask.client.http import Client
+
     base = _url(url)
     credentials = _credentials(base, user)
 
@@ -339,6 +345,8 @@ def archive(
 ) -> None:
     """Save a bundle of stored files as a ZIP and print its URL (anyone with it may
     download). Names repeated in the bundle get ` (2)`, ` (3)` … before the extension."""
+    from filecask.client.http import Client
+
     base = _url(url)
     wanted: list[tuple[str, str | None]] = []
     for spec in specs:

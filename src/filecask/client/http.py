@@ -1,5 +1,6 @@
-"""The HTTP side of the `filecask` command-line client: configuration, credentials, exit
-codes, and an aiohttp session that streams uploads from disk and downloads to disk.
+"""The HTTP side of the `filecask` command-line client: configuration, credentials, errors
+(with the exit codes of `filecask.client.contract`), and an aiohttp session that streams
+uploads from disk and downloads to disk.
 
 Nothing here touches click or the terminal: the commands (`filecask.client.commands`) hand in a
 `Prompt` (or None when there is no terminal to ask on) and a `ProgressFactory`, so the
@@ -16,7 +17,6 @@ other's variables; `tests/client/test_client.py` keeps it that way.
 from __future__ import annotations
 
 import asyncio
-import enum
 import hashlib
 import json
 import netrc
@@ -30,14 +30,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from filecask.client.contract import DEFAULT_URL, PASSWORD_ENV, URL_ENV, USER_ENV, ExitCode
 from filecask.errors import InvalidHash
 from filecask.hashes import parse_hash
-
-DEFAULT_URL = "http://127.0.0.1:8080"
-URL_ENV = "FILECASK_URL"
-USER_ENV = "FILECASK_USER"
-PASSWORD_ENV = "FILECASK_PASSWORD"  # noqa: S105 (a variable's name, not a password)
-CLIENT_ENV = (URL_ENV, USER_ENV, PASSWORD_ENV)
 
 CHUNK = 1 << 20
 """Bytes per read from a local file or from the network: large enough that the thread hop
@@ -51,23 +46,6 @@ TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300)
 """No total limit (a 10 GiB transfer may take long), but a connection that cannot be made
 in 30 s or a response that stalls for 5 minutes (longer than any server-side timeout, so
 the server's own 408/drop is what normally ends a stall) is a network error."""
-
-
-class ExitCode(enum.IntEnum):
-    """What a script can rely on; documented in the README and in each command's --help."""
-
-    OK = 0
-    LOCAL = 1
-    """Usage or local error: bad arguments, unreadable file, unusable ~/.netrc."""
-    NOT_FOUND = 2
-    """404: no such file or bundle."""
-    AUTH = 3
-    """401/403: wrong or missing credentials, or not permitted."""
-    REFUSED = 4
-    """Any other 4xx: bad request, conflict, too large / over quota (413), bad range."""
-    SERVER = 5
-    """5xx, connection refused, timeout, a cut transfer, or a download whose bytes do not
-    have the hash asked for."""
 
 
 class ClientError(Exception):
