@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -20,6 +20,7 @@ from filecask.api.spec import (
     LOCATION,
     RANGE_PARAMETERS,
     SIGNED_IN,
+    F,
     Json,
     Reply,
     download_replies,
@@ -145,7 +146,7 @@ HASH = hash_param(
 
 def _upload_operation(
     operation_id: str, summary: str, description: str = "", *path: Json, **extra: Any
-) -> Any:
+) -> Callable[[F], F]:
     stored = Reply(
         "Stored; the body describes the caller's reference.", FileInfo, {"Location": LOCATION}
     )

@@ -10,10 +10,18 @@ stay `filecask.errors`' problem dicts; `Problem` only describes them.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, NotRequired, TypeVar
+from typing import Annotated, Any, Literal, NotRequired, TypeVar, cast
 
 from aiohttp import web
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    model_validator,
+    with_config,
+)
 from pydantic import ValidationError as _ValidationError
 from typing_extensions import TypeAliasType, TypedDict
 
@@ -67,13 +75,13 @@ PATH_RULES = (
 # ------------------------------------------------------------------------------ answers
 
 
+@with_config(CLOSED)
 class Status(TypedDict):
-    __pydantic_config__ = CLOSED  # type: ignore[misc]
     status: Literal["ok", "ready"]
 
 
+@with_config(CLOSED)
 class FileInfo(TypedDict):
-    __pydantic_config__ = CLOSED  # type: ignore[misc]
     hash: Hash
     size: Count
     name: Annotated[str, Field(description="The caller's name for the file.")]
@@ -82,8 +90,8 @@ class FileInfo(TypedDict):
     url: Url
 
 
+@with_config(CLOSED)
 class FileList(TypedDict):
-    __pydantic_config__ = CLOSED  # type: ignore[misc]
     files: list[FileInfo]
     next_cursor: Annotated[
         Annotated[str, Field(pattern="^[0-9]+$")] | None,
@@ -91,15 +99,15 @@ class FileList(TypedDict):
     ]
 
 
+@with_config(CLOSED)
 class BundleCreated(TypedDict):
-    __pydantic_config__ = CLOSED  # type: ignore[misc]
     id: Hash
     name: str
     url: Url
 
 
+@with_config(CLOSED)
 class BundleInfo(TypedDict):
-    __pydantic_config__ = CLOSED  # type: ignore[misc]
     id: Hash
     name: str
     files: Annotated[int, Field(ge=1)]
@@ -108,16 +116,16 @@ class BundleInfo(TypedDict):
     url: Url
 
 
+@with_config(CLOSED)
 class BundleList(TypedDict):
-    __pydantic_config__ = CLOSED  # type: ignore[misc]
     archives: list[BundleInfo]
 
 
+@with_config(CLOSED)
 class FileDeleted(TypedDict):
     """The caller's reference is gone, but bundles they hold still name the content: it
     stays stored, downloadable and counted in their usage until those bundles are deleted."""
 
-    __pydantic_config__ = CLOSED  # type: ignore[misc]
     hash: Hash
     held_by_bundles: Annotated[list[BundleCreated], Field(min_length=1)]
 
@@ -136,8 +144,8 @@ _RESERVED = Field(
 )
 
 
+@with_config(CLOSED)
 class Me(TypedDict):
-    __pydantic_config__ = CLOSED  # type: ignore[misc]
     name: str
     is_admin: bool
     files: Annotated[int, _FILES]
@@ -147,8 +155,8 @@ class Me(TypedDict):
     quota: Quota
 
 
+@with_config(CLOSED)
 class UserSummary(TypedDict):
-    __pydantic_config__ = CLOSED  # type: ignore[misc]
     name: str
     is_admin: bool
     created_at: Timestamp
@@ -159,13 +167,13 @@ class UserSummary(TypedDict):
     quota: Quota
 
 
+@with_config(CLOSED)
 class UserList(TypedDict):
-    __pydantic_config__ = CLOSED  # type: ignore[misc]
     users: list[UserSummary]
 
 
+@with_config(CLOSED)
 class CreatedUser(TypedDict):
-    __pydantic_config__ = CLOSED  # type: ignore[misc]
     name: str
     is_admin: bool
     password: NotRequired[
@@ -174,10 +182,8 @@ class CreatedUser(TypedDict):
     quota: Quota
 
 
-class Problem(TypedDict, total=False):
-    """An RFC 9457 problem, as `filecask.errors` builds it (this type only describes it)."""
-
-    __pydantic_config__ = ConfigDict(  # type: ignore[misc]
+@with_config(
+    ConfigDict(
         extra="allow",
         json_schema_extra={
             "required": ["type", "title", "status", "detail"],
@@ -187,6 +193,10 @@ class Problem(TypedDict, total=False):
             "extensions that identify what was wrong.",
         },
     )
+)
+class Problem(TypedDict, total=False):
+    """An RFC 9457 problem, as `filecask.errors` builds it (this type only describes it)."""
+
     type: Url
     title: str
     status: Annotated[int, Field(ge=400, le=599)]
@@ -247,7 +257,7 @@ _ADAPTERS: dict[object, TypeAdapter[Any]] = {}
 def adapter(kind: object) -> TypeAdapter[Any]:
     found = _ADAPTERS.get(kind)
     if found is None:
-        found = _ADAPTERS[kind] = TypeAdapter(kind)
+        found = _ADAPTERS[kind] = TypeAdapter(cast(Any, kind))
     return found
 
 
@@ -294,7 +304,7 @@ QuotaInput = TypeAliasType(
         ),
     ],
 )
-_Quota = Annotated[QuotaInput, BeforeValidator(parse_quota)]
+_Quota = Annotated[int | None, BeforeValidator(parse_quota, json_schema_input_type=QuotaInput)]
 
 
 def _password_schema(schema: dict[str, Any]) -> None:

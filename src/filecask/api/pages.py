@@ -18,15 +18,15 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from importlib.resources.abc import Traversable
-from typing import Any
 
 import swagger_ui_bundle  # type: ignore[import-untyped]
 from aiohttp import web
 
-from filecask.api.spec import ANONYMOUS, IF_NONE_MATCH, Reply, header, operation, param
+from filecask.api.spec import ANONYMOUS, IF_NONE_MATCH, F, Reply, header, operation, param
 from filecask.errors import NotFound
 
 OWN_CACHE = "no-cache"
@@ -159,7 +159,9 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
-def _operation(operation_id: str, summary: str, table: dict[str, Source], prefix: str = "") -> Any:
+def _operation(
+    operation_id: str, summary: str, table: dict[str, Source], prefix: str = ""
+) -> Callable[[F], F]:
     """A page or asset route's declaration, from its files' table (`prefix`: the assets')."""
     sources = list(table.values())
     etag = header(
