@@ -1,5 +1,5 @@
 """The JSON bodies of the API as types: what handlers encode, validate, and what the OpenAPI
-document's schemas are generated from (see docs/api-models.md for the choices).
+document's schemas are generated from (docs/api-models.md says why).
 
 Answers are TypedDicts: a handler builds a plain dict that mypy checks against the type,
 and `reply` encodes it through the type's pydantic serializer (in Rust, no validation).
@@ -380,8 +380,7 @@ class ManifestEntry(BaseModel):
 
 
 class Manifest(BaseModel):
-    """`POST /archives`' body. Described here, checked by `parse_manifest` (see
-    docs/api-models.md: its path rules and limits are the archive's, with their own errors)."""
+    # Described here, checked by `parse_manifest` (its own rules and errors).
 
     name: Annotated[
         str,
