@@ -17,8 +17,8 @@ from aiohttp import web
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from filecask.api import archives, docs, files, metrics, ops, users
-from filecask.api.pages import docs_routes, page_routes
+from filecask.api import metrics
+from filecask.api.openapi import route_tables
 from filecask.archives.plans import FolderPlans
 from filecask.auth import Authenticator, generate_password
 from filecask.errors import Conflict
@@ -54,17 +54,10 @@ def create_app(settings: Settings) -> web.Application:
     install_metrics(app)
     metrics.install(app)
     app.cleanup_ctx.append(_services)
-    app.router.add_routes(ops.routes)
-    app.router.add_routes(docs.routes)
-    app.router.add_routes(docs_routes)
-    app.router.add_routes(archives.archive_routes)
+    for table in route_tables(file_api=settings.file_api):
+        app.router.add_routes(table)
     if settings.file_api:
-        app.router.add_routes(files.routes)
-        app.router.add_routes(users.routes)
-        app.router.add_routes(archives.bundle_routes)
-        app.router.add_routes(uploads.routes)
         app.cleanup_ctx.append(uploads.sweeper)
-        app.router.add_routes(page_routes)
     return app
 
 

@@ -13,12 +13,24 @@ import functools
 import os
 from collections.abc import Callable
 from email.utils import formatdate
-from typing import Any
 
 from aiohttp import hdrs, web
 
 from filecask.api.common import base_url, read_json_object, require_user
 from filecask.api.files import content_disposition
+from filecask.api.models import BundleCreated, BundleInfo, BundleList, Manifest, reply
+from filecask.api.spec import (
+    ANONYMOUS,
+    IF_NONE_MATCH,
+    LOCATION,
+    RANGE_PARAMETERS,
+    SIGNED_IN,
+    Reply,
+    download_replies,
+    hash_param,
+    operation,
+    param,
+)
 from filecask.archives.manifest import parse_manifest
 from filecask.archives.plans import (
     Archive,
@@ -54,8 +66,31 @@ SMALL_SLICE = 16 << 10
 """Folder files' data up to this size is read into the batch instead of sendfile()d."""
 
 
+ARCHIVE_SUMMARY = "A folder of the archive root (or, with the file API, a saved bundle), as a ZIP."
+
+
 @archive_routes.get("/archive/{id}", allow_head=True)
 @archive_routes.get("/archive/{id}/", allow_head=True)
+@operation(
+    "downloadArchive",
+    ARCHIVE_SUMMARY,
+    "archives",
+    security=ANONYMOUS,
+    parameters=[
+        param(
+            "id",
+            "path",
+            "A bundle id (64 hex digits, if such a bundle exists) or the name of a sub-folder "
+            "of the archive root: one plain path segment of at most 255 bytes, not starting "
+            "with '.', without '/', '\\\\' or control characters (else 400).",
+            {"type": "string", "minLength": 1},
+        ),
+        *RANGE_PARAMETERS,
+        IF_NONE_MATCH,
+    ],
+    replies=download_replies(archive=True),
+    variants={"GET /archive/{id}": ("downloadArchiveNoSlash", ARCHIVE_SUMMARY)},
+)
 async def download_archive(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     archive = await _resolve(services, request.match_info["id"])
@@ -250,6 +285,17 @@ def _gather(
 
 
 @bundle_routes.post("/archives")
+@operation(
+    "createBundle",
+    "Save a bundle of stored files, served at /archive/{id}/.",
+    "archives",
+    body=Manifest,
+    replies={
+        200: Reply("The caller already held this bundle.", BundleCreated, {"Location": LOCATION}),
+        201: Reply("Saved.", BundleCreated, {"Location": LOCATION}),
+    },
+    problems=("BadRequest", "Forbidden", "Conflict", "PayloadTooLarge", *SIGNED_IN),
+)
 async def create_bundle(request: web.Request) -> web.Response:
     """`{"name": "holiday.zip", "files": [{"hash": ..., "path": "day1/1.jpg"}, ...]}`.
 
@@ -275,11 +321,26 @@ async def create_bundle(request: web.Request) -> web.Response:
         user, manifest, max_bundles=settings.max_bundles_per_user
     )
     url = f"{base_url(request)}/archive/{manifest.id}/"
-    body = {"id": manifest.id, "name": manifest.name, "url": url}
-    return web.json_response(body, status=201 if created else 200, headers={"Location": url})
+    answer: BundleCreated = {"id": manifest.id, "name": manifest.name, "url": url}
+    return reply(BundleCreated, answer, status=201 if created else 200, headers={"Location": url})
 
 
 @bundle_routes.get("/archives")
+@operation(
+    "listBundles",
+    "The caller's bundles.",
+    "archives",
+    parameters=[
+        hash_param(
+            "hash",
+            "Only the bundles naming this content (what keeps it stored after the caller "
+            "deletes the file). Checked before the credentials.",
+            "query",
+        )
+    ],
+    replies={200: Reply("The bundles.", BundleList)},
+    problems=("BadRequest", *SIGNED_IN),
+)
 async def list_bundles(request: web.Request) -> web.Response:
     """The caller's bundles; with `?hash=`, only those that name this content (what keeps
     it stored, and counted in the caller's usage, after they delete the file)."""
@@ -289,10 +350,19 @@ async def list_bundles(request: web.Request) -> web.Response:
     user = await require_user(request)
     bundles = await services.meta.list_bundles(user.id, hex_hash=hex_hash)
     base = base_url(request)
-    return web.json_response({"archives": [bundle_json(b, base) for b in bundles]})
+    return reply(BundleList, {"archives": [bundle_json(b, base) for b in bundles]})
 
 
 @bundle_routes.delete("/archives/{id}")
+@operation(
+    "deleteBundle",
+    "Drop the caller's bundle.",
+    "archives",
+    description="The id is checked before the credentials.",
+    parameters=[hash_param("id", "A bundle's id: the SHA-256 of its canonical manifest.")],
+    replies={204: Reply("Dropped.")},
+    problems=("BadRequest", *SIGNED_IN, "Forbidden", "NotFound"),
+)
 async def delete_bundle(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     bundle_id = parse_hash(request.match_info["id"])
@@ -301,7 +371,7 @@ async def delete_bundle(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def bundle_json(bundle: BundleSummary, base: str) -> dict[str, Any]:
+def bundle_json(bundle: BundleSummary, base: str) -> BundleInfo:
     return {
         "id": bundle.id,
         "name": bundle.name,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -12,6 +12,23 @@ from aiohttp import hdrs, web
 from aiohttp.streams import StreamReader
 
 from filecask.api.common import base_url, require_user
+from filecask.api.models import NAME_CHARACTERS, FileDeleted, FileInfo, FileList, reply
+from filecask.api.spec import (
+    ANONYMOUS,
+    BINARY,
+    IF_NONE_MATCH,
+    LOCATION,
+    RANGE_PARAMETERS,
+    SIGNED_IN,
+    F,
+    Json,
+    Reply,
+    download_replies,
+    hash_param,
+    header,
+    operation,
+    param,
+)
 from filecask.errors import (
     BadRequest,
     FilecaskError,
@@ -30,7 +47,7 @@ from filecask.http.ranges import if_none_match_matches
 from filecask.http.responses import send_body, write_blob_range
 from filecask.http.sendfile import send_file_range
 from filecask.mediatypes import is_active
-from filecask.names import validate_file_name
+from filecask.names import NAME_MAX_BYTES, validate_file_name
 from filecask.services import SERVICES, CachedBody, Services
 from filecask.storage.blobs import OpenBlob
 from filecask.storage.meta import FileRecord, RemoveOutcome, User
@@ -120,14 +137,91 @@ async def _check_declared_length(request: web.Request, user: User | None = None)
         raise QuotaExceeded(quota=user.quota, used=used, size=declared, reserved=reserved)
 
 
+HASH = hash_param(
+    "hash",
+    "A file's SHA-256, 64 hex digits (upper case is accepted and normalised; anything else "
+    "is 400).",
+)
+
+
+def _upload_operation(
+    operation_id: str, summary: str, description: str = "", *path: Json, **extra: Any
+) -> Callable[[F], F]:
+    stored = Reply(
+        "Stored; the body describes the caller's reference.", FileInfo, {"Location": LOCATION}
+    )
+    return operation(
+        operation_id,
+        summary,
+        "files",
+        description="Upload a file. 413 is answered before the body is read when "
+        "Content-Length exceeds the limit (and before `100 Continue`)." + description,
+        parameters=[
+            *path,
+            param(
+                "name",
+                "query",
+                f"The caller's name for the file: one path segment of at most {NAME_MAX_BYTES} "
+                f"bytes of UTF-8, without '/' or '\\\\'; {NAME_CHARACTERS} A multipart upload "
+                "falls back to the part's filename.",
+            ),
+        ],
+        body={
+            "required": True,
+            "description": "The file's bytes as the raw body (any Content-Type but "
+            "multipart/form-data; the stored type is decided from the name and the content), "
+            "or a multipart form whose field `file` holds them. The body is streamed, never "
+            "buffered. A form's other fields are ignored but count toward the upload size and "
+            "the quota; it may have `--multipart-max-parts` parts and "
+            "`--multipart-max-form-size` bytes besides the file, and must end with its closing "
+            "boundary (else 400, nothing stored).",
+            "content": {
+                "application/octet-stream": {"schema": BINARY},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {"file": BINARY},
+                    },
+                    "encoding": {"file": {"contentType": "application/octet-stream"}},
+                },
+            },
+        },
+        replies={
+            200: Reply("The caller already held this content.", FileInfo, stored.headers),
+            201: stored,
+        },
+        problems=(
+            "BadRequest",
+            *SIGNED_IN,
+            "RequestTimeout",
+            "PayloadTooLarge",
+            "InsufficientStorage",
+        ),
+        **extra,
+    )
+
+
 @routes.post("/files", expect_handler=_expect_continue)
 @routes.put("/files", expect_handler=_expect_continue)
+@_upload_operation(
+    "uploadFile",
+    "Upload a file.",
+    variants={"PUT /files": ("putFile", "Upload a file (as PUT).")},
+)
 async def upload(request: web.Request) -> web.Response:
     """A raw body (`curl --data-binary @f` or `-T f`, `?name=`) or a multipart form's `file`."""
     return await _store(request, expected_hash=None)
 
 
 @routes.put("/files/{hash}", expect_handler=_expect_continue)
+@_upload_operation(
+    "putFileWithHash",
+    "Upload a file whose hash is known.",
+    " The server verifies the content against the hash in the URL: a mismatch is 400 "
+    "`hash-mismatch` and nothing is stored.",
+    HASH,
+)
 async def upload_with_hash(request: web.Request) -> web.Response:
     """Upload with the id known beforehand; the server verifies it before storing."""
     expected = parse_hash(request.match_info["hash"])
@@ -165,9 +259,7 @@ async def _store(request: web.Request, *, expected_hash: str | None) -> web.Resp
             quota=user.quota, used=used, size=allowance + 1, cut=True, reserved=reserved
         ) from None
     body = file_json(record, base_url(request))
-    return web.json_response(
-        body, status=201 if created else 200, headers={"Location": body["url"]}
-    )
+    return reply(FileInfo, body, status=201 if created else 200, headers={"Location": body["url"]})
 
 
 async def _quota_allowance(services: Services, user: User) -> int | None:
@@ -237,6 +329,24 @@ async def _raw_chunks(content: StreamReader, stall: float) -> AsyncIterator[byte
 
 
 @routes.get("/files/{hash}", allow_head=True)
+@operation(
+    "downloadFile",
+    "Download a file (anyone with the hash).",
+    "files",
+    security=ANONYMOUS,
+    parameters=[
+        HASH,
+        param(
+            "name",
+            "query",
+            "The file name for Content-Disposition (same rules as upload names); without it "
+            "the name is the hash.",
+        ),
+        *RANGE_PARAMETERS,
+        IF_NONE_MATCH,
+    ],
+    replies=download_replies(archive=False),
+)
 async def download(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     hex_hash = parse_hash(request.match_info["hash"])
@@ -362,6 +472,23 @@ async def _send_bytes(
 
 
 @routes.delete("/files/{hash}")
+@operation(
+    "deleteFile",
+    "Drop the caller's reference to a file.",
+    "files",
+    description="The hash is checked before the credentials. When bundles the caller holds "
+    "still name the content, the answer is 200 and says which: the content stays stored (its "
+    "link keeps working) and counted in the caller's usage until those bundles are deleted.",
+    parameters=[HASH],
+    replies={
+        200: Reply("Dropped, but the caller's own bundles keep the content.", FileDeleted),
+        204: Reply(
+            "Dropped; nothing of the caller's keeps the content (the bytes go when nothing "
+            "names them)."
+        ),
+    },
+    problems=("BadRequest", *SIGNED_IN, "Forbidden", "NotFound"),
+)
 async def delete(request: web.Request) -> web.Response:
     """Drop the caller's reference: 204 when nothing of theirs keeps the content any more.
     When bundles they hold still name it, the content stays stored (downloadable by its
@@ -377,11 +504,43 @@ async def delete(request: web.Request) -> web.Response:
     if not holding:
         return web.Response(status=204)
     base = base_url(request)
-    held = [{"id": b.id, "name": b.name, "url": f"{base}/archive/{b.id}/"} for b in holding]
-    return web.json_response({"hash": hex_hash, "held_by_bundles": held})
+    held: FileDeleted = {
+        "hash": hex_hash,
+        "held_by_bundles": [
+            {"id": b.id, "name": b.name, "url": f"{base}/archive/{b.id}/"} for b in holding
+        ],
+    }
+    return reply(FileDeleted, held)
 
 
 @routes.get("/files")
+@operation(
+    "listFiles",
+    "The caller's files, newest first, a page at a time.",
+    "files",
+    parameters=[
+        param(
+            "limit",
+            "query",
+            f"Page size, 1 to {LIST_MAX} (default {LIST_DEFAULT}); else 400.",
+            {"type": "integer", "minimum": 1, "maximum": LIST_MAX},
+        ),
+        param(
+            "cursor",
+            "query",
+            "`next_cursor` of the previous page (a positive integer).",
+            {"type": "string", "pattern": "^[0-9]*[1-9][0-9]*$"},
+        ),
+    ],
+    replies={
+        200: Reply(
+            "One page.",
+            FileList,
+            {"Link": header('`<url>; rel="next"` when there is a next page.', required=False)},
+        )
+    },
+    problems=("BadRequest", *SIGNED_IN),
+)
 async def list_files(request: web.Request) -> web.Response:
     """The caller's files, newest first; `?limit=` and the opaque `?cursor=` page through."""
     services = request.app[SERVICES]
@@ -391,13 +550,13 @@ async def list_files(request: web.Request) -> web.Response:
     records = await services.meta.list_refs(user.id, limit=limit + 1, before_id=cursor)
     page, more = records[:limit], len(records) > limit
     base = base_url(request)
-    body: dict[str, Any] = {"files": [file_json(r, base) for r in page], "next_cursor": None}
+    body: FileList = {"files": [file_json(r, base) for r in page], "next_cursor": None}
     headers: dict[str, str] = {}
     if more:
-        body["next_cursor"] = str(page[-1].id)
-        next_url = request.rel_url.update_query(cursor=body["next_cursor"], limit=limit)
+        body["next_cursor"] = cursor_text = str(page[-1].id)
+        next_url = request.rel_url.update_query(cursor=cursor_text, limit=limit)
         headers["Link"] = f'<{base}{next_url}>; rel="next"'
-    return web.json_response(body, headers=headers)
+    return reply(FileList, body, headers=headers)
 
 
 _DIGITS = re.compile(r"[0-9]{1,19}")
@@ -417,7 +576,7 @@ def _int_param(
     return int(raw)
 
 
-def file_json(record: FileRecord, base: str) -> dict[str, Any]:
+def file_json(record: FileRecord, base: str) -> FileInfo:
     return {
         "hash": record.hash,
         "size": record.size,

@@ -10,6 +10,7 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from filecask.api.common import require_admin
+from filecask.api.spec import Problem, Reply, header, operation
 from filecask.errors import Unauthorized
 from filecask.http.metrics import METRICS, forget_dead_workers
 from filecask.services import SERVICES, SETTINGS
@@ -21,10 +22,12 @@ METRICS_TOKENS = web.AppKey("metrics_tokens", tuple[bytes, ...])
 METRICS_CHALLENGE = 'Bearer realm="filecask metrics", Basic realm="filecask", charset="UTF-8"'
 
 
+routes = web.RouteTableDef()
+
+
 def install(app: web.Application) -> None:
-    """The `/metrics` route and the start-up step that reads its tokens."""
+    """The start-up step that reads the tokens of the `/metrics` route (`routes`)."""
     app.on_startup.append(_read_metrics_tokens)
-    app.router.add_get("/metrics", metrics_handler)
 
 
 async def _read_metrics_tokens(app: web.Application) -> None:
@@ -68,6 +71,38 @@ async def check_metrics_access(request: web.Request) -> None:
     raise error
 
 
+@routes.get("/metrics")
+@operation(
+    "metrics",
+    "Prometheus metrics: requests, latency, bytes, work in flight, store size.",
+    "operations",
+    description="For the metrics bearer token (`FILECASK_METRICS_TOKEN`,"
+    " `--metrics-token-file`) or an administrator's Basic credentials; for anyone with"
+    " `--metrics-public true`.",
+    security=[{"metricsToken": []}, {"basicAuth": []}],
+    replies={
+        200: Reply(
+            "The Prometheus text format (OpenMetrics if the Accept header asks for it), totals"
+            " over every worker.",
+            content={
+                media: {"schema": {"type": "string"}}
+                for media in ("text/plain", "application/openmetrics-text")
+            },
+        ),
+        401: Problem(
+            401,
+            "No credentials, a wrong bearer token, or wrong Basic credentials.",
+            {
+                "WWW-Authenticate": header(
+                    f"Without credentials `{METRICS_CHALLENGE}`; with a wrong token"
+                    ' `Bearer realm="filecask metrics", error="invalid_token"`; with wrong'
+                    ' Basic credentials `Basic realm="filecask", charset="UTF-8"`.'
+                )
+            },
+        ),
+    },
+    problems=("Forbidden", "TooManyRequests"),
+)
 async def metrics_handler(request: web.Request) -> web.Response:
     """The text exposition format (OpenMetrics if the scraper asks for it)."""
     await check_metrics_access(request)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from filecask.api.models import Status, reply
+from filecask.api.spec import ANONYMOUS, Reply, operation
 from filecask.errors import ServiceUnavailable
 from filecask.services import SERVICES
 
@@ -11,12 +13,27 @@ routes = web.RouteTableDef()
 
 
 @routes.get("/healthz")
+@operation(
+    "healthz",
+    "Liveness: the process answers.",
+    "operations",
+    security=ANONYMOUS,
+    replies={200: Reply("Up.", Status)},
+)
 async def healthz(request: web.Request) -> web.Response:
     """The process is up and its event loop answers."""
-    return web.json_response({"status": "ok"})
+    return reply(Status, {"status": "ok"})
 
 
 @routes.get("/readyz")
+@operation(
+    "readyz",
+    "Readiness: the database and the store are usable.",
+    "operations",
+    security=ANONYMOUS,
+    replies={200: Reply("Ready.", Status)},
+    problems=["ServiceUnavailable"],
+)
 async def readyz(request: web.Request) -> web.Response:
     """The metadata store answers and the blob store is present."""
     services = request.app[SERVICES]
@@ -26,4 +43,4 @@ async def readyz(request: web.Request) -> web.Response:
         raise ServiceUnavailable(f"The metadata store does not answer: {exc}") from exc
     if not await services.blobs.ready():
         raise ServiceUnavailable("The blob store cannot be read or written.")
-    return web.json_response({"status": "ready"})
+    return reply(Status, {"status": "ready"})
