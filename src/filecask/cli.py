@@ -25,7 +25,9 @@ from filecask import __version__
 from filecask.app import StartupError, close_services, create_app, open_services
 from filecask.auth import generate_password, validate_password, validate_user_name
 from filecask.errors import FilecaskError, QuotaExceeded
+from filecask.http import aiohttp_internals, prometheus_internals
 from filecask.http.accesslog import AccessLogger
+from filecask.http.libcheck import UnsupportedLibrary
 from filecask.http.metrics import use_multiprocess_dir
 from filecask.http.protocol import make_runner, raise_open_file_limit
 from filecask.http.workers import BACKLOG, Supervisor, bind_sockets, close_sockets
@@ -112,6 +114,7 @@ SECRET_HELP = "\n\n".join(
 @setting_options(*(s.name for s in SETTINGS if not s.secret))
 def serve(**flags: Any) -> None:
     """Run the HTTP server."""
+    check_libraries()
     settings = build_settings(flags)
     configure_logging(settings.log_format)
     raise_open_file_limit()  # every connection is a file descriptor (workers inherit it)
@@ -136,6 +139,16 @@ def serve(**flags: Any) -> None:
     finally:
         close_sockets(sockets)
     sys.exit(status)
+
+
+def check_libraries() -> None:
+    """Stop at once, with one line, if aiohttp or prometheus-client is not a version whose
+    internals filecask knows (`filecask.http.libcheck`)."""
+    try:
+        aiohttp_internals.check()
+        prometheus_internals.check()
+    except UnsupportedLibrary as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _run_server(
