@@ -147,20 +147,13 @@ def missing() -> list[str]:
     return lacking
 
 
-_checked = False
-
-
 def check() -> None:
     """Raise UnsupportedLibrary (one line) unless the installed aiohttp is a tested version
-    and has everything this adapter uses. Runs once per process."""
-    global _checked
-    if _checked:
-        return
+    and has everything this adapter uses (tens of microseconds)."""
     lacking = missing()
     if lacking:
         raise UnsupportedLibrary(missing_message("aiohttp", aiohttp.__version__, lacking))
     check_version("aiohttp", aiohttp.__version__, TESTED_LOWEST, TESTED_BELOW)
-    _checked = True
 
 
 # -- the request handler's state ---------------------------------------------------------
