@@ -12,6 +12,7 @@ untested version through (the attributes are still checked): the canary script
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from importlib import metadata
@@ -33,6 +34,7 @@ def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in match.group().split("."))
 
 
+@functools.cache
 def installed_version(package: str) -> str:
     try:
         return metadata.version(package)
