@@ -151,6 +151,8 @@ def version(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
     yield set_version
     libcheck.installed_version.cache_clear()
+    monkeypatch.undo()
+    libcheck.installed_version(internals.PACKAGE)  # as on import: no file I/O on the loop
 
 
 def test_check_names_a_missing_histogram_value(monkeypatch: pytest.MonkeyPatch) -> None:

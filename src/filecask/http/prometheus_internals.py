@@ -109,6 +109,11 @@ def missing() -> list[str]:
     return lacking
 
 
+# Looked up now, on import: reading the package metadata is file I/O, which the event loop
+# (create_app may be called on it) must not wait for.
+installed_version(PACKAGE)
+
+
 def check() -> None:
     """Raise UnsupportedLibrary (one line) unless the installed prometheus-client is a
     tested version and has everything this adapter uses."""
