@@ -23,6 +23,7 @@ from filecask.archives.plans import FolderPlans
 from filecask.auth import Authenticator, generate_password
 from filecask.errors import Conflict
 from filecask.faults import CrashPoints
+from filecask.http import aiohttp_internals, prometheus_internals
 from filecask.http.accesslog import log_client_gone
 from filecask.http.metrics import install_metrics, metrics_middleware
 from filecask.http.problem import problem_middleware
@@ -41,6 +42,9 @@ BODY_CACHE_ITEMS = 100_000
 
 
 def create_app(settings: Settings) -> web.Application:
+    # aiohttp's and prometheus-client's internals that filecask builds on are there.
+    aiohttp_internals.check()
+    prometheus_internals.check()
     # Order matters: problem_middleware is outermost but for metrics_middleware (which
     # raises nothing and must see the status the client gets) and the access line of a
     # client that left, so every error, including those of later middleware, leaves as

@@ -120,6 +120,7 @@ def serve(**flags: Any) -> None:
     from filecask.http.workers import Supervisor, bind_sockets, close_sockets
     from filecask.logs import announce, configure_logging
 
+    check_libraries()
     settings = build_settings(flags)
     configure_logging(settings.log_format)
     raise_open_file_limit()  # every connection is a file descriptor (workers inherit it)
@@ -144,6 +145,19 @@ def serve(**flags: Any) -> None:
     finally:
         close_sockets(sockets)
     sys.exit(status)
+
+
+def check_libraries() -> None:
+    """Stop at once, with one line, if aiohttp or prometheus-client is not a version whose
+    internals filecask knows (`filecask.http.libcheck`)."""
+    from filecask.http import aiohttp_internals, prometheus_internals
+    from filecask.http.libcheck import UnsupportedLibrary
+
+    try:
+        aiohttp_internals.check()
+        prometheus_internals.check()
+    except UnsupportedLibrary as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _run_server(

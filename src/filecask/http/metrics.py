@@ -58,10 +58,11 @@ from prometheus_client import (
     Gauge,
     Histogram,
     multiprocess,
-    values,
 )
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from filecask.http import prometheus_internals as internals
 
 __all__ = [
     "METRICS",
@@ -243,14 +244,11 @@ class Metrics:
         for request_labels, count in tally.requests.items():
             self.requests.labels(*request_labels).inc(count)
         for route_labels, latencies in tally.latency.items():
-            child = self.latency.labels(*route_labels)
-            # prometheus-client has no batch observe: add to the child's bucket and sum
-            # values directly (the same objects `observe` increments, also in multiprocess
-            # mode). tests/http/test_metrics.py checks the exposition against real observations.
-            child._sum.inc(latencies.total)
-            for bucket, observed in zip(child._buckets, latencies.counts, strict=True):
-                if observed:
-                    bucket.inc(observed)
+            # prometheus-client has no batch observe. tests/http/test_metrics.py checks
+            # the exposition against real observations.
+            internals.add_to_histogram(
+                self.latency.labels(*route_labels), latencies.total, latencies.counts
+            )
         if tally.received:
             self.received.inc(tally.received)
         if tally.sent:
@@ -260,7 +258,7 @@ class Metrics:
     def for_this_process(cls) -> Metrics:
         """Multiprocess if prometheus-client writes values to files in this process (it
         decides that from PROMETHEUS_MULTIPROC_DIR), in memory otherwise."""
-        shared = bool(getattr(values.ValueClass, "_multiprocess", False))
+        shared = internals.multiprocess_values()
         directory = os.environ.get(MULTIPROC_ENV)
         return cls(Path(directory) if shared and directory else None)
 
@@ -451,4 +449,4 @@ def use_multiprocess_dir(directory: Path) -> None:
         if entry.name.endswith(".db") and entry.is_file(follow_symlinks=False):
             os.unlink(entry.path)
     os.environ[MULTIPROC_ENV] = str(directory)
-    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    internals.choose_value_class_again()

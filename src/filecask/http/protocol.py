@@ -61,11 +61,11 @@ from typing import Any, TypeVar, cast
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
-from aiohttp.http import HttpVersion10, HttpVersion11, RawRequestMessage, StreamWriter
+from aiohttp.http import HttpVersion10, HttpVersion11, RawRequestMessage
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.log import access_logger as aiohttp_access_logger
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
-from aiohttp.web_protocol import ERROR, RequestHandler, _ErrInfo
+from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
 from filecask.errors import (
@@ -77,6 +77,7 @@ from filecask.errors import (
     TooManyConnections,
     VersionNotSupported,
 )
+from filecask.http import aiohttp_internals as internals
 from filecask.http.accesslog import AccessLogger
 from filecask.http.fastpath import SmallDownloads
 from filecask.http.memory import Reclaimer
@@ -125,9 +126,6 @@ receives) when the open-file limit caps `--max-connections`."""
 OPEN_FILES_RESERVED = 320 + REFUSALS_LINGERING
 """File descriptors kept for the rest: the 256 hash locks, the database, logs, the
 listening sockets, and refused connections while they linger."""
-_ERROR_11 = ERROR._replace(version=HttpVersion11, should_close=False)
-"""aiohttp's stand-in request for a protocol error, answered in HTTP/1.1; the protocol
-ends the connection itself after the answer (`FilecaskRequestHandler._linger`)."""
 _VERSION_ERRORS = ("Invalid HTTP version", "PRI/Upgrade")
 """llhttp's words for a version it cannot parse (1.2, 3.0) and for HTTP/2's preface."""
 _PROTOCOL_ERRORS = (HeadTooLarge, VersionNotSupported)
@@ -334,8 +332,7 @@ def would_wait(content: StreamReader) -> bool:
     """Whether the next read of a request body waits for the client: all it sent so far
     has been read, and there is more to come. A handler that gathers the body before
     writing it writes what it holds first, so a stalled upload holds none of it."""
-    # aiohttp keeps the count private; a request without a body has none.
-    return not content.is_eof() and not getattr(content, "_size", 0)
+    return not content.is_eof() and not internals.buffered_bytes(content)
 
 
 def _phrase_problem(status: int, detail: str) -> dict[str, Any]:
@@ -396,7 +393,7 @@ def _raw_problem(error: FilecaskError, server_name: str | None = SERVER_NAME) ->
     return head.encode("ascii") + body
 
 
-class FilecaskRequestHandler(RequestHandler):
+class FilecaskRequestHandler(internals.ProtocolInternals):
     """aiohttp's HTTP/1.1 protocol plus the header and send timeouts, the head and
     connection limits, the version rule and problem+json protocol errors (see the module
     docstring)."""
@@ -464,7 +461,7 @@ class FilecaskRequestHandler(RequestHandler):
         address = address_key(transport.get_extra_info("peername"), self._limits.exempt)
         refusal = self._counts.admit(address, self._limits)
         if refusal is not None:
-            self._counts.log_refusal(address, refusal, self._loop.time())
+            self._counts.log_refusal(address, refusal, self.event_loop.time())
             error = TooManyConnections(refusal, retry_after=REFUSAL_RETRY_AFTER)
             protocol = _Refusal(self._counts, _raw_problem(error, self._server_name))
             transport.set_protocol(protocol)
@@ -484,23 +481,20 @@ class FilecaskRequestHandler(RequestHandler):
                 self._arm_header_timer()
             # From here the header timeout governs, not the idle keep-alive timeout:
             # aiohttp's keep-alive timer would cut a head that is arriving.
-            if self._keepalive_handle is not None:
-                self._keepalive_handle.cancel()
-                self._keepalive_handle = None
-        waiter = self._waiter
-        if self._fast is not None and waiter is not None and self._loop_idle(waiter):
-            self._waiter = None  # parse without waking the request loop...
+            self.cancel_keepalive()
+        fast = self._fast
+        waiter = self.hold_idle_request_loop() if fast is not None else None
+        if fast is not None and waiter is not None:
             try:
-                self._parse(data)
+                self._parse(data)  # parse without waking the request loop...
             finally:
-                self._waiter = waiter
-            if not self._buffer_paused:
-                self._answer_fast(self._fast)
-            if self._messages and not waiter.done():  # ...which takes what is left
-                waiter.set_result(None)
+                self.release_request_loop(waiter)
+            if not self.queue_full:
+                self._answer_fast(fast)
+            self.wake_request_loop()  # ...which takes what is left
         else:
             self._parse(data)
-        if self._messages:  # a complete head (or a parse error, answered at once)
+        if self.request_queue:  # a complete head (or a parse error, answered at once)
             self._in_request = True
             self._cancel_header_timer()
 
@@ -520,13 +514,13 @@ class FilecaskRequestHandler(RequestHandler):
 
         A parsed head is measured without the optional whitespace the parser drops, so a
         head that arrives whole may be over the limit by that much (a byte a field)."""
-        if self._force_close or self._close or self._payload_parser is not None:
+        if not self.parsing_heads:
             super().data_received(data)
             return
         body = self._body
         in_body = body is not None and not body.is_eof()
         body_before = body.total_raw_bytes if body is not None and in_body else 0
-        count = self._request_count
+        count = self.requests_parsed
         super().data_received(data)
         head = len(data) if in_body else self._head_bytes + len(data)
         if body is not None and in_body:
@@ -537,15 +531,16 @@ class FilecaskRequestHandler(RequestHandler):
         # the common case (a request a read) needs no measuring.
         ended = data[-4:] == b"\r\n\r\n"
         measure = not ended or 0 < limit < head
-        messages = self._messages
-        new = self._request_count - count
+        messages = self.request_queue
+        new = self.requests_parsed - count
         for index in range(len(messages) - new, len(messages)):
             message, payload = messages[index]
-            if isinstance(message, _ErrInfo):  # answered by handle_error, then the end
+            if internals.is_parse_error(message):  # answered by handle_error, then the end
                 self._discarding = True
                 self._body = None
                 self._head_bytes = 0
                 return
+            message = cast(RawRequestMessage, message)
             if message.version is not HttpVersion11 and message.version != HttpVersion10:
                 major, minor = message.version
                 detail = f"HTTP/{major}.{minor} is not supported; use HTTP/1.1."
@@ -568,14 +563,15 @@ class FilecaskRequestHandler(RequestHandler):
                 return
             self._body = None
         self._head_bytes = 0 if ended else max(head, 0)
-        if 0 < limit < self._head_bytes and not self._buffer_paused:
+        if 0 < limit < self._head_bytes and not self.queue_full:
             self._queue_error(HeadTooLarge(_head_limit_detail(limit)))
 
     def _refuse_from(self, index: int, error: FilecaskError) -> None:
         """Answer the request at `index` with `error`, in turn (after those before it);
         what follows it is dropped, and the connection ends there."""
-        while len(self._messages) > index:
-            self._messages.pop()
+        queue = self.request_queue
+        while len(queue) > index:
+            queue.pop()
         self._queue_error(error)
 
     def _queue_error(self, error: FilecaskError) -> None:
@@ -588,33 +584,16 @@ class FilecaskRequestHandler(RequestHandler):
         at once cost microseconds each, not a request's worth of aiohttp's machinery."""
         self._discarding = True
         self._body = None
-        self._parser = None
+        self.drop_parser()
         transport = self.transport
-        if not self._in_request and not self._messages and transport is not None:
+        if not self._in_request and not self.request_queue and transport is not None:
             log.debug("closing %s: %s", self.peername, error.detail)  # a client error
             self._cancel_header_timer()
-            if self._keepalive_handle is not None:
-                self._keepalive_handle.cancel()
-                self._keepalive_handle = None
+            self.cancel_keepalive()
             transport.write(_canned_problem(error, self._server_name))
             self._linger(transport)
             return
-        self._messages.append((_ErrInfo(error.status, error, error.detail), EMPTY_PAYLOAD))
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _loop_idle(self, waiter: asyncio.Future[None]) -> bool:
-        """aiohttp's request loop waits for a request head and has nothing queued: a head
-        answered now cannot overtake the answer to an earlier one."""
-        return (
-            not waiter.done()
-            and not self._messages
-            and self._payload_parser is None
-            and not self._upgraded
-            and not self._close
-            and not self._force_close
-        )
+        self.queue_parse_error(error.status, error, error.detail)
 
     def _answer_fast(self, fast: SmallDownloads) -> None:
         """Answer queued heads from the front while the fast path takes them and the
@@ -622,46 +601,33 @@ class FilecaskRequestHandler(RequestHandler):
         which waits for the client)."""
         answered = False
         transport = self.transport
-        while self._messages and transport is not None and not self._paused:
-            message, payload = self._messages[0]
-            if payload is not EMPTY_PAYLOAD or isinstance(message, _ErrInfo):
+        queue = self.request_queue
+        while queue and transport is not None and not self.writing_paused:
+            message, payload = queue[0]
+            if payload is not EMPTY_PAYLOAD or internals.is_parse_error(message):
                 break
             if not fast.answer(message, transport, self.peername):
                 break
-            self._messages.popleft()
-            if self._parser is not None:
-                self._parser.message_consumed()
-            self._manager.requests_count += 1  # type: ignore[union-attr]
+            self.take_answered_head()
             answered = True
-        if answered and not self._messages:
+        if answered and not queue:
             self._bytes_seen = False
             self._cancel_header_timer()  # the next head's clock starts with its first byte
-            if self._paused:
+            if self.writing_paused:
                 # Still being sent: the request loop would be waiting in drain(), where no
                 # keep-alive timer runs and the send timeout governs. Idle once it is out.
                 self._idle_when_sent = True
             else:
-                self._start_keepalive()
-
-    def _start_keepalive(self) -> None:
-        """What aiohttp's request loop does after a kept-alive answer: the idle
-        keep-alive timer starts."""
-        self._keepalive = True
-        close_time = self._loop.time() + self._keepalive_timeout
-        self._next_keepalive_close_time = close_time
-        if self._keepalive_handle is None:
-            self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
+                self.start_keepalive()
 
     def _awaiting_head(self) -> bool:
         """Idle, waiting for the next request (not still taking in the body of the last
         one, which may go on arriving after its answer: that is no new head)."""
-        return self._header_timer is not None or (
-            self._waiter is not None and not self._waiter.done()
-        )
+        return self._header_timer is not None or self.request_loop_waiting()
 
     def _arm_header_timer(self) -> None:
         if self._limits.header_timeout > 0 and self.transport is not None:
-            self._header_timer = self._loop.call_later(
+            self._header_timer = self.event_loop.call_later(
                 self._limits.header_timeout, self._header_timeout
             )
 
@@ -673,9 +639,9 @@ class FilecaskRequestHandler(RequestHandler):
     def _header_timeout(self) -> None:
         self._header_timer = None
         transport = self.transport
-        if transport is None or self._force_close or self._messages:
+        if transport is None or self.force_closing or self.request_queue:
             return
-        if self._waiter is None or self._waiter.done():
+        if not self.request_loop_waiting():
             # Still busy with the previous request (lingering over its unread body):
             # the head of the next one cannot be late yet; look again later.
             self._arm_header_timer()
@@ -695,7 +661,7 @@ class FilecaskRequestHandler(RequestHandler):
         """close() waits to flush the transport's buffer; a client that reads nothing
         would keep it for ever, so abort after the send timeout (at once if none)."""
         if transport.is_closing() and transport.get_write_buffer_size():
-            self._loop.call_later(max(self._limits.send_timeout, 0), transport.abort)
+            self.event_loop.call_later(max(self._limits.send_timeout, 0), transport.abort)
 
     # -- the send timeout backstop -----------------------------------------------------
 
@@ -710,31 +676,31 @@ class FilecaskRequestHandler(RequestHandler):
         self._cancel_send_timer()
         if self._idle_when_sent:
             self._idle_when_sent = False
-            waiter = self._waiter
-            idle = waiter is not None and not waiter.done() and not self._messages
+            idle = self.request_loop_waiting() and not self.request_queue
             if idle and not self._bytes_seen:  # a head under way: the header timer governs
-                self._start_keepalive()
+                self.start_keepalive()
 
     async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 (aiohttp's)
         """aiohttp lets a request in progress finish within `timeout`; a fast answer still
         being sent is not one to it, so it gets the same grace here before the close."""
-        deadline = None if timeout is None else self._loop.time() + timeout
+        loop = self.event_loop
+        deadline = None if timeout is None else loop.time() + timeout
         transport = self.transport
-        if self._idle_when_sent and self._paused and transport is not None:
+        if self._idle_when_sent and self.writing_paused and transport is not None:
             # Told to resume only once every byte is out, then waited for like a drain.
             high, _low = transport.get_write_buffer_limits()
             transport.set_write_buffer_limits(high=high, low=0)
             with contextlib.suppress(TimeoutError, ConnectionError):
                 async with asyncio.timeout_at(deadline):
-                    await self._drain_helper()
-        left = None if deadline is None else max(deadline - self._loop.time(), 0.0)
+                    await self.drain_writes()
+        left = None if deadline is None else max(deadline - loop.time(), 0.0)
         await super().shutdown(left)
 
     def _arm_send_timer(self, transport: asyncio.Transport) -> None:
         """The timer keeps the transport: a graceful shutdown's force_close() forgets it,
         and a client that reads nothing must still be dropped then."""
         self._cancel_send_timer()
-        self._send_timer = self._loop.call_later(
+        self._send_timer = self.event_loop.call_later(
             self._limits.send_timeout, self._send_stalled, transport
         )
 
@@ -795,7 +761,7 @@ class FilecaskRequestHandler(RequestHandler):
         if timed_out and not resp.prepared:
             resp.force_close()
         result = await super().finish_response(request, resp, start_time)
-        self._in_request = bool(self._messages)
+        self._in_request = bool(self.request_queue)
         if not self._in_request:
             self._bytes_seen = False
             # The next head's clock starts with its first byte, not with a stale timer.
@@ -816,7 +782,7 @@ class FilecaskRequestHandler(RequestHandler):
         self.resume_reading()
         if transport.can_write_eof():
             transport.write_eof()
-        self._linger_timer = self._loop.call_later(LINGER, self._end_linger, transport)
+        self._linger_timer = self.event_loop.call_later(LINGER, self._end_linger, transport)
 
     def _end_linger(self, transport: asyncio.Transport) -> None:
         self._linger_timer = None
@@ -918,10 +884,11 @@ class FilecaskServer(web.Server):
             writer: AbstractStreamWriter,
             task: asyncio.Task[None],
         ) -> web.BaseRequest:
-            if isinstance(writer, StreamWriter):
-                writer._on_headers_sent = self._name_server
-            if message is ERROR:
-                message = _ERROR_11
+            internals.on_headers_sent(writer, self._name_server)
+            if internals.is_error_request(message):
+                # The protocol ends the connection itself after the answer
+                # (`FilecaskRequestHandler._linger`).
+                message = internals.ERROR_REQUEST_11
             return make(message, payload, protocol, writer, task)
 
         return factory
@@ -937,16 +904,16 @@ class FilecaskServer(web.Server):
     def __call__(self) -> RequestHandler:
         return FilecaskRequestHandler(
             self,
-            loop=self._loop,
+            loop=internals.server_loop(self),
             limits=self._limits,
             fast=self.fast,
             counts=self.counts,
             server_name=self.server_name,
-            **self._kwargs,
+            **internals.server_options(self),
         )
 
 
-class FilecaskAppRunner(web.AppRunner):
+class FilecaskAppRunner(internals.ServerRebuildingRunner):
     """An AppRunner whose server speaks FilecaskRequestHandler.
 
     `web.run_app` and `Application` cannot be told which protocol to use (the class is
@@ -968,17 +935,18 @@ class FilecaskAppRunner(web.AppRunner):
         self._limits = limits
         self._server_name = server_name
 
-    async def _make_server(self) -> web.Server:
-        standard = await super()._make_server()  # runs the app's startup, freezes it
+    def rebuild_server(self, standard: web.Server) -> web.Server:
+        """Called once aiohttp has built its server (the app's startup has run)."""
+        options = internals.server_options(standard)
         return FilecaskServer(
             only_known_expectations(standard.request_handler),
             request_factory=standard.request_factory,
             handler_cancellation=standard.handler_cancellation,
-            loop=standard._loop,
+            loop=internals.server_loop(standard),
             limits=self._limits,
-            fast=self._small_downloads(standard._kwargs),
+            fast=self._small_downloads(options),
             server_name=self._server_name,
-            **standard._kwargs,
+            **options,
         )
 
     def _small_downloads(self, options: dict[str, Any]) -> SmallDownloads | None:
@@ -1006,6 +974,7 @@ class FilecaskAppRunner(web.AppRunner):
 def make_runner(app: web.Application, settings: Settings, **kwargs: Any) -> FilecaskAppRunner:
     """The runner `filecask serve` uses: our protocol with the settings' limits; `kwargs`
     are further AppRunner options (access log, handler cancellation...)."""
+    internals.check()
     limits = ConnectionLimits.from_settings(settings)
     capacity = connection_capacity(limits.max_connections)
     if capacity < limits.max_connections:
