@@ -1,4 +1,5 @@
-"""Pair statistics and the result table (plain text for the console, Markdown for the README)."""
+"""Pair statistics and the result table (plain text for the console, Markdown for
+docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -138,7 +139,7 @@ def text_table(rows: Sequence[Row]) -> str:
 
 
 def markdown_table(rows: Sequence[Row]) -> str:
-    """The same table in GitHub Markdown, to paste into the README."""
+    """The same table in GitHub Markdown, to paste into docs/performance.md."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row.cells()) + " |" for row in rows]
     return "\n".join(lines)

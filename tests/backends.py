@@ -159,8 +159,8 @@ async def _empty(url: str) -> None:
 
 
 def start_postgres_template() -> Postgres:
-    from filecask.changes import ChangeStamps
-    from filecask.metastore.sql import SqlMetaStore
+    from filecask.storage.changes import ChangeStamps
+    from filecask.storage.meta.sql import SqlMetaStore
 
     template = unique("filecask_tmpl")
     _run_sql([f'CREATE DATABASE "{template}"'])

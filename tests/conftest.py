@@ -15,12 +15,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web_runner import BaseRunner
 from blockbuster import BlockBuster, blockbuster_ctx
 
-import filecask.handlers.pages
-import filecask.metrics
-from filecask.accesslog import AccessLogger
-from filecask.app import SERVICES, Services, close_services, create_app, open_services
-from filecask.connections import make_runner
+import filecask.api.pages
+import filecask.http.metrics
+from filecask.app import close_services, create_app, open_services
 from filecask.hashes import fanout
+from filecask.http.accesslog import AccessLogger
+from filecask.http.protocol import make_runner
+from filecask.services import SERVICES, Services
 from filecask.settings import Settings
 from tests import backends
 
@@ -32,7 +33,7 @@ Auth = dict[str, str]
 # create_app imports the handler modules (they need the app's keys), and prometheus-client
 # reads /proc and the pages their files when first imported: once, at start-up, never in a
 # request. Import them here so that start-up cost is not charged to the first test's loop.
-_IMPORTED_AT_STARTUP = (filecask.handlers.pages, filecask.metrics)
+_IMPORTED_AT_STARTUP = (filecask.api.pages, filecask.http.metrics)
 
 
 def basic(name: str, password: str) -> Auth:
@@ -66,33 +67,34 @@ def blockbuster(request: pytest.FixtureRequest) -> Iterator[BlockBuster | None]:
         for function in bb.functions.values():
             # Start-up, before the first request: SQLAlchemy resolves the SQLite path and
             # Alembic reads its migration scripts.
-            function.can_block_in("filecask/metastore/sql.py", {"open", "_upgrade_schema"})
+            function.can_block_in("filecask/storage/meta/sql.py", {"open", "_upgrade_schema"})
             # Start-up too: botocore reads ~/.aws/config and its JSON service models when
             # the S3 client is created.
-            function.can_block_in("filecask/blobstore/s3.py", "open")
+            function.can_block_in("filecask/storage/blobs/s3.py", "open")
             # asyncpg looks for ~/.pgpass (a few stats, microseconds) when it opens a new
             # pool connection without a password.
             function.can_block_in("asyncpg/connect_utils.py", "_parse_connect_dsn_and_args")
         # os.sendfile onto a non-blocking socket, retried on writability: exactly what
         # asyncio's own loop.sendfile does on the loop thread.
-        bb.functions["os.sendfile"].can_block_in("filecask/sendfile.py", "_sendfile_range")
+        bb.functions["os.sendfile"].can_block_in("filecask/http/sendfile.py", "_sendfile_range")
         yield bb
 
 
 API_SUITE = {
-    "test_filestore",
-    "test_fsck",
-    "test_handlers_archives",
-    "test_handlers_files",
-    "test_handlers_ops",
-    "test_handlers_pages",
-    "test_handlers_uploads",
-    "test_handlers_users",
-    "test_metastore_quota",
-    "test_openapi",
+    "tests.api.test_archives",
+    "tests.api.test_files",
+    "tests.api.test_openapi",
+    "tests.api.test_ops",
+    "tests.api.test_pages",
+    "tests.api.test_users",
+    "tests.storage.test_files",
+    "tests.storage.test_fsck",
+    "tests.storage.test_meta_quota",
+    "tests.tus.test_handlers",
 }
-"""Modules run against every storage configuration (`backends.BACKENDS`); the rest use
-SQLite and the data directory."""
+"""Modules run against every storage configuration (`backends.BACKENDS`), by full name
+(`test_api_suite_names_real_modules` keeps the list true); the rest use SQLite and the
+data directory."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -112,7 +114,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if metafunc.module.__name__.rpartition(".")[2] not in API_SUITE:
+    if metafunc.module.__name__ not in API_SUITE:
         return
     if "backend" not in metafunc.fixturenames:
         return
@@ -344,7 +346,7 @@ def store_view(settings: Settings) -> StoreView:
 
 
 class ServeTestServer(TestServer):
-    """aiohttp's test server on the protocol `filecask serve` runs (filecask.connections:
+    """aiohttp's test server on the protocol `filecask serve` runs (filecask.http.protocol:
     its timeouts, problem+json protocol errors and the small-download fast path), so the
     in-process tests go through what clients really meet."""
 

@@ -20,7 +20,7 @@ from argon2 import PasswordHasher, extract_parameters
 from hypothesis import given
 from hypothesis import strategies as st
 
-from filecask.app import Services, create_app
+from filecask.app import create_app
 from filecask.auth import (
     FAILURE_MEMORY,
     Authenticator,
@@ -29,13 +29,14 @@ from filecask.auth import (
     client_address,
     new_password_hasher,
     parse_basic,
-    user_name_key,
     validate_password,
     validate_user_name,
 )
 from filecask.errors import BadRequest, RateLimited, Unauthorized
-from filecask.metastore.schema import auth_failures
+from filecask.names import user_name_key
+from filecask.services import Services
 from filecask.settings import IPNetwork, Settings
+from filecask.storage.meta.schema import auth_failures
 from tests.conftest import (
     ADMIN,
     CHEAP_ARGON2,
@@ -654,8 +655,8 @@ async def test_failures_are_shared_between_instances(
     address at one throttle that address at the other; the user signed in from another
     address keeps working at both; a name's count carries over to a new address's pair at
     the other instance; a right password verified at one clears that pair for both."""
-    from filecask.changes import ChangeStamps
-    from filecask.metastore.sql import SqlMetaStore
+    from filecask.storage.changes import ChangeStamps
+    from filecask.storage.meta.sql import SqlMetaStore
 
     settings = make_settings(auth_max_failures=2, auth_max_delay=1)
     stores = [SqlMetaStore(postgres_database, ChangeStamps(None), change_poll=0.5) for _ in "ab"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[1]
 CASES = ("download", "small", "upload", "zip", "me", "slow", "records", "workers")
 SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 """Debian puts nginx there, outside a normal user's PATH; the bench looks there too."""

@@ -11,70 +11,40 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from filecask.archives import BundlePlans, FolderPlans
+from filecask.api import metrics
+from filecask.api.openapi import route_tables
+from filecask.archives.plans import FolderPlans
 from filecask.auth import Authenticator, generate_password
-from filecask.blobstore import BlobStore, make_blob_store
-from filecask.changes import ChangeStamps, StampedCache, Topic
 from filecask.errors import Conflict
 from filecask.faults import CrashPoints
-from filecask.filestore import FileStore
-from filecask.locks import hash_locks_for
-from filecask.metastore.sql import EmptyDatabase, SqlMetaStore
-from filecask.problem import problem_middleware
+from filecask.http import aiohttp_internals, prometheus_internals
+from filecask.http.accesslog import log_client_gone
+from filecask.http.metrics import install_metrics, metrics_middleware
+from filecask.http.problem import problem_middleware
+from filecask.services import JSON_BODY_MAX, SERVICES, SETTINGS, CachedBody, Services
 from filecask.settings import Settings
+from filecask.storage.blobs import BlobStore, make_blob_store
+from filecask.storage.changes import ChangeStamps, StampedCache, Topic
+from filecask.storage.files import FileStore
+from filecask.storage.locks import hash_locks_for
+from filecask.storage.meta.sql import EmptyDatabase, SqlMetaStore
+from filecask.tus import handlers as uploads
 
 log = logging.getLogger("filecask")
 
 BODY_CACHE_ITEMS = 100_000
-JSON_BODY_MAX = 1 << 20
-"""Largest JSON or form body read into memory (uploads stream and are not limited here)."""
-
-
-@dataclass(frozen=True, slots=True)
-class CachedBody:
-    """A small blob's bytes, with the headers of a plain download of it (no `?name=`)."""
-
-    body: bytes
-    content_type: str
-    headers: Mapping[str, str]
-    head: bytes
-    """The same answer's status line and headers up to `Date` (filecask.fastpath)."""
-
-
-@dataclass(frozen=True)
-class Services:
-    """Everything a handler may use; built once per app start."""
-
-    settings: Settings
-    meta: SqlMetaStore
-    blobs: BlobStore
-    files: FileStore
-    auth: Authenticator
-    bodies: StampedCache[str, CachedBody]
-    """Small blobs in memory: a plain download of one is a dict lookup and one write."""
-    plans: FolderPlans
-    bundle_plans: BundlePlans = field(default_factory=BundlePlans)
-    """Bundles' ZIP plans, made off the event loop once per process (issue 14 §3)."""
-
-
-SETTINGS = web.AppKey("settings", Settings)
-SERVICES = web.AppKey("services", Services)
 
 
 def create_app(settings: Settings) -> web.Application:
-    # The handlers import this module's keys, so they are imported here.
-    from filecask.accesslog import log_client_gone
-    from filecask.handlers import archives, docs, files, ops, uploads, users
-    from filecask.handlers.pages import docs_routes, page_routes
-    from filecask.metrics import install_metrics, metrics_middleware
-
+    # aiohttp's and prometheus-client's internals that filecask builds on are there.
+    aiohttp_internals.check()
+    prometheus_internals.check()
     # Order matters: problem_middleware is outermost but for metrics_middleware (which
     # raises nothing and must see the status the client gets) and the access line of a
     # client that left, so every error, including those of later middleware, leaves as
@@ -86,18 +56,12 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     install_metrics(app)
+    metrics.install(app)
     app.cleanup_ctx.append(_services)
-    app.router.add_routes(ops.routes)
-    app.router.add_routes(docs.routes)
-    app.router.add_routes(docs_routes)
-    app.router.add_routes(archives.archive_routes)
+    for table in route_tables(file_api=settings.file_api):
+        app.router.add_routes(table)
     if settings.file_api:
-        app.router.add_routes(files.routes)
-        app.router.add_routes(users.routes)
-        app.router.add_routes(archives.bundle_routes)
-        app.router.add_routes(uploads.routes)
         app.cleanup_ctx.append(uploads.sweeper)
-        app.router.add_routes(page_routes)
     return app
 
 

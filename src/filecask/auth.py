@@ -5,7 +5,7 @@ signed-in client must not pay on every request. After one successful verificatio
 remember an HMAC of the password (under a per-process random key, so no password is kept in
 memory) together with the stored argon2 hash it was checked against, and the client
 addresses it came from. Each request still looks up the user's row (from the metadata
-store's cache, which follows writes made by any process: see `filecask.changes`); if the
+store's cache, which follows writes made by any process: see `filecask.storage.changes`); if the
 stored hash changed (`user passwd`) or the row is gone, the cache entry no longer applies,
 so a changed or removed password stops working at once.
 
@@ -64,7 +64,7 @@ Where the failure counts live:
   the database's clock) and the answer (the key's count) kept locally; the keys currently
   throttled are mirrored in each process, which refreshes the mirror whenever the AUTH
   stamp moves (a key became throttled, or a throttled one was reset, at any instance: see
-  `filecask.changes`). So a signed-in request whose password is in the verified-credentials
+  `filecask.storage.changes`). So a signed-in request whose password is in the verified-credentials
   cache still costs no database round trip, and a key throttled at instance A is throttled
   at instance B within `change_poll` (usually milliseconds). In that window B may still
   verify an attempt against the key: the throttle lags by at most `change_poll`, it never
@@ -88,7 +88,6 @@ import secrets
 import sys
 import threading
 import time
-import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -99,9 +98,10 @@ from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from filecask.errors import BadRequest, RateLimited, Unauthorized
-from filecask.locks import MemoryBudget
-from filecask.metastore import FailureStore, MetaStore, User
+from filecask.names import has_surrogate, user_name_key
 from filecask.settings import IPNetwork, Settings
+from filecask.storage.locks import MemoryBudget
+from filecask.storage.meta import FailureStore, MetaStore, User
 
 CACHE_SIZE = 10_000
 LIMITER_SIZE = 100_000
@@ -137,20 +137,10 @@ def new_password_hasher(settings: Settings) -> PasswordHasher:
     )
 
 
-def user_name_key(name: str) -> str:
-    """The form user names are unique by and looked up by: NFKC, case-folded, NFKC again
-    (Unicode's NFKC_Casefold, near enough). `Admin`, `ADMIN` and a fullwidth `admin`
-    (U+FF41...) are all `admin`; `ädmin` stays `ädmin`. Never raises, whatever the text
-    (a made-up name from a Basic header, a lone surrogate)."""
-    if _has_surrogate(name):
-        name = name.encode("utf-8", "backslashreplace").decode("utf-8")
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
-
-
 def validate_user_name(name: str) -> str:
     """User names become URL path segments and Basic user-ids (no ':', RFC 7617): keep
     them plain. Their normalised form must be plain too (it is what makes them unique)."""
-    if _has_surrogate(name):
+    if has_surrogate(name):
         raise BadRequest(
             "A user name must be valid Unicode text (it has a lone surrogate).",
             user=name[:100].encode("utf-8", "backslashreplace").decode("utf-8"),
@@ -173,22 +163,13 @@ def validate_user_name(name: str) -> str:
 
 
 def validate_password(password: str) -> str:
-    if _has_surrogate(password):
+    if has_surrogate(password):
         raise BadRequest("A password must be valid Unicode text (it has a lone surrogate).")
     if len(password) < 8:
         raise BadRequest("A password has at least 8 characters.")
     if len(password.encode()) > 1024:
         raise BadRequest("A password has at most 1024 bytes.")
     return password
-
-
-def _has_surrogate(text: str) -> bool:
-    """A lone surrogate (JSON allows `"\\udcff"`): text that cannot be UTF-8 encoded."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def generate_password() -> str:

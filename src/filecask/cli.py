@@ -1,9 +1,13 @@
 """The `filecask` command: `serve` and user administration. Thin: parse, build Settings,
-delegate. Every `serve` flag comes from the settings table."""
+delegate. Every `serve` flag comes from the settings table.
+
+Server modules (the app, `http`, `storage`, aiohttp's web server, SQLAlchemy) are imported
+inside the server commands, not here: `filecask --help` and the client commands
+(`filecask.client.commands`) never load them, so they start in a fraction of the time
+(`scripts/help-time` measures it, `tests/test_cli_imports.py` keeps it so)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import gc as garbage_collector
@@ -11,27 +15,15 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import uvloop
-from aiohttp import web
 
 from filecask import __version__
-from filecask.accesslog import AccessLogger
-from filecask.app import Services, StartupError, close_services, create_app, open_services
-from filecask.auth import generate_password, validate_password, validate_user_name
-from filecask.connections import make_runner, raise_open_file_limit
 from filecask.errors import FilecaskError, QuotaExceeded
-from filecask.fsck import Report, fsck, gc
-from filecask.logs import announce, configure_logging
-from filecask.metastore import parse_quota
-from filecask.metrics import use_multiprocess_dir
-from filecask.migrate import Advance, MigrationError, migrate, report_lines, source_settings
 from filecask.settings import (
     SETTINGS,
     SETTINGS_BY_NAME,
@@ -40,7 +32,13 @@ from filecask.settings import (
     load_settings,
     parse_duration,
 )
-from filecask.workers import BACKLOG, Supervisor, bind_sockets, close_sockets
+
+if TYPE_CHECKING:
+    import socket
+
+    from filecask.services import Services
+    from filecask.storage.fsck import Report
+    from filecask.storage.mover import Advance
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -73,6 +71,7 @@ def build_settings(flags: dict[str, Any]) -> Settings:
 
 def run(coro_fn: Callable[[Services], Awaitable[T]], settings: Settings, *, reap: bool = True) -> T:
     """Open the stores, run one coroutine against them, close them; errors as messages."""
+    from filecask.app import close_services, open_services
 
     async def main() -> T:
         services = await open_services(settings, reap=reap)
@@ -86,6 +85,11 @@ def run(coro_fn: Callable[[Services], Awaitable[T]], settings: Settings, *, reap
 
 def run_loop(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to its end; the errors people can act on become one-line messages."""
+    import uvloop
+
+    from filecask.app import StartupError
+    from filecask.storage.mover import MigrationError
+
     try:
         return uvloop.run(coro)
     except FilecaskError as exc:
@@ -111,6 +115,12 @@ SECRET_HELP = "\n\n".join(
 @setting_options(*(s.name for s in SETTINGS if not s.secret))
 def serve(**flags: Any) -> None:
     """Run the HTTP server."""
+    from filecask.http.metrics import use_multiprocess_dir
+    from filecask.http.protocol import raise_open_file_limit
+    from filecask.http.workers import Supervisor, bind_sockets, close_sockets
+    from filecask.logs import announce, configure_logging
+
+    check_libraries()
     settings = build_settings(flags)
     configure_logging(settings.log_format)
     raise_open_file_limit()  # every connection is a file descriptor (workers inherit it)
@@ -137,15 +147,38 @@ def serve(**flags: Any) -> None:
     sys.exit(status)
 
 
+def check_libraries() -> None:
+    """Stop at once, with one line, if aiohttp or prometheus-client is not a version whose
+    internals filecask knows (`filecask.http.libcheck`)."""
+    from filecask.http import aiohttp_internals, prometheus_internals
+    from filecask.http.libcheck import UnsupportedLibrary
+
+    try:
+        aiohttp_internals.check()
+        prometheus_internals.check()
+    except UnsupportedLibrary as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _run_server(
     settings: Settings, sockets: list[socket.socket] | None, *, print_banner: bool = False
 ) -> None:
     """One server process: on its own address, or on sockets the master bound for it.
 
     An AppRunner rather than `web.run_app`, which cannot be given our protocol
-    (`filecask.connections`: header and send timeouts, problem+json protocol errors).
+    (`filecask.http.protocol`: header and send timeouts, problem+json protocol errors).
     SIGTERM and SIGINT stop it gracefully: listening stops, requests in flight get up to
     aiohttp's shutdown timeout to finish, then the app's cleanup closes the stores."""
+    import asyncio
+
+    import uvloop
+    from aiohttp import web
+
+    from filecask.app import create_app
+    from filecask.http.accesslog import AccessLogger
+    from filecask.http.protocol import make_runner
+    from filecask.http.workers import BACKLOG
+    from filecask.logs import announce
 
     async def serve() -> None:
         runner = make_runner(
@@ -219,6 +252,8 @@ def user() -> None:
 @setting_options("data_dir", "database_url")
 def user_add(name: str, admin: bool, password_stdin: bool, **flags: Any) -> None:
     """Create a user."""
+    from filecask.auth import validate_user_name
+
     settings = build_settings(flags)
     name = _checked(validate_user_name, name)
     password = _read_password(password_stdin, confirm=True)
@@ -273,6 +308,8 @@ def user_quota(name: str, size: str, **flags: Any) -> None:
     """Limit the bytes NAME's files may take: SIZE is e.g. 10G or 512M (binary units), or
     'none' (or 'unlimited') for no limit. Takes effect at once, also in a running server;
     lowering it below what NAME stores deletes nothing, it refuses new uploads."""
+    from filecask.storage.meta import parse_quota
+
     settings = build_settings(flags)
     quota = None if size.strip().lower() in NO_QUOTA else _checked(parse_quota, size)
     run(lambda s: s.meta.set_quota(name, quota), settings)
@@ -297,6 +334,8 @@ def user_remove(name: str, yes: bool, **flags: Any) -> None:
 
 
 def _read_password(from_stdin: bool, *, confirm: bool) -> str:
+    from filecask.auth import generate_password, validate_password
+
     if from_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
@@ -328,6 +367,7 @@ def fsck_command(repair: bool, as_json: bool, **flags: Any) -> None:
     """Check that the store and the database agree: re-hash every blob, find orphans,
     missing or corrupt blobs and dead uploads' leftovers. Safe while serving.
     Exit status: 0 consistent (after repairs), 1 problems remain."""
+    from filecask.storage.fsck import fsck
 
     async def check(services: Services) -> Report:
         total = sum((await services.meta.blob_sizes()).values())
@@ -358,6 +398,8 @@ def gc_command(grace: str, dry_run: bool, as_json: bool, **flags: Any) -> None:
     """Remove blobs nothing references, and dead uploads' scratch files, older than the
     grace period; expired resumable uploads and the partial files of uploads that no
     longer exist (a removed user's) whatever their age. Safe while serving."""
+    from filecask.storage.fsck import gc
+
     try:
         seconds = parse_duration(grace)
     except ValueError as exc:
@@ -407,6 +449,8 @@ def migrate_command(source_dir: Path, from_database_url: str | None, **flags: An
     be empty; a bootstrap `admin` from a first start, holding nothing, is replaced by the
     source's users. Unfinished resumable uploads are not migrated. The source's files are only read.
     Exit status: 0 copied and verified, 1 refused, stopped or not verified."""
+    from filecask.storage.mover import migrate, report_lines, source_settings
+
     target = build_settings(flags)
     source = source_settings(source_dir, from_database_url)
     summary = run_loop(migrate(source, target, progress=_progress_bar))
@@ -449,8 +493,8 @@ def _print_report(report: Report, as_json: bool, *, verb: str) -> None:
 
 
 def _add_client_commands() -> None:
-    """upload, download, rm, ls, archive: the HTTP client (`filecask.clientcli`)."""
-    from filecask.clientcli import COMMANDS
+    """upload, download, rm, ls, archive: the HTTP client (`filecask.client.commands`)."""
+    from filecask.client.commands import COMMANDS
 
     for command in COMMANDS:
         main.add_command(command)

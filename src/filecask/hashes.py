@@ -13,7 +13,11 @@ import zlib
 
 from filecask.errors import InvalidHash
 
-_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+HASH_PATTERN = "^[0-9a-f]{64}$"
+"""A SHA-256 id as the server writes it: always lower case."""
+HASH_INPUT_PATTERN = "^[0-9a-fA-F]{64}$"
+"""A SHA-256 id as the server reads it (`parse_hash`): upper case is accepted and normalised."""
+_HEX64 = re.compile(HASH_INPUT_PATTERN.strip("^$"))
 
 
 def parse_hash(text: str) -> str:

@@ -456,3 +456,22 @@ def _truncate(text: str, limit: int) -> str:
     if len(encoded) <= limit:
         return text
     return encoded[:limit].decode(errors="ignore")
+
+
+def user_name_key(name: str) -> str:
+    """The form user names are unique by and looked up by: NFKC, case-folded, NFKC again
+    (Unicode's NFKC_Casefold, near enough). `Admin`, `ADMIN` and a fullwidth `admin`
+    (U+FF41...) are all `admin`; `ädmin` stays `ädmin`. Never raises, whatever the text
+    (a made-up name from a Basic header, a lone surrogate)."""
+    if has_surrogate(name):
+        name = name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+
+
+def has_surrogate(text: str) -> bool:
+    """A lone surrogate (JSON allows `"\\udcff"`): text that cannot be UTF-8 encoded."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False

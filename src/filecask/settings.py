@@ -1,7 +1,7 @@
 """Settings: one typed, frozen object built from CLI flags > environment > `.env` > defaults.
 
 One table (`SETTINGS`) names every setting once; it drives the environment variable names,
-the `serve` flags and their help, the README's settings table and a test that keeps them in
+the `serve` flags and their help, the table in docs/settings.md and a test that keeps them in
 step. Nothing here reads the environment at import time: `load_settings` is handed it.
 """
 
@@ -23,6 +23,8 @@ ENV_PREFIX = "FILECASK_"
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+SIZE_PATTERN = r"\s*([0-9]{1,20})(?:\.([0-9]{1,9}))?\s*([KMGTkmgt]?)(?:[iI]?[bB])?\s*"
+"""What `parse_size` takes (ASCII only), for a whole-string match."""
 
 
 class SettingsError(ValueError):
@@ -34,14 +36,10 @@ def parse_size(text: str) -> int:
     Exact arithmetic: no float rounding, no overflow. ASCII only: `\\d` alone would
     take any script's digits (ARABIC-INDIC DIGIT ONE then M as 1 MiB), and `upper()` turns
     a dotless i into an I."""
-    match = text.isascii() and re.fullmatch(
-        r"\s*([0-9]{1,20})(?:\.([0-9]{1,9}))?\s*([KMGT]?)(?:I?B)?\s*",
-        text.upper(),
-        re.ASCII,
-    )
+    match = text.isascii() and re.fullmatch(SIZE_PATTERN, text, re.ASCII)
     if not match:
         raise ValueError(f"not a size: {text!r} (use e.g. 10G, 512M, 1048576)")
-    whole, fraction, unit = match.group(1), match.group(2) or "", match.group(3)
+    whole, fraction, unit = match.group(1), match.group(2) or "", match.group(3).upper()
     scale = _SIZE_UNITS[unit]
     denominator = int("1" + "0" * len(fraction))
     return int(whole) * scale + int(fraction or "0") * scale // denominator

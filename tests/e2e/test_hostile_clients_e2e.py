@@ -1,7 +1,7 @@
 """Hostile and broken clients against a real `filecask serve`, over raw sockets.
 
 Two things are proven here on the real process (the protocol's details are in
-tests/test_connections.py):
+tests/http/test_protocol.py):
 
 - every malformed request of the table gets its 4xx (problem+json) or, where the client
   cut its own body short so no answer can reach it, a closed connection; afterwards

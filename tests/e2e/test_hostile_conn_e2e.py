@@ -1,5 +1,5 @@
 """Issue 14 §4 (memory per connection) and two protocol rules, against a real
-`filecask serve` over real sockets (the protocol's details: tests/test_connections.py).
+`filecask serve` over real sockets (the protocol's details: tests/http/test_protocol.py).
 
 - A request head is capped as a whole (`--max-head-size`, 32 KiB): the issue's attack,
   120 header lines of 8,000 bytes and no final CRLF, is cut with a 431 as it passes the
@@ -14,7 +14,7 @@
   handler answers, the small-download fast path, protocol errors, refusals.
 
 The test process may hold over 1,000 sockets: it lifts its own open-file limit (the
-server lifts its own at start, see `filecask.connections.raise_open_file_limit`).
+server lifts its own at start, see `filecask.http.protocol.raise_open_file_limit`).
 Attackers connect from other loopback addresses (127.0.0.0/8 is all this machine's), so
 the per-address limit meets only the clients each test means it for.
 """
@@ -36,7 +36,7 @@ from typing import Any
 import psutil
 import pytest
 
-from filecask.memory import RECLAIM_FREE
+from filecask.http.memory import RECLAIM_FREE
 from tests.e2e.conftest import ADMIN_PASSWORD, HOST, Server, ServerLauncher, StartServer
 from tests.e2e.lag import HealthProbe
 
@@ -57,11 +57,11 @@ STALLED_UPLOAD_BOUND = 64 << 10
 """What a stalled upload may hold of its body: it writes out what it gathered first."""
 UPLOAD_MEMORY_LIMIT = UPLOADS * STALLED_UPLOAD_BOUND + RECLAIM_FREE
 """For 100 stalled uploads (the issue measured 134 MiB): their bodies, plus the free C
-heap that `filecask.memory` leaves in place (up to RECLAIM_FREE) and that RSS still
+heap that `filecask.http.memory` leaves in place (up to RECLAIM_FREE) and that RSS still
 shows, so the test measures the bound and not the allocator's timing."""
 SETTLE = 8.0
 """Seconds the server's RSS may take to come down to what is held, once the attack
-stands still: the free pages of its C heap go back every 2 s (`filecask.memory`)."""
+stands still: the free pages of its C heap go back every 2 s (`filecask.http.memory`)."""
 RETURNED = 25 * MiB
 """What may stay over idle once the attackers are gone."""
 

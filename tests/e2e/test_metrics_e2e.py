@@ -8,7 +8,7 @@ import time
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from filecask.metrics import FLUSH_INTERVAL
+from filecask.http.metrics import FLUSH_INTERVAL
 from tests.e2e.conftest import HOST, Server, StartServer
 
 CONNECTIONS = 16

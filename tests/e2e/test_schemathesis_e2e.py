@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from filecask.openapi import openapi_document
+from filecask.api.openapi import openapi_document
 from tests.e2e.conftest import ADMIN_PASSWORD, HOST, Server, ServerLauncher
 
 # tus PATCH bodies are raw bytes under their own media type (tus 1.0 §PATCH).

@@ -117,7 +117,7 @@ def test_small_file_downloads_alike_on_one_kept_alive_connection(
 ) -> None:
     """The first download of a small file goes through the handler and fills the cache;
     the next ones on the same connection are answered by the fast path
-    (filecask.fastpath): curl sees the same status, headers (Date aside) and bytes."""
+    (filecask.http.fastpath): curl sees the same status, headers (Date aside) and bytes."""
     data = os.urandom(4096)
     digest = upload(curl, server, data, tmp_path, "small.bin").json()["hash"]
     url = server.url(f"/files/{digest}")

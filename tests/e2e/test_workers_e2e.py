@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from filecask.workers import bind_sockets, close_sockets
+from filecask.http.workers import bind_sockets, close_sockets
 from tests.e2e.conftest import (
     ADMIN_CREDENTIALS,
     HOST,

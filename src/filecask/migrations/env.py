@@ -1,10 +1,10 @@
-"""Alembic environment: always handed a live connection by `filecask.metastore.sql`."""
+"""Alembic environment: always handed a live connection by `filecask.storage.meta.sql`."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from filecask.metastore.schema import metadata
+from filecask.storage.meta.schema import metadata
 
 connection = context.config.attributes["connection"]
 context.configure(

@@ -1,7 +1,7 @@
 """Several instances on one PostgreSQL database: change counters and shared sign-in failures.
 
 `change_counters` carries one counter per change topic (the cross-instance change feed of
-`filecask.changes`); `auth_failures` the failed sign-ins per limiter key (`filecask.auth`).
+`filecask.storage.changes`); `auth_failures` the failed sign-ins per limiter key (`filecask.auth`).
 New tables only, so the upgrade is instant and touches no existing row. Both are created on
 SQLite too (one schema everywhere) where nothing uses them.
 

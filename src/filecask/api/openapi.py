@@ -1,0 +1,247 @@
+"""The OpenAPI 3.1 document of filecask's HTTP API, assembled from what the code declares,
+and `GET /openapi.json`, which serves it.
+
+Each handler carries its operation (`filecask.api.spec.operation`: summary, parameters,
+answers, errors); the bodies' schemas are the JSON Schemas of the types the handlers
+encode and validate with (`filecask.api.models`). The routes are the tables the app
+serves (`route_tables`), so a route without a declaration fails here, and the tests
+check that the document names exactly the routes served and that real responses
+validate against it; schemathesis fuzzes a running server with it.
+
+The document is built by a function (not a constant) because what is served depends on
+`--file-api`: with the file API off only the archive and operations routes exist.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+from typing import Any
+
+from aiohttp import web
+from pydantic import TypeAdapter
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode
+
+import filecask
+from filecask.api import archives, files, metrics, ops, pages, users
+from filecask.api.models import Problem as ProblemBody
+from filecask.api.models import adapter
+from filecask.api.spec import (
+    ANONYMOUS,
+    OPERATION,
+    PROBLEM_HEADERS,
+    PROBLEM_JSON,
+    PROBLEMS,
+    Json,
+    Operation,
+    Problem,
+    Reply,
+    operation,
+)
+from filecask.services import SETTINGS
+from filecask.tus import handlers as uploads
+
+OPENAPI_VERSION = "3.1.0"
+routes = web.RouteTableDef()
+
+
+def route_tables(*, file_api: bool) -> list[web.RouteTableDef]:
+    """Every route the app serves with `--file-api` as given, in the order it adds them."""
+    tables = [metrics.routes, ops.routes, routes, pages.docs_routes, archives.archive_routes]
+    if file_api:
+        tables += [files.routes, users.routes, archives.bundle_routes, uploads.routes]
+        tables.append(pages.page_routes)
+    return tables
+
+
+@functools.cache
+def _encoded(file_api: bool) -> bytes:
+    return json.dumps(openapi_document(file_api=file_api), ensure_ascii=False).encode()
+
+
+@routes.get("/openapi.json")
+@operation(
+    "openapi",
+    "This document.",
+    "operations",
+    security=ANONYMOUS,
+    replies={
+        200: Reply(
+            "The OpenAPI 3.1 description of this server's API.",
+            content={
+                "application/json": {"schema": {"type": "object", "required": ["openapi", "paths"]}}
+            },
+        )
+    },
+)
+async def openapi_json(request: web.Request) -> web.Response:
+    """Anyone may read it: it describes the API and holds no data. It depends on
+    `--file-api` alone, so its JSON is encoded once per process and reused."""
+    body = _encoded(request.app[SETTINGS].file_api)
+    return web.Response(body=body, content_type="application/json", charset="utf-8")
+
+
+def _ref(kind: str, name: str) -> Json:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _problem_response(status: int, description: str, headers: Json | None = None) -> Json:
+    described = {
+        "allOf": [
+            _ref("schemas", "Problem"),
+            {"type": "object", "properties": {"status": {"const": status}}},
+        ]
+    }
+    response: Json = {
+        "description": description
+        + " A client whose Accept names text/html gets a short HTML page instead.",
+        "content": {
+            PROBLEM_JSON: {"schema": described},
+            "text/html": {"schema": {"type": "string"}},
+        },
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+class _Assembler:
+    def __init__(self) -> None:
+        self.types: dict[tuple[object, JsonSchemaMode], None] = {
+            (ProblemBody, "serialization"): None
+        }
+
+    def _schema(self, kind: object, mode: JsonSchemaMode) -> Json:
+        self.types[(kind, mode)] = None
+        return _ref("schemas", getattr(kind, "__name__", str(kind)))
+
+    def _response(self, status: int, reply: Reply | Problem | str) -> Json:
+        if isinstance(reply, str):
+            return _ref("responses", reply)
+        if isinstance(reply, Problem):
+            return _problem_response(status, reply.description, reply.headers)
+        out: Json = {"description": reply.description}
+        if reply.headers:
+            out["headers"] = reply.headers
+        if reply.content is not None:
+            out["content"] = reply.content
+        elif reply.body is not None:
+            schema = self._schema(reply.body, "serialization")
+            out["content"] = {"application/json": {"schema": schema}}
+        return out
+
+    def operation(self, declared: Operation, method: str, path: str) -> Json:
+        operation_id, summary = declared.variants.get(
+            f"{method.upper()} {path}", (declared.operation_id, declared.summary)
+        )
+        out: Json = {"operationId": operation_id, "summary": summary}
+        if declared.description:
+            out["description"] = declared.description
+        out |= {"tags": [declared.tag], "security": declared.security}
+        if declared.parameters:
+            out["parameters"] = list(declared.parameters)
+        if isinstance(declared.body, dict):
+            out["requestBody"] = declared.body
+        elif declared.body is not None:
+            schema = self._schema(declared.body, "validation")
+            out["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": schema}},
+            }
+        replies = sorted(declared.replies.items())
+        out["responses"] = {str(status): self._response(status, reply) for status, reply in replies}
+        return out
+
+    def schemas(self) -> Json:
+        found = [(kind, mode, adapter(kind)) for kind, mode in self.types]
+        _, top = TypeAdapter.json_schemas(
+            found, ref_template="#/components/schemas/{model}", schema_generator=_Untitled
+        )
+        defs: Json = top["$defs"]
+        return defs
+
+
+class _Untitled(GenerateJsonSchema):
+    """No `title` on every property: the member's name says it."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+
+def _head_of(get: Json) -> Json:
+    """HEAD answers what GET would, headers only: aiohttp adds it to every GET route."""
+    head = copy.deepcopy(get)
+    head["operationId"] = get["operationId"] + "Head"
+    head["summary"] = "Headers of: " + get["summary"][0].lower() + get["summary"][1:]
+    head.pop("description", None)
+    for response in head["responses"].values():
+        response.pop("content", None)
+    return head
+
+
+def openapi_document(*, file_api: bool = True) -> Json:
+    """The OpenAPI 3.1 document of a server started with `--file-api` as given.
+
+    A fresh dict each call, so a caller may change it (e.g. add `servers`) freely."""
+    assembler = _Assembler()
+    paths: Json = {}
+    for table in route_tables(file_api=file_api):
+        for route in table:
+            assert isinstance(route, web.RouteDef)
+            declared = getattr(route.handler, OPERATION, None)
+            if declared is None:
+                raise LookupError(f"{route.method} {route.path} declares no operation")
+            method = route.method.lower()
+            item = paths.setdefault(route.path, {})
+            item[method] = assembler.operation(declared, method, route.path)
+            if method == "get" and route.kwargs.get("allow_head", True):
+                item["head"] = _head_of(item["get"])
+    responses = {
+        name: _problem_response(error.status, description, PROBLEM_HEADERS.get(name))
+        for name, (error, description) in PROBLEMS.items()
+    }
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "filecask",
+            "version": filecask.__version__,
+            "summary": "A self-hosted, content-addressed HTTP file store with streaming ZIPs.",
+            "description": (
+                "Files are stored once under the SHA-256 of their content. Downloads are "
+                "public to anyone with the hash; uploads and listings need HTTP Basic "
+                "credentials of a user an administrator created. Every error is an RFC "
+                "9457 `application/problem+json` body."
+            ),
+            "license": {"name": "MIT", "identifier": "MIT"},
+        },
+        "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
+        "tags": [
+            {"name": "files", "description": "Upload, download, list and delete files."},
+            {"name": "archives", "description": "Folders and bundles as streamed ZIPs."},
+            {"name": "users", "description": "The caller, and user administration."},
+            {"name": "operations", "description": "Health, readiness, this document."},
+            {"name": "pages", "description": "The web page and Swagger UI, for people."},
+        ],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "basicAuth": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "UTF-8 user:password (RFC 7617); the user name in any "
+                    "case or width (`Admin` signs in as `admin`). Repeated failures from one "
+                    "client address are slowed down there and answered 429 with Retry-After; "
+                    "they never refuse the right password from another address.",
+                },
+                "metricsToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The metrics token (`FILECASK_METRICS_TOKEN` or "
+                    "`--metrics-token-file`), for /metrics only (RFC 6750).",
+                },
+            },
+            "schemas": assembler.schemas(),
+            "responses": responses,
+        },
+    }

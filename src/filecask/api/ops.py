@@ -1,0 +1,46 @@
+"""Liveness and readiness for load balancers and orchestrators."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from filecask.api.models import Status, reply
+from filecask.api.spec import ANONYMOUS, Reply, operation
+from filecask.errors import ServiceUnavailable
+from filecask.services import SERVICES
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/healthz")
+@operation(
+    "healthz",
+    "Liveness: the process answers.",
+    "operations",
+    security=ANONYMOUS,
+    replies={200: Reply("Up.", Status)},
+)
+async def healthz(request: web.Request) -> web.Response:
+    """The process is up and its event loop answers."""
+    return reply(Status, {"status": "ok"})
+
+
+@routes.get("/readyz")
+@operation(
+    "readyz",
+    "Readiness: the database and the store are usable.",
+    "operations",
+    security=ANONYMOUS,
+    replies={200: Reply("Ready.", Status)},
+    problems=["ServiceUnavailable"],
+)
+async def readyz(request: web.Request) -> web.Response:
+    """The metadata store answers and the blob store is present."""
+    services = request.app[SERVICES]
+    try:
+        await services.meta.ping()
+    except Exception as exc:
+        raise ServiceUnavailable(f"The metadata store does not answer: {exc}") from exc
+    if not await services.blobs.ready():
+        raise ServiceUnavailable("The blob store cannot be read or written.")
+    return reply(Status, {"status": "ready"})
