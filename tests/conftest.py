@@ -133,8 +133,8 @@ SERVICE_FIXTURES = frozenset({"postgres", "s3_server"})
 
 @pytest.hookimpl(trylast=True)  # after tests/e2e/conftest.py has marked its tests
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    quick = config.getoption("quick")
-    alone = config.getoption("alone")
+    quick: bool = config.getoption("quick")
+    alone: str = config.getoption("alone")
 
     def kept(item: pytest.Item) -> bool:
         if quick and (
@@ -145,7 +145,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             return False
         if alone == "include":
             return True
-        return (item.get_closest_marker("alone") is not None) == (alone == "only")
+        marked = item.get_closest_marker("alone") is not None
+        return marked == (alone == "only")
 
     deselected = [item for item in items if not kept(item)]
     if deselected:
