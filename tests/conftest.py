@@ -3,8 +3,10 @@ fails any test whose code blocks the event loop."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -152,6 +154,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = [item for item in items if kept(item)]
+    # The slow tests first (a stable sort: the rest keep their order). On parallel workers
+    # they then start at once, each on its own, instead of one of them ending the run.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")
@@ -363,10 +368,37 @@ class ServeTestServer(TestServer):
         return make_runner(self.app, self.settings, **kwargs)
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite metadata store with every migration run, and nothing else in it."""
+    from filecask.storage.changes import ChangeStamps
+    from filecask.storage.meta.sql import SqlMetaStore
+
+    path = tmp_path_factory.mktemp("sqlite-template") / "filecask.db"
+
+    async def migrate() -> None:
+        meta = SqlMetaStore(f"sqlite+aiosqlite:///{path}", ChangeStamps(None))
+        await meta.open(create=True)
+        await meta.close()
+
+    asyncio.run(migrate())
+    return path
+
+
 @pytest.fixture
 async def client(
-    aiohttp_client: Callable[[TestServer], Awaitable[AppClient]], settings: Settings
+    aiohttp_client: Callable[[TestServer], Awaitable[AppClient]],
+    settings: Settings,
+    sqlite_template: Path,
 ) -> AppClient:
+    """The app on a new data directory. Its SQLite file starts as a copy of the migrated
+    template: the app opens it as it opens any store at the current schema (running every
+    migration for each of a thousand tests took a tenth of their set-up time)."""
+    if settings.database_url is None:
+        database = settings.data_dir / "filecask.db"
+        if not database.exists():
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(sqlite_template, database)
     return await aiohttp_client(ServeTestServer(create_app(settings), settings))
 
 
