@@ -20,12 +20,11 @@ from filecask.api.common import base_url, read_json_object, require_user
 from filecask.api.files import content_disposition
 from filecask.api.models import BundleCreated, BundleInfo, BundleList, Manifest, reply
 from filecask.api.spec import (
-    ANONYMOUS,
+    DOWNLOAD_ERRORS,
     IF_NONE_MATCH,
     LOCATION,
     RANGE_PARAMETERS,
     SIGNED_IN,
-    Reply,
     download_replies,
     hash_param,
     operation,
@@ -74,8 +73,8 @@ ARCHIVE_SUMMARY = "A folder of the archive root (or, with the file API, a saved 
 @operation(
     "downloadArchive",
     ARCHIVE_SUMMARY,
-    "archives",
-    security=ANONYMOUS,
+    download_replies(archive=True),
+    DOWNLOAD_ERRORS,
     parameters=[
         param(
             "id",
@@ -88,7 +87,6 @@ ARCHIVE_SUMMARY = "A folder of the archive root (or, with the file API, a saved 
         *RANGE_PARAMETERS,
         IF_NONE_MATCH,
     ],
-    replies=download_replies(archive=True),
     variants={"GET /archive/{id}": ("downloadArchiveNoSlash", ARCHIVE_SUMMARY)},
 )
 async def download_archive(request: web.Request) -> web.StreamResponse:
@@ -288,13 +286,12 @@ def _gather(
 @operation(
     "createBundle",
     "Save a bundle of stored files, served at /archive/{id}/.",
-    "archives",
-    body=Manifest,
-    replies={
-        200: Reply("The caller already held this bundle.", BundleCreated, {"Location": LOCATION}),
-        201: Reply("Saved.", BundleCreated, {"Location": LOCATION}),
+    {
+        200: ("The caller already held this bundle.", BundleCreated, {"Location": LOCATION}),
+        201: ("Saved.", BundleCreated, {"Location": LOCATION}),
     },
-    problems=("BadRequest", "Forbidden", "Conflict", "PayloadTooLarge", *SIGNED_IN),
+    (400, 403, 409, 413, *SIGNED_IN),
+    body=Manifest,
 )
 async def create_bundle(request: web.Request) -> web.Response:
     """`{"name": "holiday.zip", "files": [{"hash": ..., "path": "day1/1.jpg"}, ...]}`.
@@ -329,7 +326,8 @@ async def create_bundle(request: web.Request) -> web.Response:
 @operation(
     "listBundles",
     "The caller's bundles.",
-    "archives",
+    {200: ("The bundles.", BundleList)},
+    (400, *SIGNED_IN),
     parameters=[
         hash_param(
             "hash",
@@ -338,8 +336,6 @@ async def create_bundle(request: web.Request) -> web.Response:
             "query",
         )
     ],
-    replies={200: Reply("The bundles.", BundleList)},
-    problems=("BadRequest", *SIGNED_IN),
 )
 async def list_bundles(request: web.Request) -> web.Response:
     """The caller's bundles; with `?hash=`, only those that name this content (what keeps
@@ -357,11 +353,10 @@ async def list_bundles(request: web.Request) -> web.Response:
 @operation(
     "deleteBundle",
     "Drop the caller's bundle.",
-    "archives",
+    {204: "Dropped."},
+    (400, *SIGNED_IN, 403, 404),
     description="The id is checked before the credentials.",
     parameters=[hash_param("id", "A bundle's id: the SHA-256 of its canonical manifest.")],
-    replies={204: Reply("Dropped.")},
-    problems=("BadRequest", *SIGNED_IN, "Forbidden", "NotFound"),
 )
 async def delete_bundle(request: web.Request) -> web.Response:
     services = request.app[SERVICES]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 from urllib.parse import quote
 
@@ -14,18 +14,16 @@ from aiohttp.streams import StreamReader
 from filecask.api.common import base_url, require_user
 from filecask.api.models import NAME_CHARACTERS, FileDeleted, FileInfo, FileList, reply
 from filecask.api.spec import (
-    ANONYMOUS,
     BINARY,
+    DOWNLOAD_ERRORS,
     IF_NONE_MATCH,
     LOCATION,
     RANGE_PARAMETERS,
     SIGNED_IN,
-    F,
     Json,
-    Reply,
+    Operation,
     download_replies,
     hash_param,
-    header,
     operation,
     param,
 )
@@ -146,14 +144,16 @@ HASH = hash_param(
 
 def _upload_operation(
     operation_id: str, summary: str, description: str = "", *path: Json, **extra: Any
-) -> Callable[[F], F]:
-    stored = Reply(
-        "Stored; the body describes the caller's reference.", FileInfo, {"Location": LOCATION}
-    )
+) -> Operation:
+    stored = "Stored; the body describes the caller's reference."
     return operation(
         operation_id,
         summary,
-        "files",
+        {
+            200: ("The caller already held this content.", FileInfo, {"Location": LOCATION}),
+            201: (stored, FileInfo, {"Location": LOCATION}),
+        },
+        (400, *SIGNED_IN, 408, 413, 507),
         description="Upload a file. 413 is answered before the body is read when "
         "Content-Length exceeds the limit (and before `100 Continue`)." + description,
         parameters=[
@@ -187,17 +187,6 @@ def _upload_operation(
                 },
             },
         },
-        replies={
-            200: Reply("The caller already held this content.", FileInfo, stored.headers),
-            201: stored,
-        },
-        problems=(
-            "BadRequest",
-            *SIGNED_IN,
-            "RequestTimeout",
-            "PayloadTooLarge",
-            "InsufficientStorage",
-        ),
         **extra,
     )
 
@@ -332,8 +321,8 @@ async def _raw_chunks(content: StreamReader, stall: float) -> AsyncIterator[byte
 @operation(
     "downloadFile",
     "Download a file (anyone with the hash).",
-    "files",
-    security=ANONYMOUS,
+    download_replies(archive=False),
+    DOWNLOAD_ERRORS,
     parameters=[
         HASH,
         param(
@@ -345,7 +334,6 @@ async def _raw_chunks(content: StreamReader, stall: float) -> AsyncIterator[byte
         *RANGE_PARAMETERS,
         IF_NONE_MATCH,
     ],
-    replies=download_replies(archive=False),
 )
 async def download(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
@@ -475,19 +463,16 @@ async def _send_bytes(
 @operation(
     "deleteFile",
     "Drop the caller's reference to a file.",
-    "files",
+    {
+        200: ("Dropped, but the caller's own bundles keep the content.", FileDeleted),
+        204: "Dropped; nothing of the caller's keeps the content (the bytes go when nothing "
+        "names them).",
+    },
+    (400, *SIGNED_IN, 403, 404),
     description="The hash is checked before the credentials. When bundles the caller holds "
     "still name the content, the answer is 200 and says which: the content stays stored (its "
     "link keeps working) and counted in the caller's usage until those bundles are deleted.",
     parameters=[HASH],
-    replies={
-        200: Reply("Dropped, but the caller's own bundles keep the content.", FileDeleted),
-        204: Reply(
-            "Dropped; nothing of the caller's keeps the content (the bytes go when nothing "
-            "names them)."
-        ),
-    },
-    problems=("BadRequest", *SIGNED_IN, "Forbidden", "NotFound"),
 )
 async def delete(request: web.Request) -> web.Response:
     """Drop the caller's reference: 204 when nothing of theirs keeps the content any more.
@@ -517,7 +502,8 @@ async def delete(request: web.Request) -> web.Response:
 @operation(
     "listFiles",
     "The caller's files, newest first, a page at a time.",
-    "files",
+    {200: ("One page.", FileList, {"Link?": '`<url>; rel="next"` when there is a next page.'})},
+    (400, *SIGNED_IN),
     parameters=[
         param(
             "limit",
@@ -532,14 +518,6 @@ async def delete(request: web.Request) -> web.Response:
             {"type": "string", "pattern": "^[0-9]*[1-9][0-9]*$"},
         ),
     ],
-    replies={
-        200: Reply(
-            "One page.",
-            FileList,
-            {"Link": header('`<url>; rel="next"` when there is a next page.', required=False)},
-        )
-    },
-    problems=("BadRequest", *SIGNED_IN),
 )
 async def list_files(request: web.Request) -> web.Response:
     """The caller's files, newest first; `?limit=` and the opaque `?cursor=` page through."""

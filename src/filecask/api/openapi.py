@@ -27,31 +27,25 @@ import filecask
 from filecask.api import archives, files, metrics, ops, pages, users
 from filecask.api.models import Problem as ProblemBody
 from filecask.api.models import adapter
-from filecask.api.spec import (
-    ANONYMOUS,
-    OPERATION,
-    PROBLEM_HEADERS,
-    PROBLEM_JSON,
-    PROBLEMS,
-    Json,
-    Operation,
-    Problem,
-    Reply,
-    operation,
-)
+from filecask.api.spec import OPERATION, PROBLEMS, Headers, Json, Operation, Reply
+from filecask.api.spec import operation as declare
 from filecask.services import SETTINGS
 from filecask.tus import handlers as uploads
 
 OPENAPI_VERSION = "3.1.0"
+BASIC: list[Json] = [{"basicAuth": []}]
 routes = web.RouteTableDef()
 
 
-def route_tables(*, file_api: bool) -> list[web.RouteTableDef]:
-    """Every route the app serves with `--file-api` as given, in the order it adds them."""
-    tables = [metrics.routes, ops.routes, routes, pages.docs_routes, archives.archive_routes]
+def route_tables(*, file_api: bool) -> list[tuple[str, web.RouteTableDef]]:
+    """Every route table the app serves with `--file-api` as given, in the order it adds
+    them, each with the tag of its operations."""
+    tables = [("operations", metrics.routes), ("operations", ops.routes), ("operations", routes)]
+    tables += [("pages", pages.docs_routes), ("archives", archives.archive_routes)]
     if file_api:
-        tables += [files.routes, users.routes, archives.bundle_routes, uploads.routes]
-        tables.append(pages.page_routes)
+        tables += [("files", files.routes), ("users", users.routes)]
+        tables += [("archives", archives.bundle_routes), ("files", uploads.routes)]
+        tables.append(("pages", pages.page_routes))
     return tables
 
 
@@ -61,17 +55,13 @@ def _encoded(file_api: bool) -> bytes:
 
 
 @routes.get("/openapi.json")
-@operation(
+@declare(
     "openapi",
     "This document.",
-    "operations",
-    security=ANONYMOUS,
-    replies={
-        200: Reply(
+    {
+        200: (
             "The OpenAPI 3.1 description of this server's API.",
-            content={
-                "application/json": {"schema": {"type": "object", "required": ["openapi", "paths"]}}
-            },
+            {"application/json": {"type": "object", "required": ["openapi", "paths"]}},
         )
     },
 )
@@ -86,24 +76,31 @@ def _ref(kind: str, name: str) -> Json:
     return {"$ref": f"#/components/{kind}/{name}"}
 
 
-def _problem_response(status: int, description: str, headers: Json | None = None) -> Json:
-    described = {
-        "allOf": [
-            _ref("schemas", "Problem"),
-            {"type": "object", "properties": {"status": {"const": status}}},
-        ]
-    }
+def _headers(headers: Headers) -> Json:
+    out: Json = {}
+    for name, value in headers.items():
+        description, pattern = (value, None) if isinstance(value, str) else value
+        schema = {"type": "string"} | ({"pattern": pattern} if pattern else {})
+        out[name.rstrip("?")] = {
+            "required": not name.endswith("?"),
+            "description": description,
+            "schema": schema,
+        }
+    return out
+
+
+def _problem_response(status: int, description: str, headers: Headers) -> Json:
+    status_is = {"type": "object", "properties": {"status": {"const": status}}}
+    described = {"allOf": [_ref("schemas", "Problem"), status_is]}
     response: Json = {
         "description": description
         + " A client whose Accept names text/html gets a short HTML page instead.",
         "content": {
-            PROBLEM_JSON: {"schema": described},
+            "application/problem+json": {"schema": described},
             "text/html": {"schema": {"type": "string"}},
         },
     }
-    if headers:
-        response["headers"] = headers
-    return response
+    return response | ({"headers": _headers(headers)} if headers else {})
 
 
 class _Assembler:
@@ -111,34 +108,38 @@ class _Assembler:
         self.types: dict[tuple[object, JsonSchemaMode], None] = {
             (ProblemBody, "serialization"): None
         }
+        self.shared = {error.status: name for name, (error, _, _) in PROBLEMS.items()}
 
     def _schema(self, kind: object, mode: JsonSchemaMode) -> Json:
         self.types[(kind, mode)] = None
         return _ref("schemas", getattr(kind, "__name__", str(kind)))
 
-    def _response(self, status: int, reply: Reply | Problem | str) -> Json:
-        if isinstance(reply, str):
-            return _ref("responses", reply)
-        if isinstance(reply, Problem):
-            return _problem_response(status, reply.description, reply.headers)
-        out: Json = {"description": reply.description}
-        if reply.headers:
-            out["headers"] = reply.headers
-        if reply.content is not None:
-            out["content"] = reply.content
-        elif reply.body is not None:
-            schema = self._schema(reply.body, "serialization")
+    def _response(self, status: int, reply: Reply) -> Json:
+        description, body, *rest = (reply, None) if isinstance(reply, str) else reply
+        headers: Headers = rest[0] if rest else {}
+        if status >= 400:
+            return _problem_response(status, description, headers)
+        out: Json = {"description": description}
+        if headers:
+            out["headers"] = _headers(headers)
+        if isinstance(body, dict):
+            out["content"] = {media: {"schema": schema} for media, schema in body.items()}
+        elif body is not None:
+            schema = self._schema(body, "serialization")
             out["content"] = {"application/json": {"schema": schema}}
         return out
 
-    def operation(self, declared: Operation, method: str, path: str) -> Json:
+    def operation(self, declared: Operation, tag: str, method: str, path: str) -> Json:
         operation_id, summary = declared.variants.get(
             f"{method.upper()} {path}", (declared.operation_id, declared.summary)
         )
         out: Json = {"operationId": operation_id, "summary": summary}
         if declared.description:
             out["description"] = declared.description
-        out |= {"tags": [declared.tag], "security": declared.security}
+        security = declared.security
+        if security is None:
+            security = BASIC if 401 in {*declared.replies, *declared.errors} else []
+        out |= {"tags": [tag], "security": security}
         if declared.parameters:
             out["parameters"] = list(declared.parameters)
         if isinstance(declared.body, dict):
@@ -149,8 +150,10 @@ class _Assembler:
                 "required": True,
                 "content": {"application/json": {"schema": schema}},
             }
-        replies = sorted(declared.replies.items())
-        out["responses"] = {str(status): self._response(status, reply) for status, reply in replies}
+        responses = {status: self._response(status, r) for status, r in declared.replies.items()}
+        for status in declared.errors:
+            responses[status] = _ref("responses", self.shared[status])
+        out["responses"] = {str(status): responses[status] for status in sorted(responses)}
         return out
 
     def schemas(self) -> Json:
@@ -186,7 +189,7 @@ def openapi_document(*, file_api: bool = True) -> Json:
     A fresh dict each call, so a caller may change it (e.g. add `servers`) freely."""
     assembler = _Assembler()
     paths: Json = {}
-    for table in route_tables(file_api=file_api):
+    for tag, table in route_tables(file_api=file_api):
         for route in table:
             assert isinstance(route, web.RouteDef)
             declared = getattr(route.handler, OPERATION, None)
@@ -194,12 +197,12 @@ def openapi_document(*, file_api: bool = True) -> Json:
                 raise LookupError(f"{route.method} {route.path} declares no operation")
             method = route.method.lower()
             item = paths.setdefault(route.path, {})
-            item[method] = assembler.operation(declared, method, route.path)
+            item[method] = assembler.operation(declared, tag, method, route.path)
             if method == "get" and route.kwargs.get("allow_head", True):
                 item["head"] = _head_of(item["get"])
     responses = {
-        name: _problem_response(error.status, description, PROBLEM_HEADERS.get(name))
-        for name, (error, description) in PROBLEMS.items()
+        name: _problem_response(error.status, description, headers)
+        for name, (error, description, headers) in PROBLEMS.items()
     }
     return {
         "openapi": OPENAPI_VERSION,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from importlib.resources.abc import Traversable
@@ -26,7 +25,7 @@ from importlib.resources.abc import Traversable
 import swagger_ui_bundle  # type: ignore[import-untyped]
 from aiohttp import web
 
-from filecask.api.spec import ANONYMOUS, IF_NONE_MATCH, F, Reply, header, operation, param
+from filecask.api.spec import IF_NONE_MATCH, NOSNIFF, Operation, Reply, operation, param
 from filecask.errors import NotFound
 
 OWN_CACHE = "no-cache"
@@ -161,41 +160,35 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 
 def _operation(
     operation_id: str, summary: str, table: dict[str, Source], prefix: str = ""
-) -> Callable[[F], F]:
+) -> Operation:
     """A page or asset route's declaration, from its files' table (`prefix`: the assets')."""
     sources = list(table.values())
-    etag = header(
-        'A strong entity tag: `"<hex>"`, `-gzip` for the gzipped form.', '^"[0-9a-f]{32}(-gzip)?"$'
+    etag = (
+        'A strong entity tag: `"<hex>"`, `-gzip` for the gzipped form.',
+        '^"[0-9a-f]{32}(-gzip)?"$',
     )
-    headers = {
+    headers: dict[str, str | tuple[str, str]] = {
         "ETag": etag,
-        "Cache-Control": header("`no-cache` for filecask's own files, a day for Swagger UI's."),
-        "X-Content-Type-Options": header("Always `nosniff`.", "^nosniff$"),
+        "Cache-Control": "`no-cache` for filecask's own files, a day for Swagger UI's.",
+        "X-Content-Type-Options": NOSNIFF,
     }
     if any(source.csp for source in sources):
-        headers["Content-Security-Policy"] = header("Scripts from this origin only, never inline.")
+        headers["Content-Security-Policy"] = "Scripts from this origin only, never inline."
     types = sorted({source.content_type for source in sources})
-    string = (
-        {"type": "string"} if types == ["text/html"] else {"type": "string", "format": "binary"}
-    )
-    replies: dict[int, Reply | str] = {
-        200: Reply(
+    string = {"type": "string"} | ({} if types == ["text/html"] else {"format": "binary"})
+    replies: dict[int, Reply] = {
+        200: (
             "The file (gzipped when Accept-Encoding allows).",
-            headers=headers,
-            content={media: {"schema": string} for media in types},
+            dict.fromkeys(types, string),
+            headers,
         ),
-        304: Reply("If-None-Match named the current ETag.", headers={"ETag": etag}),
+        304: ("If-None-Match named the current ETag.", None, {"ETag": etag}),
     }
-    parameters = [IF_NONE_MATCH]
-    if prefix:
-        replies[404] = "NotFound"
-        names = {"type": "string", "enum": sorted(table)}
-        parameters.insert(
-            0, param("asset", "path", f"One of the files served under {prefix}.", names)
-        )
-    return operation(
-        operation_id, summary, "pages", security=ANONYMOUS, parameters=parameters, replies=replies
-    )
+    if not prefix:
+        return operation(operation_id, summary, replies, parameters=[IF_NONE_MATCH])
+    names = {"type": "string", "enum": sorted(table)}
+    asset = param("asset", "path", f"One of the files served under {prefix}.", names)
+    return operation(operation_id, summary, replies, [404], parameters=[asset, IF_NONE_MATCH])
 
 
 page_routes = web.RouteTableDef()

@@ -14,7 +14,7 @@ from aiohttp import web
 from filecask.api import models
 from filecask.api.common import base_url, read_json_object, require_admin, require_user
 from filecask.api.models import CreatedUser, Me, NewUser, UserList, UserUpdate, reply, validate
-from filecask.api.spec import SIGNED_IN, Reply, header, operation, param
+from filecask.api.spec import SIGNED_IN, operation, param
 from filecask.auth import generate_password
 from filecask.errors import NotFound
 from filecask.services import SERVICES
@@ -23,18 +23,12 @@ from filecask.storage.meta import UserSummary
 routes = web.RouteTableDef()
 
 
-ADMIN = (*SIGNED_IN, "Forbidden")
+ADMIN = (*SIGNED_IN, 403)
 USER_NAME = param("name", "path", "The user's name, in any case or width (`BOB` is `bob`).")
 
 
 @routes.get("/me")
-@operation(
-    "me",
-    "Who the caller is and how much they store.",
-    "users",
-    replies={200: Reply("You.", Me)},
-    problems=SIGNED_IN,
-)
+@operation("me", "Who the caller is and how much they store.", {200: ("You.", Me)}, SIGNED_IN)
 async def me(request: web.Request) -> web.Response:
     """`bytes` is what the caller keeps alive: every distinct content of their files and
     of the bundles they hold, counted once; `reserved`, what their unfinished resumable
@@ -59,9 +53,8 @@ async def me(request: web.Request) -> web.Response:
 @operation(
     "listUsers",
     "Every user with their file count and bytes (administrators).",
-    "users",
-    replies={200: Reply("The users.", UserList)},
-    problems=ADMIN,
+    {200: ("The users.", UserList)},
+    ADMIN,
 )
 async def list_users(request: web.Request) -> web.Response:
     await require_admin(request)
@@ -73,16 +66,15 @@ async def list_users(request: web.Request) -> web.Response:
 @operation(
     "createUser",
     "Create a user (administrators).",
-    "users",
-    body=NewUser,
-    replies={
-        201: Reply(
+    {
+        201: (
             "Created; the password is returned if it was generated.",
             CreatedUser,
-            headers={"Location": header("The user's URL.")},
+            {"Location": "The user's URL."},
         )
     },
-    problems=("BadRequest", "PayloadTooLarge", "Conflict", *ADMIN),
+    (400, 413, 409, *ADMIN),
+    body=NewUser,
 )
 async def create_user(request: web.Request) -> web.Response:
     """`{"name": "bob", "password": "...", "is_admin": false, "quota": "10G"}`; without a
@@ -105,11 +97,10 @@ async def create_user(request: web.Request) -> web.Response:
 @operation(
     "updateUser",
     "Set a user's quota (administrators).",
-    "users",
+    {200: ("Updated; the user as `GET /users` shows them.", models.UserSummary)},
+    (400, 404, 413, *ADMIN),
     parameters=[USER_NAME],
     body=UserUpdate,
-    replies={200: Reply("Updated; the user as `GET /users` shows them.", models.UserSummary)},
-    problems=("BadRequest", "NotFound", "PayloadTooLarge", *ADMIN),
 )
 async def update_user(request: web.Request) -> web.Response:
     """`{"quota": "10G"}` (or bytes, or null for no limit): the one thing changed here;
@@ -135,10 +126,9 @@ async def update_user(request: web.Request) -> web.Response:
 @operation(
     "deleteUser",
     "Remove a user and every reference they hold (administrators).",
-    "users",
+    {204: "Removed."},
+    (404, 409, *ADMIN),
     parameters=[USER_NAME],
-    replies={204: Reply("Removed.")},
-    problems=("NotFound", "Conflict", *ADMIN),
 )
 async def delete_user(request: web.Request) -> web.Response:
     """Removes the user and every reference they hold; contents nobody else references
