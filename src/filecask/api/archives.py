@@ -65,14 +65,10 @@ SMALL_SLICE = 16 << 10
 """Folder files' data up to this size is read into the batch instead of sendfile()d."""
 
 
-ARCHIVE_SUMMARY = "A folder of the archive root (or, with the file API, a saved bundle), as a ZIP."
-
-
 @archive_routes.get("/archive/{id}", allow_head=True)
 @archive_routes.get("/archive/{id}/", allow_head=True)
 @operation(
     "downloadArchive",
-    ARCHIVE_SUMMARY,
     download_replies(archive=True),
     DOWNLOAD_ERRORS,
     parameters=[
@@ -87,9 +83,10 @@ ARCHIVE_SUMMARY = "A folder of the archive root (or, with the file API, a saved 
         *RANGE_PARAMETERS,
         IF_NONE_MATCH,
     ],
-    variants={"GET /archive/{id}": ("downloadArchiveNoSlash", ARCHIVE_SUMMARY)},
+    variants={"GET /archive/{id}": "downloadArchiveNoSlash"},
 )
 async def download_archive(request: web.Request) -> web.StreamResponse:
+    """A folder of the archive root (or, with the file API, a saved bundle), as a ZIP."""
     services = request.app[SERVICES]
     archive = await _resolve(services, request.match_info["id"])
     headers = {
@@ -285,7 +282,6 @@ def _gather(
 @bundle_routes.post("/archives")
 @operation(
     "createBundle",
-    "Save a bundle of stored files, served at /archive/{id}/.",
     {
         200: ("The caller already held this bundle.", BundleCreated, {"Location": LOCATION}),
         201: ("Saved.", BundleCreated, {"Location": LOCATION}),
@@ -294,12 +290,12 @@ def _gather(
     body=Manifest,
 )
 async def create_bundle(request: web.Request) -> web.Response:
-    """`{"name": "holiday.zip", "files": [{"hash": ..., "path": "day1/1.jpg"}, ...]}`.
-
-    Every hash must be one of the caller's files (403 `not-held` otherwise, naming them):
-    a bundle keeps its content stored, counted in its holders' usage, so it may only keep
-    what its maker holds. Limits (settings): `--max-bundle-size` bytes of body and of
-    manifest and `--max-bundle-entries` files (413), `--max-bundles-per-user` (409)."""
+    """Save a bundle of stored files, served at /archive/{id}/."""
+    # `{"name": "holiday.zip", "files": [{"hash": ..., "path": "day1/1.jpg"}, ...]}`.
+    # Every hash must be one of the caller's files (403 `not-held` otherwise, naming them):
+    # a bundle keeps its content stored, counted in its holders' usage, so it may only keep
+    # what its maker holds. Limits (settings): `--max-bundle-size` bytes of body and of
+    # manifest and `--max-bundle-entries` files (413), `--max-bundles-per-user` (409).
     services = request.app[SERVICES]
     settings = services.settings
     user = await require_user(request)
@@ -325,7 +321,6 @@ async def create_bundle(request: web.Request) -> web.Response:
 @bundle_routes.get("/archives")
 @operation(
     "listBundles",
-    "The caller's bundles.",
     {200: ("The bundles.", BundleList)},
     (400, *SIGNED_IN),
     parameters=[
@@ -338,8 +333,9 @@ async def create_bundle(request: web.Request) -> web.Response:
     ],
 )
 async def list_bundles(request: web.Request) -> web.Response:
-    """The caller's bundles; with `?hash=`, only those that name this content (what keeps
-    it stored, and counted in the caller's usage, after they delete the file)."""
+    """The caller's bundles."""
+    # With `?hash=`, only those that name this content (what keeps it stored, and counted
+    # in the caller's usage, after they delete the file).
     services = request.app[SERVICES]
     raw_hash = request.query.get("hash")
     hex_hash = None if raw_hash is None else parse_hash(raw_hash)
@@ -352,13 +348,14 @@ async def list_bundles(request: web.Request) -> web.Response:
 @bundle_routes.delete("/archives/{id}")
 @operation(
     "deleteBundle",
-    "Drop the caller's bundle.",
     {204: "Dropped."},
     (400, *SIGNED_IN, 403, 404),
-    description="The id is checked before the credentials.",
     parameters=[hash_param("id", "A bundle's id: the SHA-256 of its canonical manifest.")],
 )
 async def delete_bundle(request: web.Request) -> web.Response:
+    """Drop the caller's bundle.
+
+    The id is checked before the credentials."""
     services = request.app[SERVICES]
     bundle_id = parse_hash(request.match_info["id"])
     user = await require_user(request)

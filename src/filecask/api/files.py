@@ -143,16 +143,13 @@ HASH = hash_param(
 
 
 def _upload_operation(
-    operation_id: str, summary: str, description: str = "", *path: Json, **extra: Any
+    operation_id: str, description: str = "", *path: Json, **extra: Any
 ) -> Operation:
-    stored = "Stored; the body describes the caller's reference."
+    held = ("The caller already held this content.", FileInfo, {"Location": LOCATION})
+    stored = ("Stored; the body describes the caller's reference.", FileInfo, held[2])
     return operation(
         operation_id,
-        summary,
-        {
-            200: ("The caller already held this content.", FileInfo, {"Location": LOCATION}),
-            201: (stored, FileInfo, {"Location": LOCATION}),
-        },
+        {200: held, 201: stored},
         (400, *SIGNED_IN, 408, 413, 507),
         description="Upload a file. 413 is answered before the body is read when "
         "Content-Length exceeds the limit (and before `100 Continue`)." + description,
@@ -193,26 +190,22 @@ def _upload_operation(
 
 @routes.post("/files", expect_handler=_expect_continue)
 @routes.put("/files", expect_handler=_expect_continue)
-@_upload_operation(
-    "uploadFile",
-    "Upload a file.",
-    variants={"PUT /files": ("putFile", "Upload a file (as PUT).")},
-)
+@_upload_operation("uploadFile", variants={"PUT /files": ("putFile", "Upload a file (as PUT).")})
 async def upload(request: web.Request) -> web.Response:
-    """A raw body (`curl --data-binary @f` or `-T f`, `?name=`) or a multipart form's `file`."""
+    """Upload a file."""
+    # A raw body (`curl --data-binary @f` or `-T f`, `?name=`) or a multipart form's `file`.
     return await _store(request, expected_hash=None)
 
 
 @routes.put("/files/{hash}", expect_handler=_expect_continue)
 @_upload_operation(
     "putFileWithHash",
-    "Upload a file whose hash is known.",
     " The server verifies the content against the hash in the URL: a mismatch is 400 "
     "`hash-mismatch` and nothing is stored.",
     HASH,
 )
 async def upload_with_hash(request: web.Request) -> web.Response:
-    """Upload with the id known beforehand; the server verifies it before storing."""
+    """Upload a file whose hash is known."""
     expected = parse_hash(request.match_info["hash"])
     return await _store(request, expected_hash=expected)
 
@@ -320,7 +313,6 @@ async def _raw_chunks(content: StreamReader, stall: float) -> AsyncIterator[byte
 @routes.get("/files/{hash}", allow_head=True)
 @operation(
     "downloadFile",
-    "Download a file (anyone with the hash).",
     download_replies(archive=False),
     DOWNLOAD_ERRORS,
     parameters=[
@@ -336,6 +328,7 @@ async def _raw_chunks(content: StreamReader, stall: float) -> AsyncIterator[byte
     ],
 )
 async def download(request: web.Request) -> web.StreamResponse:
+    """Download a file (anyone with the hash)."""
     services = request.app[SERVICES]
     hex_hash = parse_hash(request.match_info["hash"])
     cached, stamp = services.bodies.get(hex_hash)
@@ -462,23 +455,20 @@ async def _send_bytes(
 @routes.delete("/files/{hash}")
 @operation(
     "deleteFile",
-    "Drop the caller's reference to a file.",
     {
         200: ("Dropped, but the caller's own bundles keep the content.", FileDeleted),
         204: "Dropped; nothing of the caller's keeps the content (the bytes go when nothing "
         "names them).",
     },
     (400, *SIGNED_IN, 403, 404),
-    description="The hash is checked before the credentials. When bundles the caller holds "
-    "still name the content, the answer is 200 and says which: the content stays stored (its "
-    "link keeps working) and counted in the caller's usage until those bundles are deleted.",
     parameters=[HASH],
 )
 async def delete(request: web.Request) -> web.Response:
-    """Drop the caller's reference: 204 when nothing of theirs keeps the content any more.
-    When bundles they hold still name it, the content stays stored (downloadable by its
-    link, and counted in their usage) until those bundles go: 200 with a body that says so,
-    `{"hash": ..., "held_by_bundles": [{"id", "name", "url"}, ...]}`."""
+    """Drop the caller's reference to a file.
+
+    The hash is checked before the credentials. When bundles the caller holds still name
+    the content, the answer is 200 and says which: the content stays stored (its link keeps
+    working) and counted in the caller's usage until those bundles are deleted."""
     services = request.app[SERVICES]
     hex_hash = parse_hash(request.match_info["hash"])
     user = await require_user(request)
@@ -501,7 +491,6 @@ async def delete(request: web.Request) -> web.Response:
 @routes.get("/files")
 @operation(
     "listFiles",
-    "The caller's files, newest first, a page at a time.",
     {200: ("One page.", FileList, {"Link?": '`<url>; rel="next"` when there is a next page.'})},
     (400, *SIGNED_IN),
     parameters=[
@@ -520,7 +509,8 @@ async def delete(request: web.Request) -> web.Response:
     ],
 )
 async def list_files(request: web.Request) -> web.Response:
-    """The caller's files, newest first; `?limit=` and the opaque `?cursor=` page through."""
+    """The caller's files, newest first, a page at a time."""
+    # `?limit=` and the opaque `?cursor=` page through.
     services = request.app[SERVICES]
     user = await require_user(request)
     limit = _int_param(request, "limit", LIST_DEFAULT, 1, LIST_MAX)

@@ -74,7 +74,6 @@ async def check_metrics_access(request: web.Request) -> None:
 @routes.get("/metrics")
 @operation(
     "metrics",
-    "Prometheus metrics: requests, latency, bytes, work in flight, store size.",
     {
         200: (
             "The Prometheus text format (OpenMetrics if the Accept header asks for it), totals"
@@ -92,13 +91,13 @@ async def check_metrics_access(request: web.Request) -> None:
         ),
     },
     (403, 429),
-    description="For the metrics bearer token (`FILECASK_METRICS_TOKEN`,"
-    " `--metrics-token-file`) or an administrator's Basic credentials; for anyone with"
-    " `--metrics-public true`.",
     security=[{"metricsToken": []}, {"basicAuth": []}],
 )
 async def metrics_handler(request: web.Request) -> web.Response:
-    """The text exposition format (OpenMetrics if the scraper asks for it)."""
+    """Prometheus metrics: requests, latency, bytes, work in flight, store size.
+
+    For the metrics bearer token (`FILECASK_METRICS_TOKEN`, `--metrics-token-file`) or an
+    administrator's Basic credentials; for anyone with `--metrics-public true`."""
     await check_metrics_access(request)
     metrics = request.app[METRICS]
     meta = request.app[SERVICES].meta

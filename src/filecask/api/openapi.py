@@ -27,13 +27,14 @@ import filecask
 from filecask.api import archives, files, metrics, ops, pages, users
 from filecask.api.models import Problem as ProblemBody
 from filecask.api.models import adapter
-from filecask.api.spec import OPERATION, PROBLEMS, Headers, Json, Operation, Reply
+from filecask.api.spec import OPERATION, PROBLEM_HEADERS, PROBLEMS, Headers, Json, Operation, Reply
 from filecask.api.spec import operation as declare
 from filecask.services import SETTINGS
 from filecask.tus import handlers as uploads
 
 OPENAPI_VERSION = "3.1.0"
 BASIC: list[Json] = [{"basicAuth": []}]
+DOCUMENT = {"application/json": {"type": "object", "required": ["openapi", "paths"]}}
 routes = web.RouteTableDef()
 
 
@@ -55,19 +56,11 @@ def _encoded(file_api: bool) -> bytes:
 
 
 @routes.get("/openapi.json")
-@declare(
-    "openapi",
-    "This document.",
-    {
-        200: (
-            "The OpenAPI 3.1 description of this server's API.",
-            {"application/json": {"type": "object", "required": ["openapi", "paths"]}},
-        )
-    },
-)
+@declare("openapi", {200: ("The OpenAPI 3.1 description of this server's API.", DOCUMENT)})
 async def openapi_json(request: web.Request) -> web.Response:
-    """Anyone may read it: it describes the API and holds no data. It depends on
-    `--file-api` alone, so its JSON is encoded once per process and reused."""
+    """This document."""
+    # Anyone may read it: it describes the API and holds no data. It depends on
+    # `--file-api` alone, so its JSON is encoded once per process and reused.
     body = _encoded(request.app[SETTINGS].file_api)
     return web.Response(body=body, content_type="application/json", charset="utf-8")
 
@@ -108,7 +101,7 @@ class _Assembler:
         self.types: dict[tuple[object, JsonSchemaMode], None] = {
             (ProblemBody, "serialization"): None
         }
-        self.shared = {error.status: name for name, (error, _, _) in PROBLEMS.items()}
+        self.shared = {error.status: name for name, (error, _) in PROBLEMS.items()}
 
     def _schema(self, kind: object, mode: JsonSchemaMode) -> Json:
         self.types[(kind, mode)] = None
@@ -130,9 +123,8 @@ class _Assembler:
         return out
 
     def operation(self, declared: Operation, tag: str, method: str, path: str) -> Json:
-        operation_id, summary = declared.variants.get(
-            f"{method.upper()} {path}", (declared.operation_id, declared.summary)
-        )
+        variant = declared.variants.get(f"{method.upper()} {path}", declared.operation_id)
+        operation_id, summary = (variant, declared.summary) if isinstance(variant, str) else variant
         out: Json = {"operationId": operation_id, "summary": summary}
         if declared.description:
             out["description"] = declared.description
@@ -201,8 +193,8 @@ def openapi_document(*, file_api: bool = True) -> Json:
             if method == "get" and route.kwargs.get("allow_head", True):
                 item["head"] = _head_of(item["get"])
     responses = {
-        name: _problem_response(error.status, description, headers)
-        for name, (error, description, headers) in PROBLEMS.items()
+        name: _problem_response(error.status, description, PROBLEM_HEADERS.get(name, {}))
+        for name, (error, description) in PROBLEMS.items()
     }
     return {
         "openapi": OPENAPI_VERSION,

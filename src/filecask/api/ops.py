@@ -13,18 +13,16 @@ routes = web.RouteTableDef()
 
 
 @routes.get("/healthz")
-@operation("healthz", "Liveness: the process answers.", {200: ("Up.", Status)})
+@operation("healthz", {200: ("Up.", Status)})
 async def healthz(request: web.Request) -> web.Response:
-    """The process is up and its event loop answers."""
+    """Liveness: the process answers."""
     return reply(Status, {"status": "ok"})
 
 
 @routes.get("/readyz")
-@operation(
-    "readyz", "Readiness: the database and the store are usable.", {200: ("Ready.", Status)}, [503]
-)
+@operation("readyz", {200: ("Ready.", Status)}, [503])
 async def readyz(request: web.Request) -> web.Response:
-    """The metadata store answers and the blob store is present."""
+    """Readiness: the database and the store are usable."""
     services = request.app[SERVICES]
     try:
         await services.meta.ping()

@@ -158,9 +158,7 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
-def _operation(
-    operation_id: str, summary: str, table: dict[str, Source], prefix: str = ""
-) -> Operation:
+def _operation(operation_id: str, table: dict[str, Source], prefix: str = "") -> Operation:
     """A page or asset route's declaration, from its files' table (`prefix`: the assets')."""
     sources = list(table.values())
     etag = (
@@ -185,10 +183,10 @@ def _operation(
         304: ("If-None-Match named the current ETag.", None, {"ETag": etag}),
     }
     if not prefix:
-        return operation(operation_id, summary, replies, parameters=[IF_NONE_MATCH])
+        return operation(operation_id, replies, parameters=[IF_NONE_MATCH])
     names = {"type": "string", "enum": sorted(table)}
     asset = param("asset", "path", f"One of the files served under {prefix}.", names)
-    return operation(operation_id, summary, replies, [404], parameters=[asset, IF_NONE_MATCH])
+    return operation(operation_id, replies, [404], parameters=[asset, IF_NONE_MATCH])
 
 
 page_routes = web.RouteTableDef()
@@ -198,20 +196,16 @@ docs_routes = web.RouteTableDef()
 
 
 @page_routes.get("/")
-@_operation("webPage", "The web page: sign in, upload, list, bundle files.", {"": INDEX})
+@_operation("webPage", {"": INDEX})
 async def page(request: web.Request) -> web.Response:
-    """The web page: sign in, upload, list, delete and bundle files."""
+    """The web page: sign in, upload, list, bundle files."""
     return await _send(request, INDEX)
 
 
 @page_routes.get("/web/{asset}")
-@_operation(
-    "webAsset",
-    "A file of the web page (script, style sheet, icon).",
-    PAGE_ASSETS,
-    "/web/",
-)
+@_operation("webAsset", PAGE_ASSETS, "/web/")
 async def page_asset(request: web.Request) -> web.Response:
+    """A file of the web page (script, style sheet, icon)."""
     source = PAGE_ASSETS.get(request.match_info["asset"])
     if source is None:
         raise NotFound("No such asset of the web page.")
@@ -219,15 +213,16 @@ async def page_asset(request: web.Request) -> web.Response:
 
 
 @docs_routes.get("/docs")
-@_operation("docsPage", "Swagger UI for this document (served locally, no CDN).", {"": DOCS_INDEX})
+@_operation("docsPage", {"": DOCS_INDEX})
 async def docs(request: web.Request) -> web.Response:
-    """Swagger UI, pointed at /openapi.json."""
+    """Swagger UI for this document (served locally, no CDN)."""
     return await _send(request, DOCS_INDEX)
 
 
 @docs_routes.get("/docs/{asset}")
-@_operation("docsAsset", "A file of the Swagger UI page.", DOCS_ASSETS, "/docs/")
+@_operation("docsAsset", DOCS_ASSETS, "/docs/")
 async def docs_asset(request: web.Request) -> web.Response:
+    """A file of the Swagger UI page."""
     source = DOCS_ASSETS.get(request.match_info["asset"])
     if source is None:
         raise NotFound("No such asset of the API documentation page.")

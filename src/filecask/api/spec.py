@@ -14,24 +14,12 @@ The declarations are compact; the assembler spells them out:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from filecask.errors import (
-    BadRequest,
-    Conflict,
-    FilecaskError,
-    Forbidden,
-    InsufficientStorage,
-    NotFound,
-    PayloadTooLarge,
-    RangeNotSatisfiable,
-    RateLimited,
-    RequestTimeout,
-    ServiceUnavailable,
-    Unauthorized,
-)
+from filecask import errors
 from filecask.hashes import HASH_INPUT_PATTERN
 
 Json = dict[str, Any]
@@ -60,81 +48,81 @@ def hash_param(name: str, description: str, where: str = "path") -> Json:
 
 @dataclass(frozen=True)
 class Operation:
-    """One operation's declaration; as a decorator, it attaches itself to the handler."""
+    """One operation's declaration; as a decorator, it attaches itself to the handler,
+    whose docstring gives the summary (its first paragraph) and the description (the rest)
+    unless they are given."""
 
     operation_id: str
-    summary: str
     replies: Mapping[int, Reply]
     errors: Sequence[int] = ()
-    description: str | None = None
+    summary: str = ""
+    description: str = ""
     parameters: Sequence[Json] = ()
     body: object = None
     """A models type (a JSON body), or the `requestBody` itself as a dict."""
     security: list[Json] | None = None
-    variants: Mapping[str, tuple[str, str]] = field(default_factory=dict)
-    """`"METHOD /path"` of another route of the same handler: its (operation id, summary)."""
+    variants: Mapping[str, str | tuple[str, str]] = field(default_factory=dict)
+    """`"METHOD /path"` of another route of the same handler: its operation id (and summary)."""
 
     def __call__(self, handler: F) -> F:
-        setattr(handler, OPERATION, self)
+        summary, *rest = [
+            " ".join(p.split()) for p in inspect.cleandoc(handler.__doc__ or "").split("\n\n")
+        ]
+        found = replace(
+            self, summary=self.summary or summary, description=self.description or "\n\n".join(rest)
+        )
+        setattr(handler, OPERATION, found)
         return handler
 
 
 operation = Operation
-PROBLEMS: dict[str, tuple[type[FilecaskError], str, Headers]] = {
+PROBLEMS: dict[str, tuple[type[errors.FilecaskError], str]] = {
     "BadRequest": (
-        BadRequest,
+        errors.BadRequest,
         "The request is malformed: a bad hash, name, parameter or body.",
-        {},
     ),
-    "Unauthorized": (
-        Unauthorized,
-        "No, malformed or wrong Basic credentials.",
-        {"WWW-Authenticate": 'Always `Basic realm="filecask", charset="UTF-8"`.'},
-    ),
+    "Unauthorized": (errors.Unauthorized, "No, malformed or wrong Basic credentials."),
     "Forbidden": (
-        Forbidden,
+        errors.Forbidden,
         "Signed in, but not allowed (not an administrator, not the holder; `not-held`: a "
         "bundle names content the caller holds no file for, with `hashes`).",
-        {},
     ),
-    "NotFound": (NotFound, "No such file, bundle, folder or user (or no such route).", {}),
+    "NotFound": (errors.NotFound, "No such file, bundle, folder or user (or no such route)."),
     "RequestTimeout": (
-        RequestTimeout,
+        errors.RequestTimeout,
         "The request body stalled longer than `--body-timeout`.",
-        {},
     ),
     "Conflict": (
-        Conflict,
+        errors.Conflict,
         "The name is taken (also by a look-alike: `Admin` next to `admin`), the last "
         "administrator would be removed, or the caller holds `--max-bundles-per-user` "
         "bundles already (`too-many-bundles`, with `limit`).",
-        {},
     ),
     "PayloadTooLarge": (
-        PayloadTooLarge,
+        errors.PayloadTooLarge,
         "Larger than `--max-upload-size` (`payload-too-large`, with `limit`), beyond the "
         "user's quota (`quota-exceeded`, with `quota`, `used`, `size` and `reserved`), a "
         "multipart form with more parts or more bytes besides its file than allowed "
         "(`payload-too-large`, with `limit`), a JSON body over 1 MiB, or a bundle over "
         "`--max-bundle-size` (`limit`) or `--max-bundle-entries` (`max_entries`).",
-        {},
     ),
-    "RangeNotSatisfiable": (
-        RangeNotSatisfiable,
-        "No requested range overlaps the body.",
-        {"Content-Range": ("`bytes */<size>` (RFC 9110 §15.5.17).", "^bytes \\*/[0-9]+$")},
-    ),
+    "RangeNotSatisfiable": (errors.RangeNotSatisfiable, "No requested range overlaps the body."),
     "TooManyRequests": (
-        RateLimited,
+        errors.RateLimited,
         "Too many failed sign-ins from this client address, or for this user name from it.",
-        {"Retry-After": ("Seconds to wait before the next attempt.", "^[0-9]+$")},
     ),
-    "ServiceUnavailable": (ServiceUnavailable, "The database or the store is unusable.", {}),
+    "ServiceUnavailable": (errors.ServiceUnavailable, "The database or the store is unusable."),
     "InsufficientStorage": (
-        InsufficientStorage,
+        errors.InsufficientStorage,
         "The store's disk is full (or would dip into its reserve).",
-        {},
     ),
+}
+PROBLEM_HEADERS: dict[str, Headers] = {
+    "Unauthorized": {"WWW-Authenticate": 'Always `Basic realm="filecask", charset="UTF-8"`.'},
+    "TooManyRequests": {"Retry-After": ("Seconds to wait before the next attempt.", "^[0-9]+$")},
+    "RangeNotSatisfiable": {
+        "Content-Range": ("`bytes */<size>` (RFC 9110 §15.5.17).", "^bytes \\*/[0-9]+$")
+    },
 }
 SIGNED_IN = (401, 429)
 """What any operation that needs Basic credentials can answer."""

@@ -28,11 +28,12 @@ USER_NAME = param("name", "path", "The user's name, in any case or width (`BOB` 
 
 
 @routes.get("/me")
-@operation("me", "Who the caller is and how much they store.", {200: ("You.", Me)}, SIGNED_IN)
+@operation("me", {200: ("You.", Me)}, SIGNED_IN)
 async def me(request: web.Request) -> web.Response:
-    """`bytes` is what the caller keeps alive: every distinct content of their files and
-    of the bundles they hold, counted once; `reserved`, what their unfinished resumable
-    uploads hold back. Both count against `quota`."""
+    """Who the caller is and how much they store."""
+    # `bytes` is what the caller keeps alive: every distinct content of their files and
+    # of the bundles they hold, counted once; `reserved`, what their unfinished resumable
+    # uploads hold back. Both count against `quota`.
     services = request.app[SERVICES]
     user = await require_user(request)
     usage = await services.meta.usage(user.id)
@@ -50,13 +51,9 @@ async def me(request: web.Request) -> web.Response:
 
 
 @routes.get("/users")
-@operation(
-    "listUsers",
-    "Every user with their file count and bytes (administrators).",
-    {200: ("The users.", UserList)},
-    ADMIN,
-)
+@operation("listUsers", {200: ("The users.", UserList)}, ADMIN)
 async def list_users(request: web.Request) -> web.Response:
+    """Every user with their file count and bytes (administrators)."""
     await require_admin(request)
     summaries = await request.app[SERVICES].meta.list_users()
     return reply(UserList, {"users": [_summary_json(s) for s in summaries]})
@@ -65,7 +62,6 @@ async def list_users(request: web.Request) -> web.Response:
 @routes.post("/users")
 @operation(
     "createUser",
-    "Create a user (administrators).",
     {
         201: (
             "Created; the password is returned if it was generated.",
@@ -77,9 +73,11 @@ async def list_users(request: web.Request) -> web.Response:
     body=NewUser,
 )
 async def create_user(request: web.Request) -> web.Response:
-    """`{"name": "bob", "password": "...", "is_admin": false, "quota": "10G"}`; without a
-    password one is generated and returned once in the response. `quota` is optional (bytes,
-    a size string, or null for no limit) and is checked before the costly password hash."""
+    """Create a user (administrators)."""
+    # `{"name": "bob", "password": "...", "is_admin": false, "quota": "10G"}`; without a
+    # password one is generated and returned once in the response. `quota` is optional
+    # (bytes, a size string, or null for no limit) and is checked before the costly
+    # password hash.
     services = request.app[SERVICES]
     await require_admin(request)
     new = validate(NewUser, await read_json_object(request))
@@ -96,18 +94,18 @@ async def create_user(request: web.Request) -> web.Response:
 @routes.patch("/users/{name}")
 @operation(
     "updateUser",
-    "Set a user's quota (administrators).",
     {200: ("Updated; the user as `GET /users` shows them.", models.UserSummary)},
     (400, 404, 413, *ADMIN),
     parameters=[USER_NAME],
     body=UserUpdate,
 )
 async def update_user(request: web.Request) -> web.Response:
-    """`{"quota": "10G"}` (or bytes, or null for no limit): the one thing changed here;
-    any other member is refused rather than silently ignored, so nobody believes they
-    changed a role or a password this way. Answers the user's summary as `GET /users` shows
-    it. Lowering a quota below what the user stores deletes nothing: it refuses new uploads
-    until they are back under it."""
+    """Set a user's quota (administrators)."""
+    # `{"quota": "10G"}` (or bytes, or null for no limit): the one thing changed here;
+    # any other member is refused rather than silently ignored, so nobody believes they
+    # changed a role or a password this way. Answers the user's summary as `GET /users`
+    # shows it. Lowering a quota below what the user stores deletes nothing: it refuses
+    # new uploads until they are back under it.
     services = request.app[SERVICES]
     await require_admin(request)
     name = request.match_info["name"]
@@ -125,14 +123,14 @@ async def update_user(request: web.Request) -> web.Response:
 @routes.delete("/users/{name}")
 @operation(
     "deleteUser",
-    "Remove a user and every reference they hold (administrators).",
     {204: "Removed."},
     (404, 409, *ADMIN),
     parameters=[USER_NAME],
 )
 async def delete_user(request: web.Request) -> web.Response:
-    """Removes the user and every reference they hold; contents nobody else references
-    leave the disk. The last administrator cannot be removed."""
+    """Remove a user and every reference they hold (administrators)."""
+    # Contents nobody else references leave the disk. The last administrator cannot be
+    # removed.
     services = request.app[SERVICES]
     await require_admin(request)
     await services.files.remove_user(request.match_info["name"])

@@ -91,7 +91,6 @@ OWNED = {403: "Not your upload.", 404: "No such upload.", 410: "Expired."}
 
 def _tus_operation(
     operation_id: str,
-    summary: str,
     replies: Mapping[int, str | tuple[str, None, Headers]],
     *parameters: Json,
     **extra: Any,
@@ -108,7 +107,7 @@ def _tus_operation(
     path.append(param("Tus-Resumable", "header", version, {"const": TUS_VERSION}, True))
     path[-1]["schema"] = {"type": "string"} | path[-1]["schema"]
     everything = [*path, *(p for p in parameters if p["in"] != "path")]
-    return operation(operation_id, summary, answers, parameters=everything, **extra)
+    return operation(operation_id, answers, parameters=everything, **extra)
 
 
 def _counter(name: str) -> Json:
@@ -143,7 +142,6 @@ def _tus(handler: Handler) -> Handler:
 @_tus
 @operation(
     "tusDiscover",
-    "tus discovery: version, extensions, maximum size, checksums",
     {
         204: (
             "What the server speaks.",
@@ -159,7 +157,8 @@ def _tus(handler: Handler) -> Handler:
     },
 )
 async def discover(request: web.Request) -> web.StreamResponse:
-    """What this server speaks (tus discovery); no sign-in needed."""
+    """tus discovery: version, extensions, maximum size, checksums"""
+    # What this server speaks; no sign-in needed.
     settings = request.app[SERVICES].settings
     return web.Response(
         status=204,
@@ -176,7 +175,6 @@ async def discover(request: web.Request) -> web.StreamResponse:
 @_tus
 @_tus_operation(
     "tusCreate",
-    "Create a resumable upload of Upload-Length bytes",
     {
         201: (
             "Created; `Location` is the upload's URL.",
@@ -198,18 +196,15 @@ async def discover(request: web.Request) -> web.StreamResponse:
         "Comma-separated `key base64(value)` pairs; ASCII only (any other byte is 400).",
         {"type": "string", "pattern": "^[ -~]*$"},
     ),
-    description="`Upload-Metadata` may carry `filename` (base64), the stored file's name. "
-    "Upload-Length is reserved against the user's quota until the upload completes, is "
-    "deleted or expires: 413 when it exceeds `--max-upload-size`, or when the user's usage, "
-    "the reservations of their open uploads and this one together exceed the quota; 429 "
-    "when they have `--max-open-uploads` open already. Upload-Length 0 completes at once.",
 )
 async def create(request: web.Request) -> web.StreamResponse:
-    """A new upload of `Upload-Length` bytes, reserved against the user's quota until it
-    completes, is deleted or expires. Refused at once with 413 when that is over
-    `--max-upload-size`, or when the user's usage plus the reservations of their open
-    uploads plus this one would pass their quota; with 429 when they have
-    `--max-open-uploads` open already."""
+    """Create a resumable upload of Upload-Length bytes
+
+    `Upload-Metadata` may carry `filename` (base64), the stored file's name. Upload-Length
+    is reserved against the user's quota until the upload completes, is deleted or expires:
+    413 when it exceeds `--max-upload-size`, or when the user's usage, the reservations of
+    their open uploads and this one together exceed the quota; 429 when they have
+    `--max-open-uploads` open already. Upload-Length 0 completes at once."""
     _check_version(request)
     services = request.app[SERVICES]
     user = await require_user(request)
@@ -252,7 +247,6 @@ async def create(request: web.Request) -> web.StreamResponse:
 @_tus
 @_tus_operation(
     "tusStatus",
-    "The durable offset (and, once complete, the stored file)",
     {
         200: (
             "Upload-Offset bytes are stored durably.",
@@ -268,8 +262,8 @@ async def create(request: web.Request) -> web.StreamResponse:
     UPLOAD,
 )
 async def status(request: web.Request) -> web.StreamResponse:
-    """The durable offset; once complete, also the stored file (`Filecask-Hash`,
-    `Filecask-File`), until the upload expires."""
+    """The durable offset (and, once complete, the stored file)"""
+    # The stored file (`Filecask-Hash`, `Filecask-File`) until the upload expires.
     _check_version(request)
     services = request.app[SERVICES]
     user = await require_user(request)
@@ -291,7 +285,6 @@ async def status(request: web.Request) -> web.StreamResponse:
 @_tus
 @_tus_operation(
     "tusAppend",
-    "Append bytes at Upload-Offset",
     {
         204: (
             "Stored durably up to the new Upload-Offset.",
@@ -310,16 +303,16 @@ async def status(request: web.Request) -> web.StreamResponse:
     UPLOAD,
     _counter("Upload-Offset"),
     param("Upload-Checksum", "header", "`sha1 <base64>` or `sha256 <base64>` of the body."),
-    description="The final byte stores the file like `POST /files` (hash, dedup, quota) and "
-    "the answer carries `Filecask-Hash` and `Filecask-File`. A cut body keeps what arrived "
-    "unless `Upload-Checksum` was given. Only a PATCH that adds bytes moves `Upload-Expires`.",
     body={"required": True, "content": {OFFSET_TYPE: {"schema": BINARY}}},
 )
 async def append(request: web.Request) -> web.StreamResponse:
-    """Append the body at `Upload-Offset`. The new offset is committed only once the bytes
-    are fsynced; a cut body keeps what arrived (unless a checksum was given, which needs
-    the whole body); the final byte turns the upload into a stored file. Only a PATCH that
-    adds bytes moves `Upload-Expires`: an empty one cannot keep an upload alive."""
+    """Append bytes at Upload-Offset
+
+    The final byte stores the file like `POST /files` (hash, dedup, quota) and the answer
+    carries `Filecask-Hash` and `Filecask-File`. A cut body keeps what arrived unless
+    `Upload-Checksum` was given. Only a PATCH that adds bytes moves `Upload-Expires`."""
+    # The new offset is committed only once the bytes are fsynced; a checksum needs the
+    # whole body; an empty PATCH cannot keep an upload alive.
     _check_version(request)
     if request.content_type != OFFSET_TYPE:
         raise UnsupportedMediaType(f"A PATCH body must be sent as {OFFSET_TYPE}.")
@@ -393,12 +386,12 @@ async def _let_go(
 @_tus
 @_tus_operation(
     "tusTerminate",
-    "Remove the upload and its bytes",
     {204: "Removed.", **OWNED, 423: "A PATCH is writing to this upload."},
     UPLOAD,
 )
 async def terminate(request: web.Request) -> web.StreamResponse:
-    """Remove the upload and its bytes (tus termination); 423 while a PATCH writes."""
+    """Remove the upload and its bytes"""
+    # tus termination; 423 while a PATCH writes.
     _check_version(request)
     services = request.app[SERVICES]
     user = await require_user(request)
