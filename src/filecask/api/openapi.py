@@ -1,15 +1,8 @@
-"""The OpenAPI 3.1 document of filecask's HTTP API, assembled from what the code declares,
-and `GET /openapi.json`, which serves it.
-
-Each handler carries its operation (`filecask.api.spec.operation`: summary, parameters,
-answers, errors); the bodies' schemas are the JSON Schemas of the types the handlers
-encode and validate with (`filecask.api.models`). The routes are the tables the app
-serves (`route_tables`), so a route without a declaration fails here, and the tests
-check that the document names exactly the routes served and that real responses
-validate against it; schemathesis fuzzes a running server with it.
-
-The document is built by a function (not a constant) because what is served depends on
-`--file-api`: with the file API off only the archive and operations routes exist.
+"""The OpenAPI 3.1 document of filecask's HTTP API, assembled from each handler's
+`@operation` (`filecask.api.spec`) and the JSON Schemas of the types the handlers encode
+and validate with (`filecask.api.models`), and `GET /openapi.json`, which serves it. The
+routes are the tables the app serves (`route_tables`), which depend on `--file-api`; a
+route without a declaration fails here.
 """
 
 from __future__ import annotations
@@ -72,28 +65,27 @@ def _ref(kind: str, name: str) -> Json:
 def _headers(headers: Headers) -> Json:
     out: Json = {}
     for name, value in headers.items():
-        description, pattern = (value, None) if isinstance(value, str) else value
+        text, pattern = (value, None) if isinstance(value, str) else value
         schema = {"type": "string"} | ({"pattern": pattern} if pattern else {})
-        out[name.rstrip("?")] = {
-            "required": not name.endswith("?"),
-            "description": description,
-            "schema": schema,
-        }
+        out[name.rstrip("?")] = {"required": name[-1] != "?", "description": text, "schema": schema}
     return out
 
 
 def _problem_response(status: int, description: str, headers: Headers) -> Json:
     status_is = {"type": "object", "properties": {"status": {"const": status}}}
     described = {"allOf": [_ref("schemas", "Problem"), status_is]}
-    response: Json = {
-        "description": description
-        + " A client whose Accept names text/html gets a short HTML page instead.",
-        "content": {
-            "application/problem+json": {"schema": described},
-            "text/html": {"schema": {"type": "string"}},
-        },
-    }
-    return response | ({"headers": _headers(headers)} if headers else {})
+    html = " A client whose Accept names text/html gets a short HTML page instead."
+    content = {"application/problem+json": described, "text/html": {"type": "string"}}
+    return _answer(description + html, content, headers)
+
+
+def _answer(description: str, content: Json | None, headers: Headers) -> Json:
+    out: Json = {"description": description}
+    if headers:
+        out["headers"] = _headers(headers)
+    if content:
+        out["content"] = {media: {"schema": schema} for media, schema in content.items()}
+    return out
 
 
 class _Assembler:
@@ -112,15 +104,9 @@ class _Assembler:
         headers: Headers = rest[0] if rest else {}
         if status >= 400:
             return _problem_response(status, description, headers)
-        out: Json = {"description": description}
-        if headers:
-            out["headers"] = _headers(headers)
-        if isinstance(body, dict):
-            out["content"] = {media: {"schema": schema} for media, schema in body.items()}
-        elif body is not None:
-            schema = self._schema(body, "serialization")
-            out["content"] = {"application/json": {"schema": schema}}
-        return out
+        if body is not None and not isinstance(body, dict):
+            body = {"application/json": self._schema(body, "serialization")}
+        return _answer(description, body, headers)
 
     def operation(self, declared: Operation, tag: str, method: str, path: str) -> Json:
         variant = declared.variants.get(f"{method.upper()} {path}", declared.operation_id)
@@ -134,14 +120,11 @@ class _Assembler:
         out |= {"tags": [tag], "security": security}
         if declared.parameters:
             out["parameters"] = list(declared.parameters)
-        if isinstance(declared.body, dict):
-            out["requestBody"] = declared.body
-        elif declared.body is not None:
-            schema = self._schema(declared.body, "validation")
-            out["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": schema}},
-            }
+        body = declared.body
+        if body is not None and not isinstance(body, dict):
+            schema = {"schema": self._schema(body, "validation")}
+            body = {"required": True, "content": {"application/json": schema}}
+        out |= {"requestBody": body} if body is not None else {}
         responses = {status: self._response(status, r) for status, r in declared.replies.items()}
         for status in declared.errors:
             responses[status] = _ref("responses", self.shared[status])
@@ -202,12 +185,10 @@ def openapi_document(*, file_api: bool = True) -> Json:
             "title": "filecask",
             "version": filecask.__version__,
             "summary": "A self-hosted, content-addressed HTTP file store with streaming ZIPs.",
-            "description": (
-                "Files are stored once under the SHA-256 of their content. Downloads are "
-                "public to anyone with the hash; uploads and listings need HTTP Basic "
-                "credentials of a user an administrator created. Every error is an RFC "
-                "9457 `application/problem+json` body."
-            ),
+            "description": "Files are stored once under the SHA-256 of their content. Downloads "
+            "are public to anyone with the hash; uploads and listings need HTTP Basic "
+            "credentials of a user an administrator created. Every error is an RFC 9457 "
+            "`application/problem+json` body.",
             "license": {"name": "MIT", "identifier": "MIT"},
         },
         "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
