@@ -135,6 +135,8 @@ async def _check_declared_length(request: web.Request, user: User | None = None)
         raise QuotaExceeded(quota=user.quota, used=used, size=declared, reserved=reserved)
 
 
+FORM = {"type": "object", "required": ["file"], "properties": {"file": BINARY}}
+OCTETS = {"contentType": "application/octet-stream"}
 HASH = hash_param(
     "hash",
     "A file's SHA-256, 64 hex digits (upper case is accepted and normalised; anything else "
@@ -174,14 +176,7 @@ def _upload_operation(
             "boundary (else 400, nothing stored).",
             "content": {
                 "application/octet-stream": {"schema": BINARY},
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["file"],
-                        "properties": {"file": BINARY},
-                    },
-                    "encoding": {"file": {"contentType": "application/octet-stream"}},
-                },
+                "multipart/form-data": {"schema": FORM, "encoding": {"file": OCTETS}},
             },
         },
         **extra,
