@@ -10,7 +10,7 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from filecask.api.common import require_admin
-from filecask.api.spec import Problem, Reply, header, operation
+from filecask.api.spec import operation
 from filecask.errors import Unauthorized
 from filecask.http.metrics import METRICS, forget_dead_workers
 from filecask.services import SERVICES, SETTINGS
@@ -74,37 +74,30 @@ async def check_metrics_access(request: web.Request) -> None:
 @routes.get("/metrics")
 @operation(
     "metrics",
-    "Prometheus metrics: requests, latency, bytes, work in flight, store size.",
-    "operations",
-    description="For the metrics bearer token (`FILECASK_METRICS_TOKEN`,"
-    " `--metrics-token-file`) or an administrator's Basic credentials; for anyone with"
-    " `--metrics-public true`.",
-    security=[{"metricsToken": []}, {"basicAuth": []}],
-    replies={
-        200: Reply(
+    {
+        200: (
             "The Prometheus text format (OpenMetrics if the Accept header asks for it), totals"
             " over every worker.",
-            content={
-                media: {"schema": {"type": "string"}}
-                for media in ("text/plain", "application/openmetrics-text")
-            },
+            {media: {"type": "string"} for media in ("text/plain", "application/openmetrics-text")},
         ),
-        401: Problem(
-            401,
+        401: (
             "No credentials, a wrong bearer token, or wrong Basic credentials.",
+            None,
             {
-                "WWW-Authenticate": header(
-                    f"Without credentials `{METRICS_CHALLENGE}`; with a wrong token"
-                    ' `Bearer realm="filecask metrics", error="invalid_token"`; with wrong'
-                    ' Basic credentials `Basic realm="filecask", charset="UTF-8"`.'
-                )
+                "WWW-Authenticate": f"Without credentials `{METRICS_CHALLENGE}`; with a wrong"
+                ' token `Bearer realm="filecask metrics", error="invalid_token"`; with wrong'
+                ' Basic credentials `Basic realm="filecask", charset="UTF-8"`.'
             },
         ),
     },
-    problems=("Forbidden", "TooManyRequests"),
+    (403, 429),
+    security=[{"metricsToken": []}, {"basicAuth": []}],
 )
 async def metrics_handler(request: web.Request) -> web.Response:
-    """The text exposition format (OpenMetrics if the scraper asks for it)."""
+    """Prometheus metrics: requests, latency, bytes, work in flight, store size.
+
+    For the metrics bearer token (`FILECASK_METRICS_TOKEN`, `--metrics-token-file`) or an
+    administrator's Basic credentials; for anyone with `--metrics-public true`."""
     await check_metrics_access(request)
     metrics = request.app[METRICS]
     meta = request.app[SERVICES].meta
