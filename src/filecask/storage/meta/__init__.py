@@ -30,7 +30,7 @@ The contract:
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -407,7 +407,7 @@ class MetaStore(Protocol):
     async def census(self) -> Census:
         """Every table's row count, and the lone user if there is one."""
 
-    def dump_tables(self, tables: Sequence[str], *, batch: int) -> AsyncIterator[TableRows]:
+    def dump_tables(self, tables: Sequence[str], *, batch: int) -> AsyncGenerator[TableRows]:
         """Every row of `tables` (schema names), in that order, from one snapshot."""
 
     async def load_tables(

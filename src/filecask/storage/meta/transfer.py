@@ -4,7 +4,7 @@ into another store in one transaction. Only the mover uses it; it owns no table.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +21,7 @@ class TransferRecords(SqlEngine):
         async with self.engine.connect() as conn:
             return await _census(conn)
 
-    async def dump_tables(self, tables: Sequence[str], *, batch: int) -> AsyncIterator[TableRows]:
+    async def dump_tables(self, tables: Sequence[str], *, batch: int) -> AsyncGenerator[TableRows]:
         """Every row of `tables`, in that order, by primary key, read in one transaction
         (one snapshot), `batch` rows at a time; datetimes in UTC (SQLite hands back naive
         ones, PostgreSQL's timestamptz must be told)."""
