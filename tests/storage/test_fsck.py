@@ -8,6 +8,7 @@ import fcntl
 import hashlib
 import os
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 
 from filecask.services import Services
 from filecask.storage.fsck import Report, fsck, gc
+from filecask.storage.meta import BlobInfo, RemoveOutcome
 from filecask.storage.meta.schema import blobs, bundle_holders, bundles
 from tests.conftest import ADMIN, AppClient, MakeUser, StoreView
 from tests.storage.sql_rows import sql_store
@@ -311,3 +313,40 @@ async def test_quarantine_never_replaces_an_earlier_find(
         repaired = await fsck(services, repair=True)
         assert kinds(repaired) == [("stray", "README", True)]
     assert view(services).quarantined() == [b"stray 0", b"stray 1"]
+
+
+async def test_recover_skips_a_commit_its_writer_settled_while_recover_waited_for_the_lock(
+    services: Services, other_process: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`recover` lists a live upload's commit record, then waits for the hash lock. The
+    upload stores its reference and settles, and the file is deleted, before the lock is
+    free: nothing was interrupted, so nothing is reported (it was, under load, as a false
+    `interrupted` finding while uploads and deletes ran beside gc)."""
+    data = b"settled while recover waited" * 100
+    hex_hash = hashlib.sha256(data).hexdigest()
+    admin = await services.meta.get_user("admin")
+    assert admin is not None
+    listed = asyncio.Event()
+    list_commits = other_process.blobs.interrupted_commits
+
+    async def list_then_tell() -> list[str]:
+        found = await list_commits()
+        listed.set()
+        return found
+
+    monkeypatch.setattr(other_process.blobs, "interrupted_commits", list_then_tell)
+
+    async def one_piece() -> AsyncIterator[bytes]:
+        yield data
+
+    staged = await services.blobs.stage(one_piece(), max_size=len(data))
+    async with services.files.locks.hold(hex_hash):
+        assert await services.blobs.commit(staged)
+        recovering = asyncio.create_task(other_process.files.recover())
+        await listed.wait()
+        blob = BlobInfo(hex_hash, staged.size, staged.crc32, "application/octet-stream")
+        await services.meta.add_ref(admin.id, blob, "f")
+        await services.blobs.settle(staged)
+        assert await services.meta.remove_ref(admin.id, hex_hash) is RemoveOutcome.REMOVED_LAST
+        await services.blobs.delete(hex_hash)
+    assert await recovering == []

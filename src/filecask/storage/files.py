@@ -134,6 +134,8 @@ class FileStore:
         undone = []
         for hex_hash in await self.blobs.interrupted_commits():
             async with self.locks.hold(hex_hash):
+                if not await self.blobs.commit_pending(hex_hash):
+                    continue  # its writer settled while we waited for the lock
                 if await self.meta.get_blob(hex_hash) is None:
                     undone.append(hex_hash)
                     if undo:

@@ -107,6 +107,10 @@ class BlobStore(Protocol):
     async def interrupted_commits(self) -> list[str]:
         """Hashes whose commit was cut by a dead process: the blob may lack its row."""
 
+    async def commit_pending(self, hex_hash: str) -> bool:
+        """The record of a commit of `hex_hash` is still there. Asked again under the hash
+        lock: a writer that settled since `interrupted_commits` listed it leaves none."""
+
     async def forget_commit(self, hex_hash: str) -> None:
         """Drop the record of an interrupted commit once it has been resolved."""
 

@@ -336,6 +336,9 @@ class S3BlobStore:
                 hashes.append(hex_hash)
         return sorted(hashes)
 
+    async def commit_pending(self, hex_hash: str) -> bool:
+        return await self._key_exists(self._intent_key(hex_hash))
+
     async def forget_commit(self, hex_hash: str) -> None:
         await self._delete_key(self._intent_key(hex_hash))
 
