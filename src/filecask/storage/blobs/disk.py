@@ -139,7 +139,7 @@ class DiskBlobStore:
         return await run(self._interrupted_commits)
 
     async def commit_pending(self, hex_hash: str) -> bool:
-        return await _run(self._intent_path(hex_hash).exists)
+        return await run(self._intent_path(hex_hash).exists)
 
     async def forget_commit(self, hex_hash: str) -> None:
         await run(_remove_if_abandoned, self._intent_path(hex_hash))
