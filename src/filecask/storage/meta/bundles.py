@@ -43,6 +43,8 @@ BUNDLE_PAGE = 500
 
 
 class BundleRecords(SqlEngine):
+    """`bundles`, `bundle_entries`, `bundle_holders`: made, read in pages, held, released."""
+
     async def holderless_bundles(self) -> list[tuple[str, int]]:
         query = (
             sa.select(bundles.c.id, sa.func.count(bundle_entries.c.position))

@@ -12,6 +12,8 @@ from filecask.storage.meta.schema import crc_cache
 
 
 class CrcRecords(SqlEngine):
+    """`crc_cache`: read and upserted in batches."""
+
     async def get_crcs(self, paths: list[str]) -> dict[str, CachedCrc]:
         found: dict[str, CachedCrc] = {}
         async with self.engine.connect() as conn:

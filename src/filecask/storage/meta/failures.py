@@ -23,6 +23,8 @@ FAILURE_PRUNE_ODDS = 64
 
 
 class FailureRecords(SqlEngine):
+    """`auth_failures`: the `FailureStore` of a shared (PostgreSQL) database."""
+
     def failure_store(self) -> FailureStore | None:
         return self if self.shared else None
 

@@ -41,6 +41,8 @@ USAGE_CACHE_ITEMS = 10_000
 
 
 class RefRecords(SqlEngine):
+    """`blobs` and `refs`: references added under the quota, removed with the last blob row."""
+
     def _setup(self) -> None:
         super()._setup()
         self._blobs: StampedCache[str, BlobInfo] = StampedCache(
@@ -246,7 +248,7 @@ class RefRecords(SqlEngine):
             result = await conn.execute(blobs.delete().where(blobs.c.hash == hex_hash))
         return bool(result.rowcount)
 
-    # bundles
+    # which of a bundle manifest's hashes are stored at all
 
     async def missing_blobs(self, hashes: list[str]) -> set[str]:
         wanted = set(hashes)

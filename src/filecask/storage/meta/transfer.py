@@ -17,6 +17,8 @@ from filecask.storage.meta.schema import metadata, users
 
 
 class TransferRecords(SqlEngine):
+    """Every table, counted, read out from a snapshot, and written in one transaction."""
+
     async def census(self) -> Census:
         async with self.engine.connect() as conn:
             return await _census(conn)

@@ -27,6 +27,8 @@ RESERVED_CACHE_ITEMS = 10_000
 
 
 class UploadRecords(SqlEngine):
+    """`uploads`: created under the quota and the per-user cap, advanced, finished, swept."""
+
     def _setup(self) -> None:
         super()._setup()
         # A user's open uploads (count, reserved bytes, soonest expiry): they change by a

@@ -33,6 +33,8 @@ USER_CACHE_ITEMS = 10_000
 
 
 class UserRecords(SqlEngine):
+    """`users`: lookups by name (cached), creation, figures, password, quota, removal."""
+
     def _setup(self) -> None:
         super()._setup()
         self._users: StampedCache[str, User] = StampedCache(
