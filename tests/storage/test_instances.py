@@ -34,6 +34,7 @@ from filecask.storage.meta import BlobInfo, MissingBlobs, RemoveOutcome, Upload
 from filecask.storage.meta.sql import SqlMetaStore
 from tests.backends import POSTGRES_ADMIN_URL
 from tests.conftest import ADMIN, ADMIN_PASSWORD, CHEAP_ARGON2, AppClient, basic
+from tests.storage.sql_rows import sql_store
 
 POLL = 1.0
 """`change_poll` of the instances here: the bound every cross-instance test checks."""
@@ -127,7 +128,7 @@ async def test_a_lost_notification_is_bounded_by_the_poll(
     a, b = two_apps
     bob = await make_user(a, "bob")
     assert await status(b, bob) == 200
-    feed = b.app[SERVICES].meta.feed
+    feed = sql_store(b.app[SERVICES].meta).feed
     assert feed is not None
     feed.deaf = True
     services_a = a.app[SERVICES]
@@ -145,7 +146,7 @@ async def test_a_killed_listener_connection_still_leaves_the_bound(
     a, b = two_apps
     bob = await make_user(a, "bob")
     assert await status(b, bob) == 200
-    feed = b.app[SERVICES].meta.feed
+    feed = sql_store(b.app[SERVICES].meta).feed
     assert feed is not None
     pid = feed.connection.get_server_pid()
     await admin_sql("SELECT pg_terminate_backend($1)", pid)
@@ -237,7 +238,7 @@ async def test_the_hot_path_makes_no_database_round_trip(
     bob = await make_user(two_apps[0], "bob")
     assert await status(b, bob) == 200
     executed: list[str] = []
-    engine = b.app[SERVICES].meta.engine.sync_engine
+    engine = sql_store(b.app[SERVICES].meta).engine.sync_engine
 
     def count(*args: Any) -> None:
         executed.append(str(args[2]))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 
-import sqlalchemy as sa
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
@@ -15,7 +14,6 @@ from filecask.errors import Unauthorized
 from filecask.http.metrics import METRICS, forget_dead_workers
 from filecask.services import SERVICES, SETTINGS
 from filecask.settings import Settings, read_metrics_token_file
-from filecask.storage.meta.schema import blobs
 
 METRICS_TOKENS = web.AppKey("metrics_tokens", tuple[bytes, ...])
 """The bearer tokens that may read /metrics (from the settings, read at start)."""
@@ -100,15 +98,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
     administrator's Basic credentials; for anyone with `--metrics-public true`."""
     await check_metrics_access(request)
     metrics = request.app[METRICS]
-    meta = request.app[SERVICES].meta
-
-    async def count_store() -> tuple[int, int]:
-        query = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(blobs.c.size), 0))
-        async with meta.engine.connect() as conn:
-            files, size = (await conn.execute(query.select_from(blobs))).one()
-        return int(files), int(size)
-
-    await metrics.store.refresh(count_store)
+    await metrics.store.refresh(request.app[SERVICES].meta.blob_totals)
     metrics.flush()
     encoder, content_type = choose_encoder(",".join(request.headers.getall("Accept", [])))
     registry = metrics.exposition_registry()
