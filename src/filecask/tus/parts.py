@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from filecask.errors import FilecaskError, InsufficientStorage, Locked
-from filecask.offload import run
+from filecask.offload import run, run_owned
 from filecask.storage.blobs.disk import disk_full_as_507, fsync_or_507
 from filecask.storage.meta import MetaStore
 
@@ -75,8 +75,9 @@ class TusFiles:
 
     async def lock(self, upload_id: str, *, create: bool) -> int | None:
         """An fd on the upload's file holding its exclusive lock; Locked if another
-        request holds it; None if the file does not exist and `create` is False."""
-        return await run(_open_locked, self.path_of(upload_id), create)
+        request holds it; None if the file does not exist and `create` is False. A caller
+        cancelled meanwhile never gets the fd: it is closed, so the lock is not kept."""
+        return await run_owned(_open_locked, self.path_of(upload_id), create, release=_close)
 
     async def truncate(self, fd: int, offset: int) -> None:
         """Cut the file back to `offset` durable bytes; DataLost if it holds fewer."""
@@ -186,6 +187,11 @@ def _size_of(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
 
 
 def _open_locked(path: Path, create: bool) -> int | None:
