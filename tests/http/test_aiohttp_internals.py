@@ -421,3 +421,24 @@ def test_serve_stops_with_one_line_when_a_name_the_adapter_imports_is_gone(
     assert result.stderr.startswith(f"Error: aiohttp {aiohttp.__version__} lacks"), result.stderr
     assert f"web_protocol.{name}" in result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "false", "no", "off", "False", ""])
+def test_check_refuses_an_untested_version_when_told_no(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """`FILECASK_ALLOW_UNTESTED_LIBRARIES=false` means no, as `false` does for every
+    boolean setting."""
+    monkeypatch.setenv(ALLOW_UNTESTED_ENV, value)
+    monkeypatch.setattr(aiohttp, "__version__", "3.15.0")
+    with pytest.raises(UnsupportedLibrary, match=r"^aiohttp 3\.15\.0 is installed"):
+        internals.check()
+
+
+@pytest.mark.parametrize("value", ["1", "true", "yes", "on", " TRUE "])
+def test_check_lets_an_untested_version_through_for_any_yes(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv(ALLOW_UNTESTED_ENV, value)
+    monkeypatch.setattr(aiohttp, "__version__", "3.15.0")
+    internals.check()
