@@ -69,7 +69,7 @@ def blockbuster(request: pytest.FixtureRequest) -> Iterator[BlockBuster | None]:
         for function in bb.functions.values():
             # Start-up, before the first request: SQLAlchemy resolves the SQLite path and
             # Alembic reads its migration scripts.
-            function.can_block_in("filecask/storage/meta/sql.py", {"open", "_upgrade_schema"})
+            function.can_block_in("filecask/storage/meta/engine.py", {"open", "_upgrade_schema"})
             # Start-up too: botocore reads ~/.aws/config and its JSON service models when
             # the S3 client is created.
             function.can_block_in("filecask/storage/blobs/s3.py", "open")

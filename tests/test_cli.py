@@ -7,6 +7,8 @@ import asyncio
 import gc
 import os
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -416,3 +418,18 @@ def test_version(cli: Cli) -> None:
     result = cli.runner.invoke(main, ["--version"])
     assert result.exit_code == 0
     assert __version__ in result.output
+
+
+def test_serve_failing_on_its_database_prints_one_line(tmp_path: Path) -> None:
+    """In a fresh process (alembic not yet imported): the store, opened once logging is
+    configured, imports alembic, whose plugin set-up lines must not come before the error."""
+    result = subprocess.run(
+        [sys.executable, "-m", "filecask", "serve", "--data-dir", str(tmp_path)],
+        env={**os.environ, "FILECASK_DATABASE_URL": "nope://"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    error = "Error: NoSuchModuleError: Can't load plugin: sqlalchemy.dialects:nope\n"
+    assert result.stderr == error

@@ -58,7 +58,7 @@ def create_app(settings: Settings) -> web.Application:
     install_metrics(app)
     metrics.install(app)
     app.cleanup_ctx.append(_services)
-    for table in route_tables(file_api=settings.file_api):
+    for _, table in route_tables(file_api=settings.file_api):
         app.router.add_routes(table)
     if settings.file_api:
         app.cleanup_ctx.append(uploads.sweeper)

@@ -115,12 +115,12 @@ SECRET_HELP = "\n\n".join(
 @setting_options(*(s.name for s in SETTINGS if not s.secret))
 def serve(**flags: Any) -> None:
     """Run the HTTP server."""
+    check_libraries()  # before importing what builds on the libraries' internals
     from filecask.http.metrics import use_multiprocess_dir
     from filecask.http.protocol import raise_open_file_limit
     from filecask.http.workers import Supervisor, bind_sockets, close_sockets
     from filecask.logs import announce, configure_logging
 
-    check_libraries()
     settings = build_settings(flags)
     configure_logging(settings.log_format)
     raise_open_file_limit()  # every connection is a file descriptor (workers inherit it)
@@ -150,10 +150,11 @@ def serve(**flags: Any) -> None:
 def check_libraries() -> None:
     """Stop at once, with one line, if aiohttp or prometheus-client is not a version whose
     internals filecask knows (`filecask.http.libcheck`)."""
-    from filecask.http import aiohttp_internals, prometheus_internals
     from filecask.http.libcheck import UnsupportedLibrary
 
     try:
+        from filecask.http import aiohttp_internals, prometheus_internals
+
         aiohttp_internals.check()
         prometheus_internals.check()
     except UnsupportedLibrary as exc:

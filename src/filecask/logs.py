@@ -114,6 +114,9 @@ def configure_logging(
     logging.basicConfig(level=level, handlers=[handler], force=True)
     logging.captureWarnings(_json_lines)
     quiet_client_disconnects()
+    # alembic logs its plugins' set-up at INFO when first imported (by the store, opened
+    # after this): seven lines at every start, before any error. Its migrations still log.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def announce(banner: str) -> None:

@@ -1,9 +1,11 @@
-"""Blocking calls that hand back a resource (an fd, a file), run in a worker thread without
-leaking it when the awaiting task is cancelled.
+"""Blocking calls run in a worker thread (the loop's default executor): the one place the
+code hands work to threads and awaits it.
 
-`await loop.run_in_executor(None, os.open, ...)` cannot stop the thread: if the client goes
-away meanwhile, the handler is cancelled, the thread still opens the file, and nobody ever
-closes it. `run_owned` lets the thread finish and gives what it made to `release` instead.
+`run` is the plain hop: if the awaiting task is cancelled, the thread still runs to its end
+and its result is dropped. That is wrong for a call that hands back a resource (an fd, a
+file): `await run(os.open, ...)` cannot stop the thread, so if the client goes away
+meanwhile the handler is cancelled, the thread still opens the file, and nobody ever closes
+it. `run_owned` lets the thread finish and gives what it made to `release` instead.
 """
 
 from __future__ import annotations
@@ -13,6 +15,12 @@ from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+
+
+async def run(func: Callable[..., T], *args: object) -> T:
+    """`func(*args)` in the default executor; cancelling the caller abandons the result
+    (the thread runs on): for calls whose result needs no release."""
+    return await asyncio.get_running_loop().run_in_executor(None, func, *args)
 
 
 async def run_owned(func: Callable[..., T], *args: object, release: Callable[[T], None]) -> T:

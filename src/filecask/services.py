@@ -18,7 +18,7 @@ from filecask.settings import Settings
 from filecask.storage.blobs import BlobStore
 from filecask.storage.changes import StampedCache
 from filecask.storage.files import FileStore
-from filecask.storage.meta.sql import SqlMetaStore
+from filecask.storage.meta import MetaStore
 
 __all__ = ["JSON_BODY_MAX", "SERVICES", "SETTINGS", "USER", "CachedBody", "Services"]
 
@@ -42,7 +42,7 @@ class Services:
     """Everything a handler may use; built once per app start."""
 
     settings: Settings
-    meta: SqlMetaStore
+    meta: MetaStore
     blobs: BlobStore
     files: FileStore
     auth: Authenticator

@@ -11,6 +11,7 @@ import json
 import logging
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -233,3 +234,43 @@ async def test_upload_metadata_that_is_not_ascii_is_a_400(
     assert status == 400
     assert json.loads(body)["header"] == "Upload-Metadata"
     assert headers["tus-resumable"] == "1.0.0"
+
+
+# -- a Host header that is not UTF-8 ---------------------------------------------------------
+
+
+async def test_answers_naming_a_url_from_a_host_that_is_not_utf8_are_sent(
+    make_settings: MakeSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp decodes header bytes with `surrogateescape`, so `url` (built from the Host
+    header when no --public-url is set) can hold lone surrogates: the JSON answer still
+    goes out (as `json.dumps` writes them, `\\udcff`), it is no 500."""
+    settings = make_settings()
+
+    async def send(method: bytes, target: bytes, body: bytes = b"") -> tuple[int, Any]:
+        status, _, raw = await exchange(
+            port,
+            method + b" " + target + b" HTTP/1.1\r\nHost: h\xffx\r\n" + AUTH
+            + b"Content-Type: application/json\r\n"
+            + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body,
+        )  # fmt: skip
+        return status, json.loads(raw)
+
+    async with serving(settings) as port:
+        status, file = await send(b"PUT", b"/files?name=a.txt", b"abc")
+        assert status == 201, file
+        assert file["url"] == f"http://h\udcffx/files/{file['hash']}"
+        manifest = {"files": [{"hash": file["hash"], "path": "a.txt"}]}
+        status, bundle = await send(b"POST", b"/archives", json.dumps(manifest).encode())
+        assert status == 201, bundle
+        assert bundle["url"].startswith("http://h\udcffx/archive/")
+        status, files = await send(b"GET", b"/files")
+        assert status == 200, files
+        assert [f["url"] for f in files["files"]] == [file["url"]]
+        status, bundles = await send(b"GET", b"/archives")
+        assert status == 200, bundles
+        assert [b["url"] for b in bundles["archives"]] == [bundle["url"]]
+        status, deleted = await send(b"DELETE", b"/files/" + file["hash"].encode())
+        assert status == 200, deleted
+        assert deleted["held_by_bundles"] == [bundle]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text

@@ -141,7 +141,16 @@ def test_url_from_flag_then_environment_then_default() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["ftp://host", "127.0.0.1:8080", "http://", "http://a:b@host", "http://host/?x=1"]
+    "url",
+    [
+        "ftp://host",
+        "127.0.0.1:8080",
+        "http://",
+        "http://a:b@host",
+        "http://host/?x=1",
+        "http://[::1",
+        "http://[zz]/",
+    ],
 )
 def test_unusable_urls_are_local_errors(url: str) -> None:
     with pytest.raises(ClientError) as caught:
@@ -280,3 +289,14 @@ def test_bundle_paths_are_safe_and_unique_ignoring_case() -> None:
         (c, "what_.txt"),
         (d, "_CON.txt"),
     ]
+
+
+@pytest.mark.parametrize("command", [["ls"], ["rm", "0" * 64], ["upload", __file__]])
+def test_a_user_name_with_a_colon_is_a_local_error_in_one_line(command: list[str]) -> None:
+    """HTTP Basic cannot carry it (RFC 7617): said before any request, not a traceback."""
+    env = {URL_ENV: "http://127.0.0.1:9", USER_ENV: "ann:x", PASSWORD_ENV: "secret-pw"}
+    result = CliRunner().invoke(main, command, env=env)
+    assert result.exit_code == ExitCode.LOCAL, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.output.count("\n") == 1, result.output
+    assert "ann:x" in result.output

@@ -7,8 +7,11 @@ gone, an untested version) are tested at the end."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -394,3 +397,48 @@ def test_serve_stops_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.exit_code == 1
     assert result.output.startswith("Error: aiohttp 4.0.0 is installed, but filecask")
     assert result.output.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", ["_ErrInfo", "ERROR"])
+def test_serve_stops_with_one_line_when_a_name_the_adapter_imports_is_gone(
+    name: str, tmp_path: Path
+) -> None:
+    """An aiohttp without a name this adapter imports (not only looks up) fails the import
+    itself: `filecask serve` still stops with the self-check's one line, no traceback."""
+    program = (
+        "import sys, aiohttp.web_protocol\n"
+        f"del aiohttp.web_protocol.{name}\n"
+        "from filecask.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program, "serve", "--port", "0", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(f"Error: aiohttp {aiohttp.__version__} lacks"), result.stderr
+    assert f"web_protocol.{name}" in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "false", "no", "off", "False", ""])
+def test_check_refuses_an_untested_version_when_told_no(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """`FILECASK_ALLOW_UNTESTED_LIBRARIES=false` means no, as `false` does for every
+    boolean setting."""
+    monkeypatch.setenv(ALLOW_UNTESTED_ENV, value)
+    monkeypatch.setattr(aiohttp, "__version__", "3.15.0")
+    with pytest.raises(UnsupportedLibrary, match=r"^aiohttp 3\.15\.0 is installed"):
+        internals.check()
+
+
+@pytest.mark.parametrize("value", ["1", "true", "yes", "on", " TRUE "])
+def test_check_lets_an_untested_version_through_for_any_yes(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv(ALLOW_UNTESTED_ENV, value)
+    monkeypatch.setattr(aiohttp, "__version__", "3.15.0")
+    internals.check()

@@ -22,7 +22,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from filecask.errors import BadRequest, NotFound, QuotaExceeded, TooManyBundles, TooManyUploads
 from filecask.storage.changes import ChangeStamps
 from filecask.storage.meta import QUOTA_MAX, BlobInfo, MissingBlobs, Upload, Usage, parse_quota
-from filecask.storage.meta.sql import SqlMetaStore, _quota_for_update
+from filecask.storage.meta.queries import quota_for_update
+from filecask.storage.meta.sql import SqlMetaStore
 
 
 def blob(content: bytes) -> BlobInfo:
@@ -348,7 +349,7 @@ async def test_concurrent_references_that_together_exceed_the_quota(
 def test_the_quota_check_locks_the_users_row_where_the_dialect_can() -> None:
     """On PostgreSQL, concurrent uploads by one user queue on their row (FOR UPDATE); SQLite
     has no such clause (BEGIN IMMEDIATE already admits one writer at a time)."""
-    query = _quota_for_update(7)
+    query = quota_for_update(7)
     on_postgresql = postgresql.dialect()  # type: ignore[no-untyped-call]
     assert "FOR UPDATE" in str(query.compile(dialect=on_postgresql))
     assert "FOR UPDATE" not in str(query.compile(dialect=sqlite.dialect()))

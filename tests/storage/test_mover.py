@@ -23,7 +23,6 @@ from filecask.hashes import fanout
 from filecask.services import SERVICES
 from filecask.settings import Settings
 from filecask.storage.fsck import fsck
-from filecask.storage.meta.schema import users
 from filecask.storage.mover import Advance, MigrationError, migrate, source_settings
 from tests import backends
 from tests.conftest import ADMIN, ADMIN_PASSWORD, CHEAP_ARGON2, AppClient, basic
@@ -260,10 +259,7 @@ async def target_has_blob(target: Settings, hex_hash: str) -> bool:
 async def target_users(target: Settings) -> list[str]:
     services = await open_services(target, reap=False)
     try:
-        async with services.meta.engine.connect() as conn:
-            return list(
-                (await conn.execute(users.select().with_only_columns(users.c.name))).scalars()
-            )
+        return [user.name for user in await services.meta.list_users()]
     finally:
         await close_services(services)
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 import pytest
 
+from filecask.errors import Locked
 from filecask.services import Services
 from filecask.settings import Settings
 from filecask.tus.parts import TusFiles, sweep
@@ -404,3 +407,26 @@ async def test_a_stray_tus_file_goes_whatever_its_age_by_default(
     (removed,) = await sweep(services.meta, files)
     assert removed.name == stray.name
     assert not stray.exists()
+
+
+async def test_a_lock_whose_caller_was_cancelled_is_released(
+    client: AppClient, settings: Settings
+) -> None:
+    """A request cut while its upload's lock is being taken (in a thread) must not leave the
+    fd, and its lock, open: the next request would get 423 for ever."""
+    files = TusFiles(settings.tmp_dir)
+    upload_id = "c" * 32
+    taking = asyncio.create_task(files.lock(upload_id, create=True))
+    await asyncio.sleep(0)  # the thread has the call; cancel before its result is taken
+    taking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await taking
+    deadline = time.monotonic() + 10
+    while True:  # None: the cancelled call's thread has not created the file yet
+        with contextlib.suppress(Locked):
+            fd = await files.lock(upload_id, create=False)
+            if fd is not None:
+                await files.remove(upload_id, fd)
+                return
+        assert time.monotonic() < deadline, "the cancelled caller's lock was kept"
+        await asyncio.sleep(0.01)

@@ -20,12 +20,11 @@ from filecask.api.common import base_url, read_json_object, require_user
 from filecask.api.files import content_disposition
 from filecask.api.models import BundleCreated, BundleInfo, BundleList, Manifest, reply
 from filecask.api.spec import (
-    ANONYMOUS,
+    DOWNLOAD_ERRORS,
     IF_NONE_MATCH,
     LOCATION,
     RANGE_PARAMETERS,
     SIGNED_IN,
-    Reply,
     download_replies,
     hash_param,
     operation,
@@ -66,16 +65,12 @@ SMALL_SLICE = 16 << 10
 """Folder files' data up to this size is read into the batch instead of sendfile()d."""
 
 
-ARCHIVE_SUMMARY = "A folder of the archive root (or, with the file API, a saved bundle), as a ZIP."
-
-
 @archive_routes.get("/archive/{id}", allow_head=True)
 @archive_routes.get("/archive/{id}/", allow_head=True)
 @operation(
     "downloadArchive",
-    ARCHIVE_SUMMARY,
-    "archives",
-    security=ANONYMOUS,
+    download_replies(archive=True),
+    DOWNLOAD_ERRORS,
     parameters=[
         param(
             "id",
@@ -88,10 +83,10 @@ ARCHIVE_SUMMARY = "A folder of the archive root (or, with the file API, a saved 
         *RANGE_PARAMETERS,
         IF_NONE_MATCH,
     ],
-    replies=download_replies(archive=True),
-    variants={"GET /archive/{id}": ("downloadArchiveNoSlash", ARCHIVE_SUMMARY)},
+    variants={"GET /archive/{id}": "downloadArchiveNoSlash"},
 )
 async def download_archive(request: web.Request) -> web.StreamResponse:
+    """A folder of the archive root (or, with the file API, a saved bundle), as a ZIP."""
     services = request.app[SERVICES]
     archive = await _resolve(services, request.match_info["id"])
     headers = {
@@ -287,22 +282,20 @@ def _gather(
 @bundle_routes.post("/archives")
 @operation(
     "createBundle",
-    "Save a bundle of stored files, served at /archive/{id}/.",
-    "archives",
-    body=Manifest,
-    replies={
-        200: Reply("The caller already held this bundle.", BundleCreated, {"Location": LOCATION}),
-        201: Reply("Saved.", BundleCreated, {"Location": LOCATION}),
+    {
+        200: ("The caller already held this bundle.", BundleCreated, {"Location": LOCATION}),
+        201: ("Saved.", BundleCreated, {"Location": LOCATION}),
     },
-    problems=("BadRequest", "Forbidden", "Conflict", "PayloadTooLarge", *SIGNED_IN),
+    (400, 403, 409, 413, *SIGNED_IN),
+    body=Manifest,
 )
 async def create_bundle(request: web.Request) -> web.Response:
-    """`{"name": "holiday.zip", "files": [{"hash": ..., "path": "day1/1.jpg"}, ...]}`.
-
-    Every hash must be one of the caller's files (403 `not-held` otherwise, naming them):
-    a bundle keeps its content stored, counted in its holders' usage, so it may only keep
-    what its maker holds. Limits (settings): `--max-bundle-size` bytes of body and of
-    manifest and `--max-bundle-entries` files (413), `--max-bundles-per-user` (409)."""
+    """Save a bundle of stored files, served at /archive/{id}/."""
+    # `{"name": "holiday.zip", "files": [{"hash": ..., "path": "day1/1.jpg"}, ...]}`.
+    # Every hash must be one of the caller's files (403 `not-held` otherwise, naming them):
+    # a bundle keeps its content stored, counted in its holders' usage, so it may only keep
+    # what its maker holds. Limits (settings): `--max-bundle-size` bytes of body and of
+    # manifest and `--max-bundle-entries` files (413), `--max-bundles-per-user` (409).
     services = request.app[SERVICES]
     settings = services.settings
     user = await require_user(request)
@@ -328,8 +321,8 @@ async def create_bundle(request: web.Request) -> web.Response:
 @bundle_routes.get("/archives")
 @operation(
     "listBundles",
-    "The caller's bundles.",
-    "archives",
+    {200: ("The bundles.", BundleList)},
+    (400, *SIGNED_IN),
     parameters=[
         hash_param(
             "hash",
@@ -338,12 +331,11 @@ async def create_bundle(request: web.Request) -> web.Response:
             "query",
         )
     ],
-    replies={200: Reply("The bundles.", BundleList)},
-    problems=("BadRequest", *SIGNED_IN),
 )
 async def list_bundles(request: web.Request) -> web.Response:
-    """The caller's bundles; with `?hash=`, only those that name this content (what keeps
-    it stored, and counted in the caller's usage, after they delete the file)."""
+    """The caller's bundles."""
+    # With `?hash=`, only those that name this content (what keeps it stored, and counted
+    # in the caller's usage, after they delete the file).
     services = request.app[SERVICES]
     raw_hash = request.query.get("hash")
     hex_hash = None if raw_hash is None else parse_hash(raw_hash)
@@ -356,14 +348,14 @@ async def list_bundles(request: web.Request) -> web.Response:
 @bundle_routes.delete("/archives/{id}")
 @operation(
     "deleteBundle",
-    "Drop the caller's bundle.",
-    "archives",
-    description="The id is checked before the credentials.",
+    {204: "Dropped."},
+    (400, *SIGNED_IN, 403, 404),
     parameters=[hash_param("id", "A bundle's id: the SHA-256 of its canonical manifest.")],
-    replies={204: Reply("Dropped.")},
-    problems=("BadRequest", *SIGNED_IN, "Forbidden", "NotFound"),
 )
 async def delete_bundle(request: web.Request) -> web.Response:
+    """Drop the caller's bundle.
+
+    The id is checked before the credentials."""
     services = request.app[SERVICES]
     bundle_id = parse_hash(request.match_info["id"])
     user = await require_user(request)

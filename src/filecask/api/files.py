@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 from urllib.parse import quote
 
@@ -14,18 +14,16 @@ from aiohttp.streams import StreamReader
 from filecask.api.common import base_url, require_user
 from filecask.api.models import NAME_CHARACTERS, FileDeleted, FileInfo, FileList, reply
 from filecask.api.spec import (
-    ANONYMOUS,
     BINARY,
+    DOWNLOAD_ERRORS,
     IF_NONE_MATCH,
     LOCATION,
     RANGE_PARAMETERS,
     SIGNED_IN,
-    F,
     Json,
-    Reply,
+    Operation,
     download_replies,
     hash_param,
-    header,
     operation,
     param,
 )
@@ -137,6 +135,8 @@ async def _check_declared_length(request: web.Request, user: User | None = None)
         raise QuotaExceeded(quota=user.quota, used=used, size=declared, reserved=reserved)
 
 
+FORM = {"type": "object", "required": ["file"], "properties": {"file": BINARY}}
+OCTETS = {"contentType": "application/octet-stream"}
 HASH = hash_param(
     "hash",
     "A file's SHA-256, 64 hex digits (upper case is accepted and normalised; anything else "
@@ -145,15 +145,14 @@ HASH = hash_param(
 
 
 def _upload_operation(
-    operation_id: str, summary: str, description: str = "", *path: Json, **extra: Any
-) -> Callable[[F], F]:
-    stored = Reply(
-        "Stored; the body describes the caller's reference.", FileInfo, {"Location": LOCATION}
-    )
+    operation_id: str, description: str = "", *path: Json, **extra: Any
+) -> Operation:
+    held = ("The caller already held this content.", FileInfo, {"Location": LOCATION})
+    stored = ("Stored; the body describes the caller's reference.", FileInfo, held[2])
     return operation(
         operation_id,
-        summary,
-        "files",
+        {200: held, 201: stored},
+        (400, *SIGNED_IN, 408, 413, 507),
         description="Upload a file. 413 is answered before the body is read when "
         "Content-Length exceeds the limit (and before `100 Continue`)." + description,
         parameters=[
@@ -177,53 +176,31 @@ def _upload_operation(
             "boundary (else 400, nothing stored).",
             "content": {
                 "application/octet-stream": {"schema": BINARY},
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["file"],
-                        "properties": {"file": BINARY},
-                    },
-                    "encoding": {"file": {"contentType": "application/octet-stream"}},
-                },
+                "multipart/form-data": {"schema": FORM, "encoding": {"file": OCTETS}},
             },
         },
-        replies={
-            200: Reply("The caller already held this content.", FileInfo, stored.headers),
-            201: stored,
-        },
-        problems=(
-            "BadRequest",
-            *SIGNED_IN,
-            "RequestTimeout",
-            "PayloadTooLarge",
-            "InsufficientStorage",
-        ),
         **extra,
     )
 
 
 @routes.post("/files", expect_handler=_expect_continue)
 @routes.put("/files", expect_handler=_expect_continue)
-@_upload_operation(
-    "uploadFile",
-    "Upload a file.",
-    variants={"PUT /files": ("putFile", "Upload a file (as PUT).")},
-)
+@_upload_operation("uploadFile", variants={"PUT /files": ("putFile", "Upload a file (as PUT).")})
 async def upload(request: web.Request) -> web.Response:
-    """A raw body (`curl --data-binary @f` or `-T f`, `?name=`) or a multipart form's `file`."""
+    """Upload a file."""
+    # A raw body (`curl --data-binary @f` or `-T f`, `?name=`) or a multipart form's `file`.
     return await _store(request, expected_hash=None)
 
 
 @routes.put("/files/{hash}", expect_handler=_expect_continue)
 @_upload_operation(
     "putFileWithHash",
-    "Upload a file whose hash is known.",
     " The server verifies the content against the hash in the URL: a mismatch is 400 "
     "`hash-mismatch` and nothing is stored.",
     HASH,
 )
 async def upload_with_hash(request: web.Request) -> web.Response:
-    """Upload with the id known beforehand; the server verifies it before storing."""
+    """Upload a file whose hash is known."""
     expected = parse_hash(request.match_info["hash"])
     return await _store(request, expected_hash=expected)
 
@@ -331,9 +308,8 @@ async def _raw_chunks(content: StreamReader, stall: float) -> AsyncIterator[byte
 @routes.get("/files/{hash}", allow_head=True)
 @operation(
     "downloadFile",
-    "Download a file (anyone with the hash).",
-    "files",
-    security=ANONYMOUS,
+    download_replies(archive=False),
+    DOWNLOAD_ERRORS,
     parameters=[
         HASH,
         param(
@@ -345,9 +321,9 @@ async def _raw_chunks(content: StreamReader, stall: float) -> AsyncIterator[byte
         *RANGE_PARAMETERS,
         IF_NONE_MATCH,
     ],
-    replies=download_replies(archive=False),
 )
 async def download(request: web.Request) -> web.StreamResponse:
+    """Download a file (anyone with the hash)."""
     services = request.app[SERVICES]
     hex_hash = parse_hash(request.match_info["hash"])
     cached, stamp = services.bodies.get(hex_hash)
@@ -474,26 +450,20 @@ async def _send_bytes(
 @routes.delete("/files/{hash}")
 @operation(
     "deleteFile",
-    "Drop the caller's reference to a file.",
-    "files",
-    description="The hash is checked before the credentials. When bundles the caller holds "
-    "still name the content, the answer is 200 and says which: the content stays stored (its "
-    "link keeps working) and counted in the caller's usage until those bundles are deleted.",
-    parameters=[HASH],
-    replies={
-        200: Reply("Dropped, but the caller's own bundles keep the content.", FileDeleted),
-        204: Reply(
-            "Dropped; nothing of the caller's keeps the content (the bytes go when nothing "
-            "names them)."
-        ),
+    {
+        200: ("Dropped, but the caller's own bundles keep the content.", FileDeleted),
+        204: "Dropped; nothing of the caller's keeps the content (the bytes go when nothing "
+        "names them).",
     },
-    problems=("BadRequest", *SIGNED_IN, "Forbidden", "NotFound"),
+    (400, *SIGNED_IN, 403, 404),
+    parameters=[HASH],
 )
 async def delete(request: web.Request) -> web.Response:
-    """Drop the caller's reference: 204 when nothing of theirs keeps the content any more.
-    When bundles they hold still name it, the content stays stored (downloadable by its
-    link, and counted in their usage) until those bundles go: 200 with a body that says so,
-    `{"hash": ..., "held_by_bundles": [{"id", "name", "url"}, ...]}`."""
+    """Drop the caller's reference to a file.
+
+    The hash is checked before the credentials. When bundles the caller holds still name
+    the content, the answer is 200 and says which: the content stays stored (its link keeps
+    working) and counted in the caller's usage until those bundles are deleted."""
     services = request.app[SERVICES]
     hex_hash = parse_hash(request.match_info["hash"])
     user = await require_user(request)
@@ -516,8 +486,8 @@ async def delete(request: web.Request) -> web.Response:
 @routes.get("/files")
 @operation(
     "listFiles",
-    "The caller's files, newest first, a page at a time.",
-    "files",
+    {200: ("One page.", FileList, {"Link?": '`<url>; rel="next"` when there is a next page.'})},
+    (400, *SIGNED_IN),
     parameters=[
         param(
             "limit",
@@ -532,17 +502,10 @@ async def delete(request: web.Request) -> web.Response:
             {"type": "string", "pattern": "^[0-9]*[1-9][0-9]*$"},
         ),
     ],
-    replies={
-        200: Reply(
-            "One page.",
-            FileList,
-            {"Link": header('`<url>; rel="next"` when there is a next page.', required=False)},
-        )
-    },
-    problems=("BadRequest", *SIGNED_IN),
 )
 async def list_files(request: web.Request) -> web.Response:
-    """The caller's files, newest first; `?limit=` and the opaque `?cursor=` page through."""
+    """The caller's files, newest first, a page at a time."""
+    # `?limit=` and the opaque `?cursor=` page through.
     services = request.app[SERVICES]
     user = await require_user(request)
     limit = _int_param(request, "limit", LIST_DEFAULT, 1, LIST_MAX)

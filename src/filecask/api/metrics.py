@@ -5,17 +5,15 @@ from __future__ import annotations
 import asyncio
 import hmac
 
-import sqlalchemy as sa
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from filecask.api.common import require_admin
-from filecask.api.spec import Problem, Reply, header, operation
+from filecask.api.spec import operation
 from filecask.errors import Unauthorized
 from filecask.http.metrics import METRICS, forget_dead_workers
 from filecask.services import SERVICES, SETTINGS
 from filecask.settings import Settings, read_metrics_token_file
-from filecask.storage.meta.schema import blobs
 
 METRICS_TOKENS = web.AppKey("metrics_tokens", tuple[bytes, ...])
 """The bearer tokens that may read /metrics (from the settings, read at start)."""
@@ -74,48 +72,33 @@ async def check_metrics_access(request: web.Request) -> None:
 @routes.get("/metrics")
 @operation(
     "metrics",
-    "Prometheus metrics: requests, latency, bytes, work in flight, store size.",
-    "operations",
-    description="For the metrics bearer token (`FILECASK_METRICS_TOKEN`,"
-    " `--metrics-token-file`) or an administrator's Basic credentials; for anyone with"
-    " `--metrics-public true`.",
-    security=[{"metricsToken": []}, {"basicAuth": []}],
-    replies={
-        200: Reply(
+    {
+        200: (
             "The Prometheus text format (OpenMetrics if the Accept header asks for it), totals"
             " over every worker.",
-            content={
-                media: {"schema": {"type": "string"}}
-                for media in ("text/plain", "application/openmetrics-text")
-            },
+            {media: {"type": "string"} for media in ("text/plain", "application/openmetrics-text")},
         ),
-        401: Problem(
-            401,
+        401: (
             "No credentials, a wrong bearer token, or wrong Basic credentials.",
+            None,
             {
-                "WWW-Authenticate": header(
-                    f"Without credentials `{METRICS_CHALLENGE}`; with a wrong token"
-                    ' `Bearer realm="filecask metrics", error="invalid_token"`; with wrong'
-                    ' Basic credentials `Basic realm="filecask", charset="UTF-8"`.'
-                )
+                "WWW-Authenticate": f"Without credentials `{METRICS_CHALLENGE}`; with a wrong"
+                ' token `Bearer realm="filecask metrics", error="invalid_token"`; with wrong'
+                ' Basic credentials `Basic realm="filecask", charset="UTF-8"`.'
             },
         ),
     },
-    problems=("Forbidden", "TooManyRequests"),
+    (403, 429),
+    security=[{"metricsToken": []}, {"basicAuth": []}],
 )
 async def metrics_handler(request: web.Request) -> web.Response:
-    """The text exposition format (OpenMetrics if the scraper asks for it)."""
+    """Prometheus metrics: requests, latency, bytes, work in flight, store size.
+
+    For the metrics bearer token (`FILECASK_METRICS_TOKEN`, `--metrics-token-file`) or an
+    administrator's Basic credentials; for anyone with `--metrics-public true`."""
     await check_metrics_access(request)
     metrics = request.app[METRICS]
-    meta = request.app[SERVICES].meta
-
-    async def count_store() -> tuple[int, int]:
-        query = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(blobs.c.size), 0))
-        async with meta.engine.connect() as conn:
-            files, size = (await conn.execute(query.select_from(blobs))).one()
-        return int(files), int(size)
-
-    await metrics.store.refresh(count_store)
+    await metrics.store.refresh(request.app[SERVICES].meta.blob_totals)
     metrics.flush()
     encoder, content_type = choose_encoder(",".join(request.headers.getall("Accept", [])))
     registry = metrics.exposition_registry()

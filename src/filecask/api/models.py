@@ -10,6 +10,7 @@ stay `filecask.errors`' problem dicts; `Problem` only describes them.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal, NotRequired, TypeVar, cast
 
 from aiohttp import web
@@ -23,6 +24,7 @@ from pydantic import (
     with_config,
 )
 from pydantic import ValidationError as _ValidationError
+from pydantic_core import PydanticSerializationError
 from typing_extensions import TypeAliasType, TypedDict
 
 from filecask.archives.manifest import DEFAULT_NAME, MAX_BYTES, MAX_ENTRIES
@@ -264,9 +266,18 @@ def adapter(kind: object) -> TypeAdapter[Any]:
 def reply(
     kind: object, body: Any, *, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
-    """`body` as `kind` in JSON (`application/json; charset=utf-8`, as `web.json_response`)."""
+    """`body` as `kind` in JSON (`application/json; charset=utf-8`, as `web.json_response`).
+
+    Text pydantic cannot write, lone surrogates (a Host header that is not UTF-8 ends up
+    in every `url`: aiohttp decodes headers with `surrogateescape`), is written as
+    `json.dumps` writes it, `\\udcff`, rather than failing with a 500."""
+    found = adapter(kind)
+    try:
+        encoded = found.dump_json(body)
+    except PydanticSerializationError:
+        encoded = json.dumps(found.dump_python(body), separators=(",", ":")).encode()
     return web.Response(
-        body=adapter(kind).dump_json(body),
+        body=encoded,
         status=status,
         headers=headers,
         content_type="application/json",

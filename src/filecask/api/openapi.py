@@ -1,15 +1,8 @@
-"""The OpenAPI 3.1 document of filecask's HTTP API, assembled from what the code declares,
-and `GET /openapi.json`, which serves it.
-
-Each handler carries its operation (`filecask.api.spec.operation`: summary, parameters,
-answers, errors); the bodies' schemas are the JSON Schemas of the types the handlers
-encode and validate with (`filecask.api.models`). The routes are the tables the app
-serves (`route_tables`), so a route without a declaration fails here, and the tests
-check that the document names exactly the routes served and that real responses
-validate against it; schemathesis fuzzes a running server with it.
-
-The document is built by a function (not a constant) because what is served depends on
-`--file-api`: with the file API off only the archive and operations routes exist.
+"""The OpenAPI 3.1 document of filecask's HTTP API, assembled from each handler's
+`@operation` (`filecask.api.spec`) and the JSON Schemas of the types the handlers encode
+and validate with (`filecask.api.models`), and `GET /openapi.json`, which serves it. The
+routes are the tables the app serves (`route_tables`), which depend on `--file-api`; a
+route without a declaration fails here.
 """
 
 from __future__ import annotations
@@ -27,31 +20,26 @@ import filecask
 from filecask.api import archives, files, metrics, ops, pages, users
 from filecask.api.models import Problem as ProblemBody
 from filecask.api.models import adapter
-from filecask.api.spec import (
-    ANONYMOUS,
-    OPERATION,
-    PROBLEM_HEADERS,
-    PROBLEM_JSON,
-    PROBLEMS,
-    Json,
-    Operation,
-    Problem,
-    Reply,
-    operation,
-)
+from filecask.api.spec import OPERATION, PROBLEM_HEADERS, PROBLEMS, Headers, Json, Operation, Reply
+from filecask.api.spec import operation as declare
 from filecask.services import SETTINGS
 from filecask.tus import handlers as uploads
 
 OPENAPI_VERSION = "3.1.0"
+BASIC: list[Json] = [{"basicAuth": []}]
+DOCUMENT = {"application/json": {"type": "object", "required": ["openapi", "paths"]}}
 routes = web.RouteTableDef()
 
 
-def route_tables(*, file_api: bool) -> list[web.RouteTableDef]:
-    """Every route the app serves with `--file-api` as given, in the order it adds them."""
-    tables = [metrics.routes, ops.routes, routes, pages.docs_routes, archives.archive_routes]
+def route_tables(*, file_api: bool) -> list[tuple[str, web.RouteTableDef]]:
+    """Every route table the app serves with `--file-api` as given, in the order it adds
+    them, each with the tag of its operations."""
+    tables = [("operations", metrics.routes), ("operations", ops.routes), ("operations", routes)]
+    tables += [("pages", pages.docs_routes), ("archives", archives.archive_routes)]
     if file_api:
-        tables += [files.routes, users.routes, archives.bundle_routes, uploads.routes]
-        tables.append(pages.page_routes)
+        tables += [("files", files.routes), ("users", users.routes)]
+        tables += [("archives", archives.bundle_routes), ("files", uploads.routes)]
+        tables.append(("pages", pages.page_routes))
     return tables
 
 
@@ -61,23 +49,11 @@ def _encoded(file_api: bool) -> bytes:
 
 
 @routes.get("/openapi.json")
-@operation(
-    "openapi",
-    "This document.",
-    "operations",
-    security=ANONYMOUS,
-    replies={
-        200: Reply(
-            "The OpenAPI 3.1 description of this server's API.",
-            content={
-                "application/json": {"schema": {"type": "object", "required": ["openapi", "paths"]}}
-            },
-        )
-    },
-)
+@declare("openapi", {200: ("The OpenAPI 3.1 description of this server's API.", DOCUMENT)})
 async def openapi_json(request: web.Request) -> web.Response:
-    """Anyone may read it: it describes the API and holds no data. It depends on
-    `--file-api` alone, so its JSON is encoded once per process and reused."""
+    """This document."""
+    # Anyone may read it: it describes the API and holds no data. It depends on
+    # `--file-api` alone, so its JSON is encoded once per process and reused.
     body = _encoded(request.app[SETTINGS].file_api)
     return web.Response(body=body, content_type="application/json", charset="utf-8")
 
@@ -86,24 +62,30 @@ def _ref(kind: str, name: str) -> Json:
     return {"$ref": f"#/components/{kind}/{name}"}
 
 
-def _problem_response(status: int, description: str, headers: Json | None = None) -> Json:
-    described = {
-        "allOf": [
-            _ref("schemas", "Problem"),
-            {"type": "object", "properties": {"status": {"const": status}}},
-        ]
-    }
-    response: Json = {
-        "description": description
-        + " A client whose Accept names text/html gets a short HTML page instead.",
-        "content": {
-            PROBLEM_JSON: {"schema": described},
-            "text/html": {"schema": {"type": "string"}},
-        },
-    }
+def _headers(headers: Headers) -> Json:
+    out: Json = {}
+    for name, value in headers.items():
+        text, pattern = (value, None) if isinstance(value, str) else value
+        schema = {"type": "string"} | ({"pattern": pattern} if pattern else {})
+        out[name.rstrip("?")] = {"required": name[-1] != "?", "description": text, "schema": schema}
+    return out
+
+
+def _problem_response(status: int, description: str, headers: Headers) -> Json:
+    status_is = {"type": "object", "properties": {"status": {"const": status}}}
+    described = {"allOf": [_ref("schemas", "Problem"), status_is]}
+    html = " A client whose Accept names text/html gets a short HTML page instead."
+    content = {"application/problem+json": described, "text/html": {"type": "string"}}
+    return _answer(description + html, content, headers)
+
+
+def _answer(description: str, content: Json | None, headers: Headers) -> Json:
+    out: Json = {"description": description}
     if headers:
-        response["headers"] = headers
-    return response
+        out["headers"] = _headers(headers)
+    if content:
+        out["content"] = {media: {"schema": schema} for media, schema in content.items()}
+    return out
 
 
 class _Assembler:
@@ -111,46 +93,42 @@ class _Assembler:
         self.types: dict[tuple[object, JsonSchemaMode], None] = {
             (ProblemBody, "serialization"): None
         }
+        self.shared = {error.status: name for name, (error, _) in PROBLEMS.items()}
 
     def _schema(self, kind: object, mode: JsonSchemaMode) -> Json:
         self.types[(kind, mode)] = None
         return _ref("schemas", getattr(kind, "__name__", str(kind)))
 
-    def _response(self, status: int, reply: Reply | Problem | str) -> Json:
-        if isinstance(reply, str):
-            return _ref("responses", reply)
-        if isinstance(reply, Problem):
-            return _problem_response(status, reply.description, reply.headers)
-        out: Json = {"description": reply.description}
-        if reply.headers:
-            out["headers"] = reply.headers
-        if reply.content is not None:
-            out["content"] = reply.content
-        elif reply.body is not None:
-            schema = self._schema(reply.body, "serialization")
-            out["content"] = {"application/json": {"schema": schema}}
-        return out
+    def _response(self, status: int, reply: Reply) -> Json:
+        description, body, *rest = (reply, None) if isinstance(reply, str) else reply
+        headers: Headers = rest[0] if rest else {}
+        if status >= 400:
+            return _problem_response(status, description, headers)
+        if body is not None and not isinstance(body, dict):
+            body = {"application/json": self._schema(body, "serialization")}
+        return _answer(description, body, headers)
 
-    def operation(self, declared: Operation, method: str, path: str) -> Json:
-        operation_id, summary = declared.variants.get(
-            f"{method.upper()} {path}", (declared.operation_id, declared.summary)
-        )
+    def operation(self, declared: Operation, tag: str, method: str, path: str) -> Json:
+        variant = declared.variants.get(f"{method.upper()} {path}", declared.operation_id)
+        operation_id, summary = (variant, declared.summary) if isinstance(variant, str) else variant
         out: Json = {"operationId": operation_id, "summary": summary}
         if declared.description:
             out["description"] = declared.description
-        out |= {"tags": [declared.tag], "security": declared.security}
+        security = declared.security
+        if security is None:
+            security = BASIC if 401 in {*declared.replies, *declared.errors} else []
+        out |= {"tags": [tag], "security": security}
         if declared.parameters:
             out["parameters"] = list(declared.parameters)
-        if isinstance(declared.body, dict):
-            out["requestBody"] = declared.body
-        elif declared.body is not None:
-            schema = self._schema(declared.body, "validation")
-            out["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": schema}},
-            }
-        replies = sorted(declared.replies.items())
-        out["responses"] = {str(status): self._response(status, reply) for status, reply in replies}
+        body = declared.body
+        if body is not None and not isinstance(body, dict):
+            schema = {"schema": self._schema(body, "validation")}
+            body = {"required": True, "content": {"application/json": schema}}
+        out |= {"requestBody": body} if body is not None else {}
+        responses = {status: self._response(status, r) for status, r in declared.replies.items()}
+        for status in declared.errors:
+            responses[status] = _ref("responses", self.shared[status])
+        out["responses"] = {str(status): responses[status] for status in sorted(responses)}
         return out
 
     def schemas(self) -> Json:
@@ -186,7 +164,7 @@ def openapi_document(*, file_api: bool = True) -> Json:
     A fresh dict each call, so a caller may change it (e.g. add `servers`) freely."""
     assembler = _Assembler()
     paths: Json = {}
-    for table in route_tables(file_api=file_api):
+    for tag, table in route_tables(file_api=file_api):
         for route in table:
             assert isinstance(route, web.RouteDef)
             declared = getattr(route.handler, OPERATION, None)
@@ -194,11 +172,11 @@ def openapi_document(*, file_api: bool = True) -> Json:
                 raise LookupError(f"{route.method} {route.path} declares no operation")
             method = route.method.lower()
             item = paths.setdefault(route.path, {})
-            item[method] = assembler.operation(declared, method, route.path)
+            item[method] = assembler.operation(declared, tag, method, route.path)
             if method == "get" and route.kwargs.get("allow_head", True):
                 item["head"] = _head_of(item["get"])
     responses = {
-        name: _problem_response(error.status, description, PROBLEM_HEADERS.get(name))
+        name: _problem_response(error.status, description, PROBLEM_HEADERS.get(name, {}))
         for name, (error, description) in PROBLEMS.items()
     }
     return {
@@ -207,12 +185,10 @@ def openapi_document(*, file_api: bool = True) -> Json:
             "title": "filecask",
             "version": filecask.__version__,
             "summary": "A self-hosted, content-addressed HTTP file store with streaming ZIPs.",
-            "description": (
-                "Files are stored once under the SHA-256 of their content. Downloads are "
-                "public to anyone with the hash; uploads and listings need HTTP Basic "
-                "credentials of a user an administrator created. Every error is an RFC "
-                "9457 `application/problem+json` body."
-            ),
+            "description": "Files are stored once under the SHA-256 of their content. Downloads "
+            "are public to anyone with the hash; uploads and listings need HTTP Basic "
+            "credentials of a user an administrator created. Every error is an RFC 9457 "
+            "`application/problem+json` body.",
             "license": {"name": "MIT", "identifier": "MIT"},
         },
         "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",

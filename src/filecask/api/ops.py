@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from filecask.api.models import Status, reply
-from filecask.api.spec import ANONYMOUS, Reply, operation
+from filecask.api.spec import operation
 from filecask.errors import ServiceUnavailable
 from filecask.services import SERVICES
 
@@ -13,29 +13,16 @@ routes = web.RouteTableDef()
 
 
 @routes.get("/healthz")
-@operation(
-    "healthz",
-    "Liveness: the process answers.",
-    "operations",
-    security=ANONYMOUS,
-    replies={200: Reply("Up.", Status)},
-)
+@operation("healthz", {200: ("Up.", Status)})
 async def healthz(request: web.Request) -> web.Response:
-    """The process is up and its event loop answers."""
+    """Liveness: the process answers."""
     return reply(Status, {"status": "ok"})
 
 
 @routes.get("/readyz")
-@operation(
-    "readyz",
-    "Readiness: the database and the store are usable.",
-    "operations",
-    security=ANONYMOUS,
-    replies={200: Reply("Ready.", Status)},
-    problems=["ServiceUnavailable"],
-)
+@operation("readyz", {200: ("Ready.", Status)}, [503])
 async def readyz(request: web.Request) -> web.Response:
-    """The metadata store answers and the blob store is present."""
+    """Readiness: the database and the store are usable."""
     services = request.app[SERVICES]
     try:
         await services.meta.ping()

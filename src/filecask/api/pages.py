@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from importlib.resources.abc import Traversable
@@ -26,7 +25,7 @@ from importlib.resources.abc import Traversable
 import swagger_ui_bundle  # type: ignore[import-untyped]
 from aiohttp import web
 
-from filecask.api.spec import ANONYMOUS, IF_NONE_MATCH, F, Reply, header, operation, param
+from filecask.api.spec import IF_NONE_MATCH, NOSNIFF, Operation, Reply, operation, param
 from filecask.errors import NotFound
 
 OWN_CACHE = "no-cache"
@@ -159,43 +158,35 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
-def _operation(
-    operation_id: str, summary: str, table: dict[str, Source], prefix: str = ""
-) -> Callable[[F], F]:
+def _operation(operation_id: str, table: dict[str, Source], prefix: str = "") -> Operation:
     """A page or asset route's declaration, from its files' table (`prefix`: the assets')."""
     sources = list(table.values())
-    etag = header(
-        'A strong entity tag: `"<hex>"`, `-gzip` for the gzipped form.', '^"[0-9a-f]{32}(-gzip)?"$'
+    etag = (
+        'A strong entity tag: `"<hex>"`, `-gzip` for the gzipped form.',
+        '^"[0-9a-f]{32}(-gzip)?"$',
     )
-    headers = {
+    headers: dict[str, str | tuple[str, str]] = {
         "ETag": etag,
-        "Cache-Control": header("`no-cache` for filecask's own files, a day for Swagger UI's."),
-        "X-Content-Type-Options": header("Always `nosniff`.", "^nosniff$"),
+        "Cache-Control": "`no-cache` for filecask's own files, a day for Swagger UI's.",
+        "X-Content-Type-Options": NOSNIFF,
     }
     if any(source.csp for source in sources):
-        headers["Content-Security-Policy"] = header("Scripts from this origin only, never inline.")
+        headers["Content-Security-Policy"] = "Scripts from this origin only, never inline."
     types = sorted({source.content_type for source in sources})
-    string = (
-        {"type": "string"} if types == ["text/html"] else {"type": "string", "format": "binary"}
-    )
-    replies: dict[int, Reply | str] = {
-        200: Reply(
+    string = {"type": "string"} | ({} if types == ["text/html"] else {"format": "binary"})
+    replies: dict[int, Reply] = {
+        200: (
             "The file (gzipped when Accept-Encoding allows).",
-            headers=headers,
-            content={media: {"schema": string} for media in types},
+            dict.fromkeys(types, string),
+            headers,
         ),
-        304: Reply("If-None-Match named the current ETag.", headers={"ETag": etag}),
+        304: ("If-None-Match named the current ETag.", None, {"ETag": etag}),
     }
-    parameters = [IF_NONE_MATCH]
-    if prefix:
-        replies[404] = "NotFound"
-        names = {"type": "string", "enum": sorted(table)}
-        parameters.insert(
-            0, param("asset", "path", f"One of the files served under {prefix}.", names)
-        )
-    return operation(
-        operation_id, summary, "pages", security=ANONYMOUS, parameters=parameters, replies=replies
-    )
+    if not prefix:
+        return operation(operation_id, replies, parameters=[IF_NONE_MATCH])
+    names = {"type": "string", "enum": sorted(table)}
+    asset = param("asset", "path", f"One of the files served under {prefix}.", names)
+    return operation(operation_id, replies, [404], parameters=[asset, IF_NONE_MATCH])
 
 
 page_routes = web.RouteTableDef()
@@ -205,20 +196,16 @@ docs_routes = web.RouteTableDef()
 
 
 @page_routes.get("/")
-@_operation("webPage", "The web page: sign in, upload, list, bundle files.", {"": INDEX})
+@_operation("webPage", {"": INDEX})
 async def page(request: web.Request) -> web.Response:
-    """The web page: sign in, upload, list, delete and bundle files."""
+    """The web page: sign in, upload, list, bundle files."""
     return await _send(request, INDEX)
 
 
 @page_routes.get("/web/{asset}")
-@_operation(
-    "webAsset",
-    "A file of the web page (script, style sheet, icon).",
-    PAGE_ASSETS,
-    "/web/",
-)
+@_operation("webAsset", PAGE_ASSETS, "/web/")
 async def page_asset(request: web.Request) -> web.Response:
+    """A file of the web page (script, style sheet, icon)."""
     source = PAGE_ASSETS.get(request.match_info["asset"])
     if source is None:
         raise NotFound("No such asset of the web page.")
@@ -226,15 +213,16 @@ async def page_asset(request: web.Request) -> web.Response:
 
 
 @docs_routes.get("/docs")
-@_operation("docsPage", "Swagger UI for this document (served locally, no CDN).", {"": DOCS_INDEX})
+@_operation("docsPage", {"": DOCS_INDEX})
 async def docs(request: web.Request) -> web.Response:
-    """Swagger UI, pointed at /openapi.json."""
+    """Swagger UI for this document (served locally, no CDN)."""
     return await _send(request, DOCS_INDEX)
 
 
 @docs_routes.get("/docs/{asset}")
-@_operation("docsAsset", "A file of the Swagger UI page.", DOCS_ASSETS, "/docs/")
+@_operation("docsAsset", DOCS_ASSETS, "/docs/")
 async def docs_asset(request: web.Request) -> web.Response:
+    """A file of the Swagger UI page."""
     source = DOCS_ASSETS.get(request.match_info["asset"])
     if source is None:
         raise NotFound("No such asset of the API documentation page.")

@@ -14,7 +14,7 @@ from aiohttp import web
 from filecask.api import models
 from filecask.api.common import base_url, read_json_object, require_admin, require_user
 from filecask.api.models import CreatedUser, Me, NewUser, UserList, UserUpdate, reply, validate
-from filecask.api.spec import SIGNED_IN, Reply, header, operation, param
+from filecask.api.spec import SIGNED_IN, operation, param
 from filecask.auth import generate_password
 from filecask.errors import NotFound
 from filecask.services import SERVICES
@@ -23,22 +23,17 @@ from filecask.storage.meta import UserSummary
 routes = web.RouteTableDef()
 
 
-ADMIN = (*SIGNED_IN, "Forbidden")
+ADMIN = (*SIGNED_IN, 403)
 USER_NAME = param("name", "path", "The user's name, in any case or width (`BOB` is `bob`).")
 
 
 @routes.get("/me")
-@operation(
-    "me",
-    "Who the caller is and how much they store.",
-    "users",
-    replies={200: Reply("You.", Me)},
-    problems=SIGNED_IN,
-)
+@operation("me", {200: ("You.", Me)}, SIGNED_IN)
 async def me(request: web.Request) -> web.Response:
-    """`bytes` is what the caller keeps alive: every distinct content of their files and
-    of the bundles they hold, counted once; `reserved`, what their unfinished resumable
-    uploads hold back. Both count against `quota`."""
+    """Who the caller is and how much they store."""
+    # `bytes` is what the caller keeps alive: every distinct content of their files and
+    # of the bundles they hold, counted once; `reserved`, what their unfinished resumable
+    # uploads hold back. Both count against `quota`.
     services = request.app[SERVICES]
     user = await require_user(request)
     usage = await services.meta.usage(user.id)
@@ -56,14 +51,9 @@ async def me(request: web.Request) -> web.Response:
 
 
 @routes.get("/users")
-@operation(
-    "listUsers",
-    "Every user with their file count and bytes (administrators).",
-    "users",
-    replies={200: Reply("The users.", UserList)},
-    problems=ADMIN,
-)
+@operation("listUsers", {200: ("The users.", UserList)}, ADMIN)
 async def list_users(request: web.Request) -> web.Response:
+    """Every user with their file count and bytes (administrators)."""
     await require_admin(request)
     summaries = await request.app[SERVICES].meta.list_users()
     return reply(UserList, {"users": [_summary_json(s) for s in summaries]})
@@ -72,22 +62,22 @@ async def list_users(request: web.Request) -> web.Response:
 @routes.post("/users")
 @operation(
     "createUser",
-    "Create a user (administrators).",
-    "users",
-    body=NewUser,
-    replies={
-        201: Reply(
+    {
+        201: (
             "Created; the password is returned if it was generated.",
             CreatedUser,
-            headers={"Location": header("The user's URL.")},
+            {"Location": "The user's URL."},
         )
     },
-    problems=("BadRequest", "PayloadTooLarge", "Conflict", *ADMIN),
+    (400, 413, 409, *ADMIN),
+    body=NewUser,
 )
 async def create_user(request: web.Request) -> web.Response:
-    """`{"name": "bob", "password": "...", "is_admin": false, "quota": "10G"}`; without a
-    password one is generated and returned once in the response. `quota` is optional (bytes,
-    a size string, or null for no limit) and is checked before the costly password hash."""
+    """Create a user (administrators)."""
+    # `{"name": "bob", "password": "...", "is_admin": false, "quota": "10G"}`; without a
+    # password one is generated and returned once in the response. `quota` is optional
+    # (bytes, a size string, or null for no limit) and is checked before the costly
+    # password hash.
     services = request.app[SERVICES]
     await require_admin(request)
     new = validate(NewUser, await read_json_object(request))
@@ -104,19 +94,18 @@ async def create_user(request: web.Request) -> web.Response:
 @routes.patch("/users/{name}")
 @operation(
     "updateUser",
-    "Set a user's quota (administrators).",
-    "users",
+    {200: ("Updated; the user as `GET /users` shows them.", models.UserSummary)},
+    (400, 404, 413, *ADMIN),
     parameters=[USER_NAME],
     body=UserUpdate,
-    replies={200: Reply("Updated; the user as `GET /users` shows them.", models.UserSummary)},
-    problems=("BadRequest", "NotFound", "PayloadTooLarge", *ADMIN),
 )
 async def update_user(request: web.Request) -> web.Response:
-    """`{"quota": "10G"}` (or bytes, or null for no limit): the one thing changed here;
-    any other member is refused rather than silently ignored, so nobody believes they
-    changed a role or a password this way. Answers the user's summary as `GET /users` shows
-    it. Lowering a quota below what the user stores deletes nothing: it refuses new uploads
-    until they are back under it."""
+    """Set a user's quota (administrators)."""
+    # `{"quota": "10G"}` (or bytes, or null for no limit): the one thing changed here;
+    # any other member is refused rather than silently ignored, so nobody believes they
+    # changed a role or a password this way. Answers the user's summary as `GET /users`
+    # shows it. Lowering a quota below what the user stores deletes nothing: it refuses
+    # new uploads until they are back under it.
     services = request.app[SERVICES]
     await require_admin(request)
     name = request.match_info["name"]
@@ -134,15 +123,14 @@ async def update_user(request: web.Request) -> web.Response:
 @routes.delete("/users/{name}")
 @operation(
     "deleteUser",
-    "Remove a user and every reference they hold (administrators).",
-    "users",
+    {204: "Removed."},
+    (404, 409, *ADMIN),
     parameters=[USER_NAME],
-    replies={204: Reply("Removed.")},
-    problems=("NotFound", "Conflict", *ADMIN),
 )
 async def delete_user(request: web.Request) -> web.Response:
-    """Removes the user and every reference they hold; contents nobody else references
-    leave the disk. The last administrator cannot be removed."""
+    """Remove a user and every reference they hold (administrators)."""
+    # Contents nobody else references leave the disk. The last administrator cannot be
+    # removed.
     services = request.app[SERVICES]
     await require_admin(request)
     await services.files.remove_user(request.match_info["name"])

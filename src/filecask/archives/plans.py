@@ -33,20 +33,18 @@ import os
 import stat
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
 
 from filecask.archives.zipplan import Member, ZipPlan
 from filecask.errors import BadRequest, NotFound
 from filecask.names import PATH_MAX_BYTES, safe_entry_names, safe_file_name, shown
+from filecask.offload import run
 from filecask.storage.meta import Bundle, CachedCrc, MetaStore
 
 log = logging.getLogger("filecask.archives")
 
-T = TypeVar("T")
 
 FOLDER_NAME_MAX = 255
 REPORTED_FOLDERS = 4096
@@ -184,7 +182,7 @@ class BundlePlans:
             bundle = await meta.get_bundle(bundle_id)
             if bundle is None:
                 return None
-            archive = await _run(bundle_archive, bundle)
+            archive = await run(bundle_archive, bundle)
         self._put(bundle.id, bundle.created_at, archive)
         return archive
 
@@ -211,12 +209,12 @@ async def directory_archive(
     root: Path, folder: str, meta: MetaStore, plans: FolderPlans | None = None
 ) -> Archive:
     validate_folder_name(folder)
-    found, left_out = await _run(_scan_folder, root, folder)
+    found, left_out = await run(_scan_folder, root, folder)
     _report(plans, folder, "links", _links_report(left_out))
     known = plans.get(folder, found) if plans is not None else None
     if known is not None:
         return known
-    members, files, renamed, too_long = await _run(_members, found)
+    members, files, renamed, too_long = await run(_members, found)
     _report(plans, folder, "names", _names_report(renamed, too_long))
     archive = await _plan_folder(members, files, meta)
     if plans is not None:
@@ -309,7 +307,7 @@ async def _folder_crcs(files: list[DirectoryFile], meta: MetaStore) -> dict[str,
         # A file reached under two names (a link to a file of the same folder) is read
         # and cached once: one row per path.
         stale = list({file.path: file for file in stale}.values())
-        computed = await _run(_compute_crcs, stale)
+        computed = await run(_compute_crcs, stale)
         await meta.put_crcs(computed)
         crcs.update({file.path: c.crc32 for file, c in zip(stale, computed, strict=True)})
     return crcs
@@ -502,7 +500,3 @@ def _inside(root: str, path: str) -> bool:
 def _dir_key(path: str) -> tuple[int, int]:
     info = os.stat(path)
     return info.st_dev, info.st_ino
-
-
-async def _run(func: Callable[..., T], *args: object) -> T:
-    return await asyncio.get_running_loop().run_in_executor(None, func, *args)

@@ -126,12 +126,17 @@ def resolve_url(flag: str | None, environ: Mapping[str, str]) -> str:
     """`--url`, else FILECASK_URL, else the default; checked, without a trailing slash (a
     server behind a path prefix, `https://host/cask`, works: paths are appended)."""
     url = (flag or environ.get(URL_ENV) or DEFAULT_URL).strip().rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ClientError(
-            f"{url!r} is not a server URL (expected http://HOST[:PORT] or https://…)",
-            ExitCode.LOCAL,
-        )
+    unusable = ClientError(
+        f"{url!r} is not a server URL (expected http://HOST[:PORT] or https://…)",
+        ExitCode.LOCAL,
+    )
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError:  # a bracketed host that is not an IPv6 address
+        raise unusable from None
+    if parts.scheme not in ("http", "https") or not hostname:
+        raise unusable
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ClientError(
             f"{url!r}: the server URL takes no query, fragment or credentials "
@@ -218,6 +223,11 @@ def resolve_credentials(
                 password = entry.password
     if user is None:
         user = _ask(prompt, "User", hide=False, missing=f"--user or {USER_ENV}")
+    if ":" in user:
+        raise ClientError(
+            f"{user!r} cannot sign in: HTTP Basic user names have no ':' (RFC 7617)",
+            ExitCode.LOCAL,
+        )
     if password is None:
         password = _ask(prompt, f"Password for {user}", hide=True, missing=PASSWORD_ENV)
     return Credentials(user, password)

@@ -34,10 +34,16 @@ import aiohttp
 from aiohttp import web
 from aiohttp.http import HttpRequestParser, HttpVersion11, RawRequestMessage, StreamWriter
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
-from aiohttp.web_protocol import ERROR, RequestHandler, _ErrInfo
 from multidict import CIMultiDict
 
 from filecask.http.libcheck import UnsupportedLibrary, check_version, missing_message
+
+try:
+    from aiohttp.web_protocol import ERROR, RequestHandler, _ErrInfo
+except ImportError:  # the check's one line rather than a traceback on import
+    _IMPORTED = ("ERROR", "RequestHandler", "_ErrInfo")
+    _GONE = [f"web_protocol.{n}" for n in _IMPORTED if not hasattr(aiohttp.web_protocol, n)]
+    raise UnsupportedLibrary(missing_message("aiohttp", aiohttp.__version__, _GONE)) from None
 
 __all__ = [
     "ERROR_REQUEST_11",

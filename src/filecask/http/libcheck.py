@@ -45,8 +45,8 @@ def installed_version(package: str) -> str:
 def check_version(package: str, version: str, lowest: str, below: str) -> None:
     """Raise UnsupportedLibrary unless `lowest <= version < below`, the versions the
     adapter of `package` was tested with (or the environment allows untested ones)."""
-    if os.environ.get(ALLOW_UNTESTED_ENV, "") not in ("", "0"):
-        return
+    if os.environ.get(ALLOW_UNTESTED_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        return  # the words every boolean setting takes for yes; `false`, `no`... mean no
     if version_tuple(lowest) <= version_tuple(version) < version_tuple(below):
         return
     raise UnsupportedLibrary(

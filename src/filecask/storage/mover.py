@@ -31,20 +31,18 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from filecask.app import StartupError, close_services, open_services
 from filecask.errors import NotFound
 from filecask.services import Services
 from filecask.settings import Settings
 from filecask.storage.changes import Topic
+from filecask.storage.meta import Census
 from filecask.storage.meta.schema import blobs, bundles, metadata, refs, uploads, users
 from filecask.storage.meta.sql import SqlMetaStore
 
@@ -99,8 +97,7 @@ async def migrate(
     await _prepare_target_schema(target)
     summary = Summary()
     async with _opened(source, "source") as old, _opened(target, "target") as new:
-        async with new.meta.engine.connect() as conn:
-            await _check_target_empty(conn)
+        _check_target_empty(await new.meta.census())
         await copy_blobs(old, new, summary, progress)
         await copy_metadata(old, new, summary)
         await verify(old, new, summary)
@@ -184,17 +181,15 @@ async def _opened(settings: Settings, role: str) -> AsyncIterator[Services]:
         await close_services(services)
 
 
-async def _check_target_empty(conn: AsyncConnection) -> bool:
+def _check_target_empty(census: Census) -> bool:
     """MigrationError unless the target holds nothing but, perhaps, the bootstrap admin of
     a first `serve`; True in that case (the caller drops it)."""
-    tables = [t for t in metadata.sorted_tables if t.name not in INSTANCE_STATE]
-    counts = {table.name: await _count(conn, table) for table in tables}
+    counts = {name: n for name, n in census.counts.items() if name not in INSTANCE_STATE}
     held = {name: n for name, n in counts.items() if n and name != users.name}
     if not held and counts[users.name] == 0:
         return False
     if not held:
-        rows = (await conn.execute(sa.select(users.c.name, users.c.is_admin))).all()
-        if len(rows) == 1 and rows[0].name == BOOTSTRAP_ADMIN and rows[0].is_admin:
+        if census.lone_user == (BOOTSTRAP_ADMIN, True):
             return True
         held = {users.name: counts[users.name]}
     listing = ", ".join(f"{n} {name}" for name, n in sorted(held.items()))
@@ -202,10 +197,6 @@ async def _check_target_empty(conn: AsyncConnection) -> bool:
         f"the target is not empty ({listing} rows): migrate into a new database"
         " (a fresh one, or one only started once, holding nothing but its admin)"
     )
-
-
-async def _count(conn: AsyncConnection, table: sa.Table) -> int:
-    return int(await conn.scalar(sa.select(sa.func.count()).select_from(table)) or 0)
 
 
 # -------------------------------------------------------------------------- blobs
@@ -276,19 +267,13 @@ def _corrupt(old: Services, hex_hash: str, why: str) -> MigrationError:
 
 
 async def copy_metadata(old: Services, new: Services, summary: Summary) -> None:
-    """Every migrated table in one target transaction, read from one source snapshot."""
-    async with (
-        old.meta.engine.connect() as reader,
-        reader.begin(),
-        new.meta.engine.connect() as writer,
-        writer.begin(),
-    ):
-        summary.bootstrap_admin_dropped = await _check_target_empty(writer)
-        if summary.bootstrap_admin_dropped:
-            await writer.execute(users.delete())
-        for table in migrated_tables():
-            await _copy_table(reader, writer, table)
-        await _advance_sequences(writer)
+    """Every migrated table in one target transaction, read from one source snapshot; the
+    target is checked again in that transaction (the bootstrap admin dropped there)."""
+    tables = [table.name for table in migrated_tables()]
+    async with contextlib.aclosing(old.meta.dump_tables(tables, batch=BATCH)) as rows:
+        summary.bootstrap_admin_dropped = await new.meta.load_tables(
+            tables, rows, vet=_check_target_empty
+        )
     # A server started too early (on any machine) would have cached the dropped admin or a
     # miss for a migrated hash; make every one forget.
     await new.meta.announce(*Topic)
@@ -297,40 +282,6 @@ async def copy_metadata(old: Services, new: Services, summary: Summary) -> None:
 def migrated_tables() -> list[sa.Table]:
     left = NOT_MIGRATED | INSTANCE_STATE
     return [t for t in metadata.sorted_tables if t.name not in left]
-
-
-async def _copy_table(reader: AsyncConnection, writer: AsyncConnection, table: sa.Table) -> None:
-    query = sa.select(table).order_by(*table.primary_key.columns)
-    result = await reader.stream(query)
-    async for batch in result.partitions(BATCH):
-        await writer.execute(table.insert(), [_portable(table, row) for row in batch])
-
-
-def _portable(table: sa.Table, row: sa.Row[Any]) -> dict[str, Any]:
-    """SQLite hands back naive datetimes; everything stored is UTC, and PostgreSQL's
-    timestamptz needs to be told so."""
-    values = dict(row._mapping)
-    for column in table.columns:
-        value = values.get(column.name)
-        if isinstance(value, datetime) and value.tzinfo is None:
-            values[column.name] = value.replace(tzinfo=UTC)
-    return values
-
-
-async def _advance_sequences(writer: AsyncConnection) -> None:
-    """PostgreSQL: the next generated id of each table follows the largest copied one
-    (`is_called` false on an empty table, so its first id stays 1). SQLite picks max+1."""
-    if writer.dialect.name != "postgresql":
-        return
-    for table in migrated_tables():
-        column = table.autoincrement_column
-        if column is None:
-            continue
-        highest = sa.func.max(column)
-        sequence = sa.func.pg_get_serial_sequence(table.name, column.name)
-        await writer.execute(
-            sa.select(sa.func.setval(sequence, sa.func.coalesce(highest, 1), highest.is_not(None)))
-        )
 
 
 # -------------------------------------------------------------------------- after
@@ -342,18 +293,18 @@ async def verify(old: Services, new: Services, summary: Summary) -> None:
     present = {entry.hash async for entry in new.blobs.iter_blobs() if entry.regular}
     for hex_hash in sorted(await old.meta.all_blob_hashes() - present):
         summary.problems.append(f"blob {hex_hash} is not in the target store")
-    async with old.meta.engine.connect() as source, new.meta.engine.connect() as target:
-        for table in migrated_tables():
-            before, after = await _count(source, table), await _count(target, table)
-            if before != after:
-                summary.problems.append(
-                    f"table {table.name}: {before} rows in the source, {after} in the target"
-                )
-        summary.users = await _count(source, users)
-        summary.files = await _count(source, blobs)
-        summary.references = await _count(source, refs)
-        summary.bundles = await _count(source, bundles)
-        summary.uploads_left = await _count(source, uploads)
+    source, target = (await old.meta.census()).counts, (await new.meta.census()).counts
+    for table in migrated_tables():
+        before, after = source[table.name], target[table.name]
+        if before != after:
+            summary.problems.append(
+                f"table {table.name}: {before} rows in the source, {after} in the target"
+            )
+    summary.users = source[users.name]
+    summary.files = source[blobs.name]
+    summary.references = source[refs.name]
+    summary.bundles = source[bundles.name]
+    summary.uploads_left = source[uploads.name]
 
 
 def report_lines(summary: Summary) -> Iterator[str]:

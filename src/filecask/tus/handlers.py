@@ -21,7 +21,7 @@ import hashlib
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -29,7 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from filecask.api.common import base_url, require_user
-from filecask.api.spec import ANONYMOUS, BINARY, Json, Problem, Reply, header, operation, param
+from filecask.api.spec import BINARY, Headers, Json, Operation, Reply, operation, param
 from filecask.errors import (
     BadRequest,
     ChecksumMismatch,
@@ -78,32 +78,40 @@ _METADATA_KEY = re.compile(r"[!-+\--~]+")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # The declarations of the routes (`filecask.api.spec`): every answer carries Tus-Resumable.
-TUS_HEADERS = {"Tus-Resumable": header("Always `1.0.0`.", "^1\\.0\\.0$")}
-VERSION = param("Tus-Resumable", "header", "Must be `1.0.0` (else 412 with `Tus-Version`).")
-VERSION["required"] = True
-VERSION["schema"] = {"type": "string", "const": TUS_VERSION}
+TUS_HEADERS = {"Tus-Resumable": ("Always `1.0.0`.", "^1\\.0\\.0$")}
 UPLOAD = param("id", "path", "The upload's id, from the creation's `Location`.")
-EXPIRES = header("RFC 9110 HTTP-date after which the upload is gone.")
+OFFSET = ("The new offset.", "^[0-9]+$")
 FILE_HEADERS = {
-    "Filecask-Hash": header("The stored file's SHA-256, once complete.", required=False),
-    "Filecask-File": header("The stored file's URL, once complete.", required=False),
+    "Upload-Expires": "RFC 9110 HTTP-date after which the upload is gone.",
+    "Filecask-Hash?": "The stored file's SHA-256, once complete.",
+    "Filecask-File?": "The stored file's URL, once complete.",
 }
-COUNTER = "^[0-9]{1,19}$"
+OWNED = {403: "Not your upload.", 404: "No such upload.", 410: "Expired."}
 
 
-def _int_param(name: str) -> Json:
-    found = param(name, "header", "", {"type": "string", "pattern": COUNTER})
-    del found["description"]
-    found["required"] = True
-    return found
+def _tus_operation(
+    operation_id: str,
+    replies: Mapping[int, str | tuple[str, None, Headers]],
+    *parameters: Json,
+    **extra: Any,
+) -> Operation:
+    """A tus request's declaration: Tus-Resumable on every answer, and in every request
+    after the path's parameters; 400, 401 and 412 from every one."""
+    version = "Must be `1.0.0` (else 412 with `Tus-Version`)."
+    common = {400: "A malformed tus header.", 401: "Sign in.", 412: "Not tus 1.0.0."}
+    answers: dict[int, Reply] = {}
+    for status, reply in (common | dict(replies)).items():
+        text, _, headers = (reply, None, {}) if isinstance(reply, str) else reply
+        answers[status] = (text, None, TUS_HEADERS | dict(headers))
+    path = [p for p in parameters if p["in"] == "path"]
+    path.append(param("Tus-Resumable", "header", version, {"const": TUS_VERSION}, True))
+    path[-1]["schema"] = {"type": "string"} | path[-1]["schema"]
+    everything = [*path, *(p for p in parameters if p["in"] != "path")]
+    return operation(operation_id, answers, parameters=everything, **extra)
 
 
-def _problems(*found: tuple[int, str]) -> dict[int, Reply | Problem | str]:
-    common = ((400, "A malformed tus header."), (401, "Sign in."), (412, "Not tus 1.0.0."))
-    return {status: Problem(status, text, TUS_HEADERS) for status, text in (*common, *found)}
-
-
-OWNED = ((403, "Not your upload."), (404, "No such upload."), (410, "Expired."))
+def _counter(name: str) -> Json:
+    return param(name, "header", "", {"type": "string", "pattern": "^[0-9]{1,19}$"}, True)
 
 
 def _tus(handler: Handler) -> Handler:
@@ -134,24 +142,23 @@ def _tus(handler: Handler) -> Handler:
 @_tus
 @operation(
     "tusDiscover",
-    "tus discovery: version, extensions, maximum size, checksums",
-    "files",
-    security=ANONYMOUS,
-    replies={
-        204: Reply(
+    {
+        204: (
             "What the server speaks.",
-            headers={
-                **TUS_HEADERS,
-                "Tus-Version": header(f"`{TUS_VERSION}`."),
-                "Tus-Extension": header(f"`{TUS_EXTENSIONS}`."),
-                "Tus-Max-Size": header("`--max-upload-size`, in bytes."),
-                "Tus-Checksum-Algorithm": header(f"`{','.join(CHECKSUMS)}`."),
+            None,
+            TUS_HEADERS
+            | {
+                "Tus-Version": f"`{TUS_VERSION}`.",
+                "Tus-Extension": f"`{TUS_EXTENSIONS}`.",
+                "Tus-Max-Size": "`--max-upload-size`, in bytes.",
+                "Tus-Checksum-Algorithm": f"`{','.join(CHECKSUMS)}`.",
             },
         )
     },
 )
 async def discover(request: web.Request) -> web.StreamResponse:
-    """What this server speaks (tus discovery); no sign-in needed."""
+    """tus discovery: version, extensions, maximum size, checksums"""
+    # What this server speaks; no sign-in needed.
     settings = request.app[SERVICES].settings
     return web.Response(
         status=204,
@@ -166,55 +173,38 @@ async def discover(request: web.Request) -> web.StreamResponse:
 
 @routes.post("/uploads/")
 @_tus
-@operation(
+@_tus_operation(
     "tusCreate",
-    "Create a resumable upload of Upload-Length bytes",
-    "files",
-    description="`Upload-Metadata` may carry `filename` (base64), the stored file's name. "
-    "Upload-Length is reserved against the user's quota until the upload completes, is "
-    "deleted or expires: 413 when it exceeds `--max-upload-size`, or when the user's usage, "
-    "the reservations of their open uploads and this one together exceed the quota; 429 "
-    "when they have `--max-open-uploads` open already. Upload-Length 0 completes at once.",
-    parameters=[
-        VERSION,
-        _int_param("Upload-Length"),
-        param(
-            "Upload-Metadata",
-            "header",
-            "Comma-separated `key base64(value)` pairs; ASCII only (any other byte is 400).",
-            {"type": "string", "pattern": "^[ -~]*$"},
-        ),
-    ],
-    replies={
-        201: Reply(
+    {
+        201: (
             "Created; `Location` is the upload's URL.",
-            headers={
-                **TUS_HEADERS,
-                "Location": header("The upload's URL."),
-                "Upload-Expires": EXPIRES,
-                **FILE_HEADERS,
-            },
+            None,
+            {"Location": "The upload's URL.", **FILE_HEADERS},
         ),
-        **_problems(
-            (404, "The user was removed meanwhile."),
-            (413, "Too large, or over quota (reservations included)."),
-        ),
-        429: Problem(
-            429,
+        404: "The user was removed meanwhile.",
+        413: "Too large, or over quota (reservations included).",
+        429: (
             "Too many open uploads (`too-many-uploads`).",
-            {
-                **TUS_HEADERS,
-                "Retry-After": header("Seconds until the soonest open upload expires.", "^[0-9]+$"),
-            },
+            None,
+            {"Retry-After": ("Seconds until the soonest open upload expires.", "^[0-9]+$")},
         ),
     },
+    _counter("Upload-Length"),
+    param(
+        "Upload-Metadata",
+        "header",
+        "Comma-separated `key base64(value)` pairs; ASCII only (any other byte is 400).",
+        {"type": "string", "pattern": "^[ -~]*$"},
+    ),
 )
 async def create(request: web.Request) -> web.StreamResponse:
-    """A new upload of `Upload-Length` bytes, reserved against the user's quota until it
-    completes, is deleted or expires. Refused at once with 413 when that is over
-    `--max-upload-size`, or when the user's usage plus the reservations of their open
-    uploads plus this one would pass their quota; with 429 when they have
-    `--max-open-uploads` open already."""
+    """Create a resumable upload of Upload-Length bytes
+
+    `Upload-Metadata` may carry `filename` (base64), the stored file's name. Upload-Length
+    is reserved against the user's quota until the upload completes, is deleted or expires:
+    413 when it exceeds `--max-upload-size`, or when the user's usage, the reservations of
+    their open uploads and this one together exceed the quota; 429 when they have
+    `--max-open-uploads` open already. Upload-Length 0 completes at once."""
     _check_version(request)
     services = request.app[SERVICES]
     user = await require_user(request)
@@ -255,28 +245,25 @@ async def create(request: web.Request) -> web.StreamResponse:
 
 @routes.head("/uploads/{id}")
 @_tus
-@operation(
+@_tus_operation(
     "tusStatus",
-    "The durable offset (and, once complete, the stored file)",
-    "files",
-    parameters=[UPLOAD, VERSION],
-    replies={
-        200: Reply(
+    {
+        200: (
             "Upload-Offset bytes are stored durably.",
-            headers={
-                **TUS_HEADERS,
-                "Upload-Offset": header("Bytes received.", "^[0-9]+$"),
-                "Upload-Length": header("Bytes announced.", "^[0-9]+$"),
-                "Upload-Expires": EXPIRES,
+            None,
+            {
+                "Upload-Offset": ("Bytes received.", OFFSET[1]),
+                "Upload-Length": ("Bytes announced.", OFFSET[1]),
                 **FILE_HEADERS,
             },
         ),
-        **_problems(*OWNED),
+        **OWNED,
     },
+    UPLOAD,
 )
 async def status(request: web.Request) -> web.StreamResponse:
-    """The durable offset; once complete, also the stored file (`Filecask-Hash`,
-    `Filecask-File`), until the upload expires."""
+    """The durable offset (and, once complete, the stored file)"""
+    # The stored file (`Filecask-Hash`, `Filecask-File`) until the upload expires.
     _check_version(request)
     services = request.app[SERVICES]
     user = await require_user(request)
@@ -296,47 +283,36 @@ async def status(request: web.Request) -> web.StreamResponse:
 
 @routes.patch("/uploads/{id}")
 @_tus
-@operation(
+@_tus_operation(
     "tusAppend",
-    "Append bytes at Upload-Offset",
-    "files",
-    description="The final byte stores the file like `POST /files` (hash, dedup, quota) and "
-    "the answer carries `Filecask-Hash` and `Filecask-File`. A cut body keeps what arrived "
-    "unless `Upload-Checksum` was given. Only a PATCH that adds bytes moves `Upload-Expires`.",
-    parameters=[
-        UPLOAD,
-        VERSION,
-        _int_param("Upload-Offset"),
-        param("Upload-Checksum", "header", "`sha1 <base64>` or `sha256 <base64>` of the body."),
-    ],
-    body={"required": True, "content": {OFFSET_TYPE: {"schema": BINARY}}},
-    replies={
-        204: Reply(
+    {
+        204: (
             "Stored durably up to the new Upload-Offset.",
-            headers={
-                **TUS_HEADERS,
-                "Upload-Offset": header("The new offset.", "^[0-9]+$"),
-                "Upload-Expires": EXPIRES,
-                **FILE_HEADERS,
-            },
+            None,
+            {"Upload-Offset": OFFSET, **FILE_HEADERS},
         ),
-        **_problems(
-            *OWNED,
-            (408, "The body stalled; what arrived is kept."),
-            (409, "Upload-Offset is not the upload's offset."),
-            (413, "Past Upload-Length, or over quota on completion."),
-            (415, "Not application/offset+octet-stream."),
-            (423, "Another PATCH is writing to this upload."),
-            (460, "The body does not match Upload-Checksum; discarded."),
-            (507, "The disk is full."),
-        ),
+        **OWNED,
+        408: "The body stalled; what arrived is kept.",
+        409: "Upload-Offset is not the upload's offset.",
+        413: "Past Upload-Length, or over quota on completion.",
+        415: "Not application/offset+octet-stream.",
+        423: "Another PATCH is writing to this upload.",
+        460: "The body does not match Upload-Checksum; discarded.",
+        507: "The disk is full.",
     },
+    UPLOAD,
+    _counter("Upload-Offset"),
+    param("Upload-Checksum", "header", "`sha1 <base64>` or `sha256 <base64>` of the body."),
+    body={"required": True, "content": {OFFSET_TYPE: {"schema": BINARY}}},
 )
 async def append(request: web.Request) -> web.StreamResponse:
-    """Append the body at `Upload-Offset`. The new offset is committed only once the bytes
-    are fsynced; a cut body keeps what arrived (unless a checksum was given, which needs
-    the whole body); the final byte turns the upload into a stored file. Only a PATCH that
-    adds bytes moves `Upload-Expires`: an empty one cannot keep an upload alive."""
+    """Append bytes at Upload-Offset
+
+    The final byte stores the file like `POST /files` (hash, dedup, quota) and the answer
+    carries `Filecask-Hash` and `Filecask-File`. A cut body keeps what arrived unless
+    `Upload-Checksum` was given. Only a PATCH that adds bytes moves `Upload-Expires`."""
+    # The new offset is committed only once the bytes are fsynced; a checksum needs the
+    # whole body; an empty PATCH cannot keep an upload alive.
     _check_version(request)
     if request.content_type != OFFSET_TYPE:
         raise UnsupportedMediaType(f"A PATCH body must be sent as {OFFSET_TYPE}.")
@@ -408,18 +384,14 @@ async def _let_go(
 
 @routes.delete("/uploads/{id}")
 @_tus
-@operation(
+@_tus_operation(
     "tusTerminate",
-    "Remove the upload and its bytes",
-    "files",
-    parameters=[UPLOAD, VERSION],
-    replies={
-        204: Reply("Removed.", headers=TUS_HEADERS),
-        **_problems(*OWNED, (423, "A PATCH is writing to this upload.")),
-    },
+    {204: "Removed.", **OWNED, 423: "A PATCH is writing to this upload."},
+    UPLOAD,
 )
 async def terminate(request: web.Request) -> web.StreamResponse:
-    """Remove the upload and its bytes (tus termination); 423 while a PATCH writes."""
+    """Remove the upload and its bytes"""
+    # tus termination; 423 while a PATCH writes.
     _check_version(request)
     services = request.app[SERVICES]
     user = await require_user(request)

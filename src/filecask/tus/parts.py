@@ -24,23 +24,19 @@ worker processes:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import os
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
 
 from filecask.errors import FilecaskError, InsufficientStorage, Locked
+from filecask.offload import run, run_owned
 from filecask.storage.blobs.disk import disk_full_as_507, fsync_or_507
 from filecask.storage.meta import MetaStore
-
-T = TypeVar("T")
 
 TUS_PREFIX = "tus-"
 UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
@@ -79,30 +75,31 @@ class TusFiles:
 
     async def lock(self, upload_id: str, *, create: bool) -> int | None:
         """An fd on the upload's file holding its exclusive lock; Locked if another
-        request holds it; None if the file does not exist and `create` is False."""
-        return await _run(_open_locked, self.path_of(upload_id), create)
+        request holds it; None if the file does not exist and `create` is False. A caller
+        cancelled meanwhile never gets the fd: it is closed, so the lock is not kept."""
+        return await run_owned(_open_locked, self.path_of(upload_id), create, release=_close)
 
     async def truncate(self, fd: int, offset: int) -> None:
         """Cut the file back to `offset` durable bytes; DataLost if it holds fewer."""
-        await _run(_truncate, fd, offset)
+        await run(_truncate, fd, offset)
 
     async def write(self, fd: int, data: bytes, position: int, reserve: int) -> None:
-        await _run(_pwrite_all, fd, data, position, reserve)
+        await run(_pwrite_all, fd, data, position, reserve)
 
     async def sync(self, fd: int) -> None:
-        await _run(fsync_or_507, fd)
+        await run(fsync_or_507, fd)
 
     async def remove(self, upload_id: str, fd: int | None) -> None:
         """Unlink the file (if `fd`, only while it is still the file `fd` locks) and close
         `fd`: a remover never takes away a newer file of the same name."""
-        await _run(_remove, self.path_of(upload_id), fd)
+        await run(_remove, self.path_of(upload_id), fd)
 
     async def close(self, fd: int) -> None:
-        await _run(os.close, fd)
+        await run(os.close, fd)
 
     async def listing(self) -> list[tuple[str, int, float]]:
         """(upload id, size, mtime) of every tus file."""
-        return await _run(self._listing)
+        return await run(self._listing)
 
     def _listing(self) -> list[tuple[str, int, float]]:
         found = []
@@ -150,10 +147,10 @@ async def sweep(
                 await files.close(fd)
             continue
         if dry_run:
-            size = await _run(_size_of, files.path_of(upload_id))
+            size = await run(_size_of, files.path_of(upload_id))
         else:
             if fd is not None:
-                size = (await _run(os.fstat, fd)).st_size
+                size = (await run(os.fstat, fd)).st_size
             await meta.delete_upload(upload_id)
             await files.remove(upload_id, fd)
         removed.append(Removed(upload_id, size, expired=True))
@@ -185,15 +182,16 @@ async def _try_lock(files: TusFiles, upload_id: str) -> int | None:
         return -1
 
 
-async def _run(func: Callable[..., T], *args: object) -> T:
-    return await asyncio.get_running_loop().run_in_executor(None, func, *args)
-
-
 def _size_of(path: Path) -> int:
     try:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
 
 
 def _open_locked(path: Path, create: bool) -> int | None:

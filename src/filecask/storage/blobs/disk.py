@@ -29,7 +29,7 @@ from typing import TypeVar
 
 from filecask.errors import InsufficientStorage, NotFound, PayloadTooLarge
 from filecask.hashes import StreamHasher, fanout
-from filecask.offload import run_owned
+from filecask.offload import run, run_owned
 from filecask.storage.blobs.base import Leftover, OpenBlob, StagedBlob, StoredBlob
 
 T = TypeVar("T")
@@ -66,7 +66,7 @@ class DiskBlobStore:
         """Scratch name -> its open, locked fd, for every staged blob not yet committed."""
 
     async def open(self) -> None:
-        await _run(self._prepare)
+        await run(self._prepare)
 
     async def close(self) -> None:
         return None
@@ -99,7 +99,7 @@ class DiskBlobStore:
         `settle`/`discard` unlink the file and close `fd`."""
         if path.parent != self.tmp_dir:
             raise ValueError(f"{path} is not in {self.tmp_dir}")
-        hasher, head = await _run(_hash_fd, fd)
+        hasher, head = await run(_hash_fd, fd)
         self._staged[str(path)] = fd
         return StagedBlob(hasher.hexdigest, hasher.size, hasher.crc32, head, path)
 
@@ -109,7 +109,7 @@ class DiskBlobStore:
         then, the record is found (its lock is free) and `FileStore.recover` undoes a blob
         whose reference never made it to the database: a crash leaves no orphan."""
         try:
-            return await _run(_full_disk_is_507, self._commit, staged)
+            return await run(_full_disk_is_507, self._commit, staged)
         except BaseException:
             await self.discard(staged)
             raise
@@ -121,7 +121,7 @@ class DiskBlobStore:
     async def discard(self, staged: StagedBlob) -> None:
         fd = self._staged.pop(str(staged.scratch), -1)
         if fd >= 0:
-            await _run(self._drop_scratch, fd, staged)
+            await run(self._drop_scratch, fd, staged)
 
     def _drop_scratch(self, fd: int, staged: StagedBlob) -> None:
         """Unlink our scratch under whichever name it has now, and never another upload's
@@ -136,13 +136,13 @@ class DiskBlobStore:
             os.close(fd)
 
     async def interrupted_commits(self) -> list[str]:
-        return await _run(self._interrupted_commits)
+        return await run(self._interrupted_commits)
 
     async def commit_pending(self, hex_hash: str) -> bool:
-        return await _run(self._intent_path(hex_hash).exists)
+        return await run(self._intent_path(hex_hash).exists)
 
     async def forget_commit(self, hex_hash: str) -> None:
-        await _run(_remove_if_abandoned, self._intent_path(hex_hash))
+        await run(_remove_if_abandoned, self._intent_path(hex_hash))
 
     def _intent_path(self, hex_hash: str) -> Path:
         return self.tmp_dir / f"{INTENT_PREFIX}{hex_hash}"
@@ -155,13 +155,13 @@ class DiskBlobStore:
         )
 
     async def delete(self, hex_hash: str) -> None:
-        await _run(self._delete, hex_hash)
+        await run(self._delete, hex_hash)
 
     async def open_blob(self, hex_hash: str) -> OpenBlob:
         return await run_owned(self._open_blob, hex_hash, release=_close_blob)
 
     async def read_blob(self, hex_hash: str) -> bytes:
-        return await _run(self._read_blob, hex_hash)
+        return await run(self._read_blob, hex_hash)
 
     def blob_opener(self) -> Callable[[str], int]:
         return self._open_blob_fd
@@ -180,13 +180,13 @@ class DiskBlobStore:
         try:
             position, end = offset, offset + length
             while position < end:
-                data = await _run(os.pread, blob.fd, min(READ_CHUNK, end - position), position)
+                data = await run(os.pread, blob.fd, min(READ_CHUNK, end - position), position)
                 if not data:
                     raise EOFError(f"blob {hex_hash} ended {end - position} bytes early")
                 position += len(data)
                 yield data
         finally:
-            await asyncio.shield(_run(_close_blob, blob))
+            await asyncio.shield(run(_close_blob, blob))
 
     async def download_url(
         self, hex_hash: str, *, content_type: str, disposition: str
@@ -195,21 +195,21 @@ class DiskBlobStore:
         return None
 
     async def holds_blobs(self) -> bool:
-        return await _run(_store_holds_files, self.store_dir)
+        return await run(_store_holds_files, self.store_dir)
 
     async def exists(self, hex_hash: str) -> bool:
-        return await _run(self.path_of(hex_hash).is_file)
+        return await run(self.path_of(hex_hash).is_file)
 
     async def ready(self) -> bool:
-        return await _run(self._ready)
+        return await run(self._ready)
 
     def _ready(self) -> bool:
         return self.store_dir.is_dir() and os.access(self.tmp_dir, os.W_OK)
 
     async def iter_blobs(self) -> AsyncIterator[StoredBlob]:
-        for entry in await _run(_top_entries, self.store_dir):
+        for entry in await run(_top_entries, self.store_dir):
             if isinstance(entry, Path):
-                for blob in await _run(_list_prefix, entry):
+                for blob in await run(_list_prefix, entry):
                     yield blob
             else:
                 yield entry
@@ -269,16 +269,16 @@ class DiskBlobStore:
         return reaped
 
     async def digest(self, key: str) -> tuple[str, int]:
-        return await _run(_sha256_of, self._entry(key))
+        return await run(_sha256_of, self._entry(key))
 
     async def quarantine(self, key: str) -> str:
-        return await _run(self._quarantine, key)
+        return await run(self._quarantine, key)
 
     async def leftovers(self) -> list[Leftover]:
-        return await _run(self._leftovers)
+        return await run(self._leftovers)
 
     async def remove_leftover(self, leftover: Leftover) -> bool:
-        return await _run(_remove_if_abandoned, self.tmp_dir / leftover.name)
+        return await run(_remove_if_abandoned, self.tmp_dir / leftover.name)
 
     def _entry(self, key: str) -> Path:
         """A listed key back to its path; keys come from our own listing, but a key with
@@ -412,10 +412,6 @@ class DiskBlobStore:
             return file.read()
 
 
-async def _run(func: Callable[..., T], *args: object) -> T:
-    return await asyncio.get_running_loop().run_in_executor(None, func, *args)
-
-
 async def _after_threads(
     keep: set[asyncio.Task[None]],
     inflight: list[asyncio.Future[None]],
@@ -430,7 +426,7 @@ async def _after_threads(
         for future in inflight:
             with contextlib.suppress(BaseException):
                 await future
-        await _run(cleanup, *args)
+        await run(cleanup, *args)
 
     task = asyncio.ensure_future(settle())
     keep.add(task)  # the loop holds tasks weakly

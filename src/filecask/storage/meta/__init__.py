@@ -30,13 +30,14 @@ The contract:
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from filecask.errors import BadRequest
 from filecask.settings import parse_size
+from filecask.storage.changes import ChangeStamps, Topic
 
 QUOTA_MAX = (1 << 63) - 1
 """The largest quota a BIGINT column holds (about 8 EiB: no limit in practice)."""
@@ -179,6 +180,24 @@ class RemovedUser:
     caller to drop (with the bytes) those nothing keeps any more, under each hash's lock."""
 
 
+@dataclass(frozen=True, slots=True)
+class Census:
+    """What a store holds, table by table (`filecask migrate`'s checks and report)."""
+
+    counts: dict[str, int]
+    """Rows per table of the schema, by table name."""
+    lone_user: tuple[str, bool] | None
+    """(name, is_admin) of the only user, if there is exactly one."""
+
+
+@dataclass(frozen=True, slots=True)
+class TableRows:
+    """A batch of one table's rows, as plain column values (datetimes in UTC)."""
+
+    table: str
+    rows: list[dict[str, Any]]
+
+
 class MissingBlobs(Exception):
     """`add_bundle` found, inside its transaction, that the user holds no file reference
     to some named hashes (stored for someone else, or not at all: one answer for both)."""
@@ -218,12 +237,21 @@ class RemoveOutcome(enum.Enum):
 
 
 class MetaStore(Protocol):
-    async def open(self) -> None:
-        """Connect and bring the schema to the newest migration."""
+    @property
+    def stamps(self) -> ChangeStamps:
+        """The change stamps every write here moves (and caches elsewhere may follow)."""
+
+    async def open(self, *, create: bool = True) -> None:
+        """Connect and bring the schema to the newest migration. With `create=False` a
+        database never set up is refused (`EmptyDatabase`) instead of initialised."""
 
     async def close(self) -> None: ...
 
     async def ping(self) -> None: ...
+
+    async def announce(self, *topics: Topic) -> None:
+        """Move the stamps of `topics` here and at every instance sharing the database: for
+        a change made outside it (fsck quarantining a corrupt blob's bytes, a migration)."""
 
     def failure_store(self) -> FailureStore | None:
         """The shared failure table, or None where failures stay in each process."""
@@ -288,6 +316,9 @@ class MetaStore(Protocol):
     async def user_hashes(self, user_id: int) -> list[str]: ...
 
     async def all_blob_hashes(self) -> set[str]: ...
+
+    async def blob_totals(self) -> tuple[int, int]:
+        """How many blob rows there are, and the sum of their sizes (/metrics)."""
 
     async def blob_sizes(self) -> dict[str, int]:
         """Every blob row's hash and recorded size (fsck compares them with the store)."""
@@ -372,3 +403,20 @@ class MetaStore(Protocol):
     async def expired_uploads(self, now: datetime) -> list[str]: ...
 
     async def upload_ids(self) -> set[str]: ...
+
+    async def census(self) -> Census:
+        """Every table's row count, and the lone user if there is one."""
+
+    def dump_tables(self, tables: Sequence[str], *, batch: int) -> AsyncGenerator[TableRows]:
+        """Every row of `tables` (schema names), in that order, from one snapshot."""
+
+    async def load_tables(
+        self,
+        tables: Sequence[str],
+        rows: AsyncIterable[TableRows],
+        *,
+        vet: Callable[[Census], bool],
+    ) -> bool:
+        """Insert `rows` (batches of `tables`, ids kept) in one transaction, after `vet` has
+        passed this store's census (it raises to refuse; True: empty the users table
+        first). What `vet` answered."""
